@@ -1,0 +1,362 @@
+"""Schema pieces for ``config_load``: typed converters, field tables and dotted-key problems.
+
+A converter takes the raw YAML value and returns the typed value or raises ``ValueError`` whose
+message completes the sentence ``"<dotted.key>: <message>"``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from .units import parse_duration, parse_size
+
+Converter = Callable[[object], Any]
+
+PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+ROUTE_NAME = re.compile(r"[a-z0-9_]+")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+METHOD = re.compile(r"[A-Z]+")
+HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
+TEMPLATE_VAR = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]+)?\s*")
+REDACTED = "<redacted>"
+
+
+class Problems:
+    """Collects every problem as one ``dotted.key: message`` line."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path or '(top level)'}: {message}")
+
+
+def join(path: str, key: str | int) -> str:
+    """``join("a.routes", 0) == "a.routes[0]"``; ``join("a", "b") == "a.b"``."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def type_name(value: object) -> str:
+    """The YAML-ish name of a value's type, for messages."""
+    if value is None:
+        return "null"
+    names = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+             (Mapping, "a mapping"), (list, "a list"))
+    for kind, name in names:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def show(value: object) -> str:
+    """A short ``repr`` for messages."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def as_mapping(problems: Problems, path: str, value: object) -> dict[str, object] | None:
+    """``value`` as a str-keyed dict (null counts as empty), or None after recording a problem."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.add(path, f"must be a mapping, got {type_name(value)}")
+        return None
+    for key in value:
+        if not isinstance(key, str):
+            problems.add(path, f"keys must be strings, got {show(key)}")
+    return {k: v for k, v in value.items() if isinstance(k, str)}
+
+
+def check_keys(problems: Problems, path: str, block: Mapping[str, object],
+               allowed: Iterable[str]) -> None:
+    """Record every key of ``block`` that is not in ``allowed``."""
+    allowed = sorted(allowed)
+    for key in block:
+        if key not in allowed:
+            problems.add(join(path, key), f"unknown key (expected one of: {', '.join(allowed)})")
+
+
+def convert(problems: Problems, path: str, value: object,
+            converter: Converter) -> tuple[bool, Any]:
+    """Run ``converter``: ``(True, result)``, or ``(False, None)`` after recording the problem."""
+    try:
+        return True, converter(value)
+    except ValueError as exc:
+        problems.add(path, str(exc))
+        return False, None
+
+
+def parse_fields(problems: Problems, path: str, raw: object, spec: Mapping[str, Converter],
+                 *, required: Iterable[str] = ()) -> dict[str, Any]:
+    """Convert each key of the mapping ``raw`` with ``spec``; unknown or missing keys are problems.
+
+    Only keys that converted cleanly are in the result, ready for ``dataclasses.replace``.
+    """
+    block = as_mapping(problems, path, raw)
+    if block is None:
+        return {}
+    check_keys(problems, path, block, spec)
+    for key in required:
+        if key not in block:
+            problems.add(join(path, key), "is required")
+    out: dict[str, Any] = {}
+    for key, value in block.items():
+        if key in spec:
+            ok, result = convert(problems, join(path, key), value, spec[key])
+            if ok:
+                out[key] = result
+    return out
+
+
+# --- converters -------------------------------------------------------------------------------
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Converter:
+    def conv(value: object) -> int:
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,18}\s*", value):
+            value = int(value)  # e.g. from ${VAR}
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {show(value)}")
+        _check_range(value, minimum, maximum)
+        return value
+    return conv
+
+
+def number(minimum: float | None = None, maximum: float | None = None,
+           *, above: float | None = None) -> Converter:
+    def conv(value: object) -> float:
+        if isinstance(value, str) and NUMBER.fullmatch(value):
+            value = float(value)  # e.g. from ${VAR}
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a number, got {show(value)}")
+        result = float(value)
+        if not math.isfinite(result):
+            raise ValueError(f"must be a finite number, got {show(value)}")
+        if above is not None and result <= above:
+            raise ValueError(f"must be > {above:g}, got {result:g}")
+        _check_range(result, minimum, maximum)
+        return result
+    return conv
+
+
+def _check_range(value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise ValueError(f"must be >= {minimum:g}, got {value:g}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"must be <= {maximum:g}, got {value:g}")
+
+
+def duration(*, allow_zero: bool = False) -> Converter:
+    def conv(value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds == 0 and not allow_zero:
+            raise ValueError(f"must be > 0, got {show(value)}")
+        return seconds
+    return conv
+
+
+def size(minimum: int = 0) -> Converter:
+    def conv(value: object) -> int:
+        result = parse_size(value)
+        if result < minimum:
+            raise ValueError(f"must be >= {minimum} bytes, got {show(value)}")
+        return result
+    return conv
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"  # e.g. from ${VAR}
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {show(value)}")
+    return value
+
+
+def optional(inner: Converter) -> Converter:
+    def conv(value: object) -> Any:
+        return None if value is None else inner(value)
+    return conv
+
+
+def one_of(*choices: str) -> Converter:
+    def conv(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {show(value)}")
+        assert isinstance(value, str)
+        return value
+    return conv
+
+
+def string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {type_name(value)}")
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain a line break")
+    return value
+
+
+def text(pattern: re.Pattern[str], what: str) -> Converter:
+    def conv(value: object) -> str:
+        result = string(value)
+        if not pattern.fullmatch(result):
+            raise ValueError(f"must be {what}, got {show(value)}")
+        return result
+    return conv
+
+
+def statuses(value: object) -> frozenset[int]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of HTTP status codes, got {type_name(value)}")
+    status = integer(100, 599)
+    result: set[int] = set()
+    for index, item in enumerate(value):
+        try:
+            result.add(status(item))
+        except ValueError as exc:
+            raise ValueError(f"item {index} {exc}") from None
+    return frozenset(result)
+
+
+def method(value: object) -> str:
+    name = string(value).upper()
+    if not METHOD.fullmatch(name):
+        raise ValueError(f"must be an HTTP method name like GET or POST, got {show(value)}")
+    return name
+
+
+def path_template(value: object) -> str:
+    """A route path: ``/v1/models/{owner}/{name}``, no query; ``{var}`` is one whole segment."""
+    path = string(value)
+    if not path.startswith("/") or "?" in path or "#" in path:
+        raise ValueError(f"must start with '/' and have no query, got {show(value)}")
+    for segment in path.split("/"):
+        if TEMPLATE_VAR.fullmatch(segment) is None and ("{" in segment or "}" in segment):
+            raise ValueError(f"'{{var}}' must be a whole path segment, got {segment!r}")
+    return path
+
+
+def probe_path(value: object) -> str:
+    """A health probe target: ``/v1/account`` or ``/v2/generations?limit=1``."""
+    path = string(value)
+    if not path.startswith("/") or "#" in path or " " in path:
+        raise ValueError(f"must start with '/' (a query is allowed), got {show(value)}")
+    return path
+
+
+def upstream_url(value: object) -> str:
+    """An http(s) URL without query, fragment or credentials; trailing slashes removed."""
+    url = string(value).strip()
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc}): {show(url)}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL like https://api.example.com, got {show(url)}")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError(f"must not have a query or fragment, got {show(url)}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials; use auth: with env: instead")
+    return url.rstrip("/")
+
+
+def host_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of host names, got {type_name(value)}")
+    hosts = []
+    for index, item in enumerate(value):
+        host = item.strip().lower() if isinstance(item, str) else item
+        if not isinstance(host, str) or not HOST_PATTERN.fullmatch(host):
+            raise ValueError(
+                f"item {index} must be a host name like api.example.com or *.example.com, "
+                f"got {show(item)}")
+        hosts.append(host)
+    return tuple(hosts)
+
+
+def schemes(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty list of http/https, got {show(value)}")
+    allowed = one_of("http", "https")
+    return tuple(dict.fromkeys(allowed(item) for item in value))
+
+
+def redacted_placeholder(value: object) -> None:
+    """``value:`` in an auth entry exists only so that a dump re-loads; it is never a secret."""
+    if value is not None and value != REDACTED:
+        raise ValueError(  # the value itself is never echoed: it may be a real key
+            f"must be null or {REDACTED!r}: secrets are read from the variable named by env:")
+
+
+# --- field tables -----------------------------------------------------------------------------
+
+BREAKER_FIELDS: dict[str, Converter] = {
+    "failure_threshold": integer(1),
+    "monitoring_period": duration(),
+    "failure_rate_threshold": number(maximum=1.0, above=0.0),
+    "minimum_calls": integer(0),
+    "recovery_timeout": duration(),
+    "max_recovery_timeout": optional(duration()),
+    "success_threshold": integer(1),
+    "half_open_max_calls": integer(1),
+    "slow_call_duration": optional(duration()),
+}
+RETRY_FIELDS: dict[str, Converter] = {
+    "max_attempts": integer(1),
+    "base_delay": duration(allow_zero=True),
+    "max_delay": duration(allow_zero=True),
+    "exponential_base": number(1.0),
+    "jitter": boolean,
+    "retry_statuses": statuses,
+    "budget_ratio": number(0.0),
+    "budget_min_per_second": number(0.0),
+    "max_buffered_body": size(),
+}
+TIMEOUT_FIELDS: dict[str, Converter] = {
+    "connect": duration(), "attempt": duration(), "total": duration(),
+}
+HEALTH_FIELDS: dict[str, Converter] = {
+    "method": method, "path": probe_path, "interval": duration(), "timeout": duration(),
+}
+SERVER_FIELDS: dict[str, Converter] = {
+    "host": text(re.compile(r"\S+"), "a host name or address"),
+    "port": integer(0, 65535),
+    "ops_host": text(re.compile(r"\S+"), "a host name or address"),
+    "ops_port": integer(0, 65535),
+    "drain_time": duration(allow_zero=True),
+    "shutdown_grace": duration(allow_zero=True),
+    "access_log": boolean,
+}
+DOWNLOAD_FIELDS: dict[str, Converter] = {
+    "allowed_hosts": host_list,
+    "allowed_schemes": schemes,
+    "max_download_size": size(1),
+    "allow_private_networks": boolean,
+    "max_redirects": integer(0, 20),
+}
+POLICY_SCALARS: dict[str, Converter] = {
+    "failure_statuses": statuses,
+    "max_request_body": size(1),
+    "max_concurrent": optional(integer(1)),
+}
+AUTH_FIELDS: dict[str, Converter] = {
+    "header": text(HEADER_NAME, "an HTTP header name"),
+    "prefix": string,
+    "env": text(ENV_NAME, "an environment variable name"),
+    "value": redacted_placeholder,
+}
+ROUTE_FIELDS: dict[str, Converter] = {
+    "name": text(ROUTE_NAME, "lower-case letters, digits and '_'"),
+    "method": optional(method),
+    "path": path_template,
+    "idempotent": optional(boolean),
+}
