@@ -1,0 +1,166 @@
+"""The sidecar's runtime state: one ``ProviderRuntime`` per configured provider, built once.
+
+Everything a request needs that can be computed at start-up (the upstream base, the auth headers,
+the compiled route table, metric children, the provider-wide policy) is computed here, so the
+request path only looks things up.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from multidict import istr
+
+from .breaker import CircuitBreaker, Transition
+from .config import ProviderConfig, RouteConfig, SidecarConfig
+from .logs import get_logger
+from .metrics import Metrics, ProviderMetrics
+from .retry import RetryBudget
+from .routes import RouteTable
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class ProbeResult:
+    ok: bool
+    status: int | None
+    latency_ms: float
+    checked_at: str
+    error: str | None
+
+
+@dataclass(slots=True)
+class ProviderRuntime:
+    config: ProviderConfig
+    breaker: CircuitBreaker
+    budget: RetryBudget
+    routes: RouteTable
+    metrics: ProviderMetrics
+    default_policy: RouteConfig
+    auth_headers: tuple[tuple[istr, str], ...]
+    base_url: str
+    inflight: int = 0
+    probe: ProbeResult | None = None
+    _session: aiohttp.ClientSession | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"provider {self.name}: gateway not started")
+        return self._session
+
+    def policy_for(self, method: str, path: str) -> RouteConfig:
+        route = self.routes.match(method, path)
+        return route if route is not None else self.default_policy
+
+
+def _default_policy(cfg: ProviderConfig) -> RouteConfig:
+    """The policy of requests that match no named route: the provider's own."""
+    return RouteConfig(
+        name="other",
+        path="",
+        retry=cfg.retry,
+        timeouts=cfg.timeouts,
+        failure_statuses=cfg.failure_statuses,
+    )
+
+
+def new_session(cfg: ProviderConfig, connector: aiohttp.BaseConnector | None = None) -> aiohttp.ClientSession:
+    """A pooled, keep-alive session that forwards bytes as they are.
+
+    No auto headers (the upstream sees what the bot sent), no decompression, no cookies, no
+    environment proxies, and no silent re-send of idempotent requests on a dropped keep-alive
+    connection: the attempt loop counts and retries every send itself.
+    """
+    timeouts = cfg.timeouts
+    session = aiohttp.ClientSession(
+        connector=connector
+        or aiohttp.TCPConnector(limit=cfg.max_concurrent or 256, ttl_dns_cache=60, keepalive_timeout=15),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=timeouts.connect, sock_read=timeouts.attempt
+        ),
+        read_bufsize=64 * 1024,
+    )
+    session._retry_connection = False  # see docstring; aiohttp has no public switch for it
+    return session
+
+
+class Gateway:
+    """Per-provider runtime plus process-wide state (draining, start time)."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        metrics: Metrics,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.wall = wall
+        self.rng = rng or random.Random()
+        self.started_at = clock()
+        self.draining = False
+        self.providers: dict[str, ProviderRuntime] = {
+            name: self._runtime(pc) for name, pc in config.providers.items()
+        }
+        self.known = sorted(self.providers)
+
+    def _runtime(self, cfg: ProviderConfig) -> ProviderRuntime:
+        pm = self.metrics.provider(cfg.name, [r.name for r in cfg.routes])
+        log = get_logger("breaker")
+
+        def on_transition(t: Transition) -> None:
+            pm.transition(t.from_state.value, t.to_state.value)
+            log.warning(
+                "breaker_transition", provider=t.provider, from_state=t.from_state.value,
+                to_state=t.to_state.value, reason=t.reason,
+            )
+
+        rt = ProviderRuntime(
+            config=cfg,
+            breaker=CircuitBreaker(cfg.name, cfg.breaker, clock=self.clock, on_transition=on_transition),
+            budget=RetryBudget(
+                cfg.retry.budget_ratio, cfg.retry.budget_min_per_second, clock=self.clock
+            ),
+            routes=RouteTable(cfg.routes),
+            metrics=pm,
+            default_policy=_default_policy(cfg),
+            auth_headers=tuple(
+                (istr(a.header), a.prefix + a.value) for a in cfg.auth if a.value
+            ),
+            base_url=cfg.upstream.rstrip("/"),
+        )
+        self.metrics.inflight.labels(cfg.name).set_function(lambda: rt.inflight)
+        return rt
+
+    async def start(self) -> None:
+        for rt in self.providers.values():
+            if rt.config.kind == "proxy" and rt.config.configured and rt._session is None:
+                rt._session = new_session(rt.config)
+
+    async def close(self) -> None:
+        for rt in self.providers.values():
+            if rt._session is not None:
+                await rt._session.close()
+                rt._session = None
+
+    def uptime(self) -> float:
+        return self.clock() - self.started_at

@@ -1,0 +1,67 @@
+"""Header rules for forwarding: which headers never cross the proxy, computed once at import.
+
+Hop-by-hop headers (RFC 9110 section 7.6.1) describe one connection, not the message, so they are
+dropped in both directions, along with any header the sender named in its own ``Connection``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
+HOP_BY_HOP: frozenset[str] = frozenset(
+    istr(h)
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+
+# Never forwarded upstream: the client's view of the sidecar (Host), things aiohttp recomputes or
+# answers itself (Expect: 100-continue), and the sidecar's own control header.
+REQUEST_DROP: frozenset[str] = HOP_BY_HOP | frozenset(
+    istr(h) for h in ("Host", "Expect", "X-Sidecar-Operation")
+)
+
+# Recomputed by the server for the response it writes.
+RESPONSE_DROP: frozenset[str] = HOP_BY_HOP | frozenset(istr(h) for h in ("Content-Length",))
+
+REQUEST_ID = istr("X-Request-Id")
+ATTEMPTS = istr("X-Sidecar-Attempts")
+SIDECAR_ERROR = istr("X-Sidecar-Error")
+OPERATION = istr("X-Sidecar-Operation")
+IDEMPOTENCY_KEY = istr("Idempotency-Key")
+RETRY_AFTER = istr("Retry-After")
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names listed in Connection are hop-by-hop for this message only."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(istr(t.strip()) for v in values for t in v.split(",") if t.strip())
+
+
+def filter_headers(
+    headers: CIMultiDictProxy[str], drop: frozenset[str]
+) -> CIMultiDict[str]:
+    """Copy headers, keeping repeated ones, minus ``drop`` and the Connection-named ones."""
+    extra = _connection_tokens(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name in drop or (extra and name in extra):
+            continue
+        out.add(name, value)
+    return out
+
+
+def contains_any(headers: CIMultiDict[str] | CIMultiDictProxy[str], names: Iterable[str]) -> bool:
+    return any(n in headers for n in names)

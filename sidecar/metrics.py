@@ -1,0 +1,145 @@
+"""Prometheus metrics on a registry of the app's own (never the global one).
+
+The names and labels are a contract with the dashboard and the alerts (SPEC section 6). Label
+children are resolved once per provider and operation, so the request path only increments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+ATTEMPT_RESULTS = ("success", "failure", "timeout", "connect_error")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "OperationMetrics", "ProviderMetrics"]
+
+
+class Metrics:
+    """Owns the registry and every metric family of one sidecar."""
+
+    def __init__(self, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.requests = Counter(
+            "sidecar_requests_total", "Client requests by the status the client got.",
+            ("provider", "operation", "code"), registry=r,
+        )
+        self.request_duration = Histogram(
+            "sidecar_request_duration_seconds", "Client request duration, retries and waits included.",
+            ("provider", "operation"), buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.attempts = Counter(
+            "sidecar_upstream_attempts_total", "Upstream attempts by outcome.",
+            ("provider", "result"), registry=r,
+        )
+        self.attempt_duration = Histogram(
+            "sidecar_upstream_attempt_duration_seconds", "Upstream attempt duration to response headers.",
+            ("provider",), buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.retries = Counter("sidecar_retries_total", "Retries sent.", ("provider",), registry=r)
+        self.budget_exhausted = Counter(
+            "sidecar_retry_budget_exhausted_total", "Retries refused by the retry budget.",
+            ("provider",), registry=r,
+        )
+        self.breaker_state = Gauge(
+            "sidecar_breaker_state", "1 for the breaker's current state, 0 for the others.",
+            ("provider", "state"), registry=r,
+        )
+        self.transitions = Counter(
+            "sidecar_breaker_transitions_total", "Breaker state transitions.",
+            ("provider", "from_state", "to_state"), registry=r,
+        )
+        self.short_circuited = Counter(
+            "sidecar_short_circuited_total", "Requests answered circuit_open without an attempt.",
+            ("provider",), registry=r,
+        )
+        self.inflight = Gauge(
+            "sidecar_inflight_requests", "Client requests in flight.", ("provider",), registry=r,
+        )
+        self.probe_up = Gauge(
+            "sidecar_probe_up", "1 when the last health probe succeeded.", ("provider",), registry=r,
+        )
+        self.probe_duration = Gauge(
+            "sidecar_probe_duration_seconds", "Duration of the last health probe.",
+            ("provider",), registry=r,
+        )
+        build = Gauge("sidecar_build_info", "Build information.", ("version",), registry=r)
+        build.labels(version).set(1)
+        self._providers: dict[str, ProviderMetrics] = {}
+
+    def provider(self, name: str, operations: Iterable[str] = ()) -> ProviderMetrics:
+        pm = self._providers.get(name)
+        if pm is None:
+            pm = self._providers[name] = ProviderMetrics(self, name, operations)
+        return pm
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class OperationMetrics:
+    """Children for one (provider, operation): the per-request counters."""
+
+    __slots__ = ("_by_code", "_family", "_labels", "duration")
+
+    def __init__(self, metrics: Metrics, provider: str, operation: str) -> None:
+        self._family = metrics.requests
+        self._labels = (provider, operation)
+        self.duration = metrics.request_duration.labels(provider, operation)
+        self._by_code: dict[int, Counter] = {}
+
+    def observe(self, code: int, seconds: float) -> None:
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._family.labels(*self._labels, str(code))
+        child.inc()
+        self.duration.observe(seconds)
+
+
+class ProviderMetrics:
+    """Children for one provider, resolved at start-up."""
+
+    def __init__(self, metrics: Metrics, name: str, operations: Iterable[str]) -> None:
+        self._metrics = metrics
+        self.name = name
+        self.attempt = {r: metrics.attempts.labels(name, r) for r in ATTEMPT_RESULTS}
+        self.attempt_duration = metrics.attempt_duration.labels(name)
+        self.retries = metrics.retries.labels(name)
+        self.budget_exhausted = metrics.budget_exhausted.labels(name)
+        self.short_circuited = metrics.short_circuited.labels(name)
+        self.inflight = metrics.inflight.labels(name)
+        self._states = {s: metrics.breaker_state.labels(name, s) for s in BREAKER_STATES}
+        self._operations: dict[str, OperationMetrics] = {}
+        for op in (*operations, "other"):
+            self.operation(op)
+        self.set_state("closed")
+
+    def operation(self, name: str) -> OperationMetrics:
+        om = self._operations.get(name)
+        if om is None:
+            om = self._operations[name] = OperationMetrics(self._metrics, self.name, name)
+        return om
+
+    def set_state(self, state: str) -> None:
+        for s, gauge in self._states.items():
+            gauge.set(1 if s == state else 0)
+
+    def transition(self, from_state: str, to_state: str) -> None:
+        self._metrics.transitions.labels(self.name, from_state, to_state).inc()
+        self.set_state(to_state)
+
+    def probe(self, up: bool, seconds: float) -> None:
+        self._metrics.probe_up.labels(self.name).set(1 if up else 0)
+        self._metrics.probe_duration.labels(self.name).set(seconds)

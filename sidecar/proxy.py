@@ -1,0 +1,251 @@
+"""The request handler for ``/<provider>/<rest>``: route, build the outbound request, stream back.
+
+The provider is taken from the raw (still percent-encoded) request target, and the upstream URL is
+the configured base plus the rest *as received*: nothing the client sends can change the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .errors import SidecarError, error_response, to_response
+from .gateway import Gateway, ProviderRuntime
+from .headers import (
+    ATTEMPTS,
+    IDEMPOTENCY_KEY,
+    OPERATION,
+    REQUEST_DROP,
+    REQUEST_ID,
+    RESPONSE_DROP,
+    filter_headers,
+)
+from .logs import get_logger
+from .retry import request_is_retryable
+from .upstream import AttemptLoop, Body, Outbound
+
+# Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
+_SMALL_BODY = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class BodyTooLarge(Exception):
+    """The client sent more than ``max_request_body`` while its body was being streamed."""
+
+
+class _LimitedStream:
+    """A request body streamed upstream once, cut at the provider's limit."""
+
+    __slots__ = ("_content", "_limit", "_prefix", "exceeded")
+
+    def __init__(self, prefix: bytes, content: aiohttp.StreamReader, limit: int) -> None:
+        self._prefix = prefix
+        self._content = content
+        self._limit = limit
+        self.exceeded = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        total = len(self._prefix)
+        if self._prefix:
+            yield self._prefix
+        async for chunk in self._content.iter_any():
+            total += len(chunk)
+            if total > self._limit:
+                self.exceeded = True
+                raise BodyTooLarge
+            yield chunk
+
+
+def split_target(raw_path: str) -> tuple[str, str, str]:
+    """``/name/rest?q`` -> (name, "/rest", "q"); the rest stays percent-encoded."""
+    path, _, query = raw_path.partition("?")
+    slash = path.find("/", 1)
+    if slash < 0:
+        return path[1:], "", query
+    return path[1:slash], path[slash:], query
+
+
+async def read_body(
+    request: web.Request, rt: ProviderRuntime, buffer_limit: int, want_replay: bool
+) -> tuple[Body, bool]:
+    """The body to send and whether it can be sent again (only what was kept in memory)."""
+    if not request.body_exists:
+        return None, True
+    limit = rt.config.max_request_body
+    length = request.content_length
+    if length is not None and length > limit:
+        raise SidecarError(
+            "body_too_large", f"request body of {length} bytes exceeds {limit}", provider=rt.name
+        )
+    keep = buffer_limit if want_replay else _SMALL_BODY
+    if length is not None:
+        if length <= keep:
+            return await request.content.readexactly(length), True
+        return _LimitedStream(b"", request.content, limit), False
+    chunks: list[bytes] = []
+    size = 0
+    while size <= keep:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise SidecarError("body_too_large", f"request body exceeds {limit} bytes", provider=rt.name)
+    return _LimitedStream(b"".join(chunks), request.content, limit), False
+
+
+class ProxyHandler:
+    """Forwards one client request through its provider's breaker and retry policy."""
+
+    def __init__(self, gateway: Gateway, loop: AttemptLoop) -> None:
+        self._gw = gateway
+        self._loop = loop
+        self._log = get_logger("proxy")
+        self._access_log = gateway.config.server.access_log
+
+    async def forward(self, request: web.Request, rt: ProviderRuntime, rest: str, query: str) -> web.StreamResponse:
+        gw = self._gw
+        t0 = gw.clock()
+        method = request.method
+        policy = rt.policy_for(method, rest or "/")
+        op = rt.metrics.operation(policy.name)
+        rt.inflight += 1
+        code = 500
+        try:
+            resp = await self._forward(request, rt, rest, query, policy)
+            code = resp.status
+            return resp
+        finally:
+            rt.inflight -= 1
+            op.observe(code, gw.clock() - t0)
+            if self._access_log:
+                self._log.info(
+                    "request", provider=rt.name, operation=policy.name, method=method,
+                    status=code, caller_operation=request.headers.get(OPERATION),
+                    duration_ms=round((gw.clock() - t0) * 1000, 1),
+                )
+
+    async def _forward(
+        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str, policy: object
+    ) -> web.StreamResponse:
+        from .config import RouteConfig
+
+        assert isinstance(policy, RouteConfig)
+        cfg = rt.config
+        if not cfg.configured:
+            return error_response(
+                "provider_unconfigured", f"provider {rt.name} has no upstream", provider=rt.name
+            )
+        if cfg.max_concurrent is not None and rt.inflight > cfg.max_concurrent:
+            return error_response(
+                "provider_overloaded",
+                f"{cfg.max_concurrent} requests already in flight to {rt.name}",
+                provider=rt.name,
+            )
+        headers = filter_headers(request.headers, REQUEST_DROP)
+        request_id = headers.get(REQUEST_ID)
+        if request_id is None:
+            request_id = headers[REQUEST_ID] = uuid.uuid4().hex
+        for name, value in rt.auth_headers:
+            if name not in headers:
+                headers[name] = value
+        eligible = request_is_retryable(
+            request.method, IDEMPOTENCY_KEY in headers, policy.idempotent
+        ) and policy.retry.max_attempts > 1
+        try:
+            body, replayable = await read_body(
+                request, rt, policy.retry.max_buffered_body, eligible
+            )
+        except SidecarError as err:
+            return _with_request_id(to_response(err), request_id)
+        target = rt.base_url + (rest or "/") + ("?" + query if query else "")
+        out = Outbound(
+            method=request.method,
+            url=URL(target, encoded=True),
+            headers=headers,
+            body=body,
+            policy=policy,
+            retryable=eligible and replayable,
+        )
+        exchange = await self._loop.run(rt, out)
+        if exchange.response is None:
+            assert exchange.error is not None
+            err = exchange.error
+            if isinstance(body, _LimitedStream) and body.exceeded:
+                err = SidecarError(
+                    "body_too_large", f"request body exceeds {cfg.max_request_body} bytes",
+                    provider=rt.name, attempts=exchange.attempts,
+                )
+            return _with_request_id(to_response(err), request_id)
+        return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
+
+
+def _with_request_id(resp: web.Response, request_id: str) -> web.Response:
+    resp.headers[REQUEST_ID] = request_id
+    return resp
+
+
+async def relay(
+    request: web.Request,
+    up: aiohttp.ClientResponse,
+    attempts: int,
+    request_id: str,
+    provider: str,
+) -> web.StreamResponse:
+    """Send the upstream's answer back: small bodies in one write, larger ones streamed."""
+    headers = filter_headers(up.headers, RESPONSE_DROP)
+    headers[ATTEMPTS] = str(attempts)
+    headers[REQUEST_ID] = request_id
+    length = up.content_length
+    try:
+        if request.method == "HEAD" or up.status in _NO_BODY_STATUSES:
+            up.release()
+            resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
+            if length is not None:
+                resp.content_length = length
+            return resp
+        if length is not None and length <= _SMALL_BODY:
+            body = await up.read()
+            up.release()
+            return web.Response(status=up.status, reason=up.reason, headers=headers, body=body)
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        up.close()
+        err = SidecarError(
+            "upstream_unreachable", f"response body failed: {type(exc).__name__}",
+            provider=provider, attempts=attempts,
+        )
+        return _with_request_id(to_response(err), request_id)
+    return await _stream(request, up, headers, length)
+
+
+async def _stream(
+    request: web.Request, up: aiohttp.ClientResponse, headers: CIMultiDict[str], length: int | None
+) -> web.StreamResponse:
+    resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
+    if length is not None:
+        resp.content_length = length
+    try:
+        await resp.prepare(request)
+        async for chunk in up.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        # The upstream died mid-body or the client went away: cut the client's connection so a
+        # truncated body can never look complete.
+        up.close()
+        if request.transport is not None:
+            request.transport.abort()
+        raise
+    finally:
+        up.release()
+    return resp

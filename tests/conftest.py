@@ -1,0 +1,164 @@
+"""Shared fixtures: fake providers on loopback and a sidecar app built from a config in code."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from sidecar.app import create_app, runner_kwargs
+from sidecar.config import (
+    AuthHeader,
+    BreakerConfig,
+    ProviderConfig,
+    RetryConfig,
+    ServerConfig,
+    SidecarConfig,
+    Timeouts,
+)
+
+from .fake_provider import FakeProvider
+
+
+class RecordingSleep:
+    """Returns at once and remembers each requested delay."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+class ManualClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def provider(name: str, upstream: str, **overrides: Any) -> ProviderConfig:
+    """A provider with fast test-friendly policies; keyword overrides replace whole fields."""
+    base = ProviderConfig(
+        name=name,
+        upstream=upstream,
+        breaker=BreakerConfig(failure_threshold=3, minimum_calls=0, recovery_timeout=10.0),
+        retry=RetryConfig(base_delay=0.01, max_delay=1.0),
+        timeouts=Timeouts(connect=2.0, attempt=5.0, total=10.0),
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def sidecar_config(*providers: ProviderConfig, **server: Any) -> SidecarConfig:
+    return SidecarConfig(
+        server=ServerConfig(**server), providers={p.name: p for p in providers}
+    )
+
+
+SECRET = "sk-test-SECRET-abc123"
+
+
+def keyed(name: str, upstream: str, **overrides: Any) -> ProviderConfig:
+    auth = (AuthHeader(header="Authorization", prefix="Bearer ", env="TOKEN", value=SECRET),)
+    return provider(name, upstream, auth=auth, **overrides)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProvider]:
+    fp = await FakeProvider().start()
+    yield fp
+    await fp.close()
+
+
+@pytest.fixture
+def sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+class SidecarClient:
+    """A client bound to one running sidecar listener (a real AppRunner, as in production)."""
+
+    def __init__(self, runner: web.AppRunner, session: aiohttp.ClientSession) -> None:
+        self.runner = runner
+        self.session = session
+        self.port: int = runner.addresses[0][1]
+        self.app = runner.app
+
+    def make_url(self, path: str) -> URL:
+        return URL(f"http://127.0.0.1:{self.port}{path}", encoded=True)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.session.request(method, self.make_url(path), **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def head(self, path: str, **kwargs: Any) -> Any:
+        return self.request("HEAD", path, **kwargs)
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.runner.cleanup()
+
+
+async def start_listener(app: web.Application, config: SidecarConfig) -> SidecarClient:
+    runner = web.AppRunner(app, **runner_kwargs(config))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return SidecarClient(runner, aiohttp.ClientSession())
+
+
+@pytest.fixture
+async def sidecar(sleep: RecordingSleep) -> AsyncIterator[Callable[..., Any]]:
+    """Start a sidecar app for a config; returns a client on its proxy listener."""
+    clients: list[SidecarClient] = []
+
+    async def start(config: SidecarConfig, **kwargs: Any) -> SidecarClient:
+        kwargs.setdefault("sleep", sleep)
+        kwargs.setdefault("rng", random.Random(7))
+        client = await start_listener(create_app(config, **kwargs), config)
+        clients.append(client)
+        return client
+
+    yield start
+    for c in clients:
+        await c.close()
+
+
+async def raw_http(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes as they are (no client normalisation) and read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+async def raw_get(port: int, target: str) -> tuple[int, bytes]:
+    """GET an exact request target; returns (status, body)."""
+    data = await raw_http(
+        port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
