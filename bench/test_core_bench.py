@@ -1,0 +1,73 @@
+"""Micro-benchmarks of the pure core, which runs once per upstream attempt on the hot path.
+
+Run with ``.venv/bin/python -m pytest bench/test_core_bench.py`` (not part of ``make test``).
+pytest-benchmark reports the time per call; expect a few hundred ns to a few microseconds.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from sidecar.breaker import CircuitBreaker, Outcome, Permit
+from sidecar.config import BreakerConfig, RetryConfig, RouteConfig
+from sidecar.retry import RetryBudget, retry_delay
+from sidecar.routes import RouteTable
+
+ROUTES = [
+    RouteConfig(name="create_prediction", method="POST", path="/v1/predictions"),
+    RouteConfig(name="get_prediction", method="GET", path="/v1/predictions/{id}"),
+    RouteConfig(name="cancel_prediction", method="POST", path="/v1/predictions/{id}/cancel"),
+    RouteConfig(name="list_models", method="GET", path="/v1/models"),
+    RouteConfig(name="get_model", method="GET", path="/v1/models/{owner}/{name}"),
+    RouteConfig(name="create_model", method="POST", path="/v1/models"),
+    RouteConfig(
+        name="create_training",
+        method="POST",
+        path="/v1/models/{owner}/{name}/versions/{version}/trainings",
+    ),
+    RouteConfig(name="get_training", method="GET", path="/v1/trainings/{id}"),
+    RouteConfig(name="cancel_training", method="POST", path="/v1/trainings/{id}/cancel"),
+    RouteConfig(name="account", method="GET", path="/v1/account"),
+]
+
+
+def test_breaker_acquire_and_record(benchmark: BenchmarkFixture) -> None:
+    """One CLOSED-state attempt: acquire a permit, record a success with its duration."""
+    breaker = CircuitBreaker("bench", BreakerConfig(), clock=time.monotonic)
+
+    def attempt() -> None:
+        permit = breaker.acquire()
+        assert isinstance(permit, Permit)
+        breaker.record(permit, Outcome.SUCCESS, 0.05)
+
+    benchmark(attempt)
+    assert breaker.state.value == "closed"
+
+
+def test_retry_decision(benchmark: BenchmarkFixture) -> None:
+    """The decision before a retry: the jittered delay, then a budget spend."""
+    config = RetryConfig()
+    rng = random.Random(1)
+    budget = RetryBudget(0.2, 1e9, clock=time.monotonic)  # a floor no benchmark run exhausts
+
+    def decide() -> bool:
+        delay = retry_delay(2, config, rng, 1.0)
+        return delay is not None and budget.try_spend()
+
+    assert benchmark(decide)
+
+
+def test_route_match_last_of_ten(benchmark: BenchmarkFixture) -> None:
+    """The worst case of a 10-route table: the request matches the last entry."""
+    table = RouteTable(ROUTES)
+    result = benchmark(table.match, "GET", "/v1/account")
+    assert result is not None and result.name == "account"
+
+
+def test_route_match_miss(benchmark: BenchmarkFixture) -> None:
+    """A path that no route matches tries all ten templates and yields None."""
+    table = RouteTable(ROUTES)
+    assert benchmark(table.match, "GET", "/v1/collections/abc") is None
