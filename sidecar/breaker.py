@@ -257,7 +257,9 @@ class CircuitBreaker:
     def snapshot(self) -> dict[str, object]:
         """A JSON-able view for /admin and /health/detailed (seconds rounded to ms)."""
         now = self._clock()
-        state = self.state
+        if self._state is BreakerState.OPEN:
+            self._maybe_half_open(now)
+        state = self._state
         calls = self._calls.total(now)
         failures = self._failures.total(now)
         retry_after = None
