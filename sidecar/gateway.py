@@ -91,7 +91,8 @@ def new_session(cfg: ProviderConfig, connector: aiohttp.BaseConnector | None = N
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         timeout=aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=timeouts.connect, sock_read=timeouts.attempt
+            total=None, connect=timeouts.connect, sock_connect=timeouts.connect,
+            sock_read=timeouts.attempt,
         ),
         read_bufsize=64 * 1024,
     )
