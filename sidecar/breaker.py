@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 from sidecar.config import BreakerConfig
+from sidecar.window import SlidingCounter
 
 __all__ = [
     "LEGAL_TRANSITIONS",
@@ -30,7 +31,6 @@ __all__ = [
     "Outcome",
     "Permit",
     "Rejection",
-    "SlidingCounter",
     "Transition",
 ]
 
@@ -109,49 +109,6 @@ LEGAL_TRANSITIONS = _legal_transitions()
 # Rejections that carry no time are shared, so the short-circuit path allocates nothing.
 _HALF_OPEN_FULL = Rejection(_S.HALF_OPEN, 1.0)
 _FORCED = Rejection(_S.FORCED_OPEN, None)
-_NEVER = -(1 << 62)
-
-
-class SlidingCounter:
-    """Events of the last ``period`` seconds in ``buckets`` fixed slots: O(1) memory at any rate."""
-
-    __slots__ = ("_counts", "_head", "_n", "_total", "_width")
-
-    def __init__(self, period: float, buckets: int) -> None:
-        self._n = buckets
-        self._width = period / buckets
-        self._counts = [0] * buckets
-        self._head = _NEVER
-        self._total = 0
-
-    def add(self, now: float, n: int = 1) -> None:
-        self._advance(now)
-        self._counts[self._head % self._n] += n
-        self._total += n
-
-    def total(self, now: float) -> int:
-        self._advance(now)
-        return self._total
-
-    def clear(self) -> None:
-        self._counts = [0] * self._n
-        self._total = 0
-
-    def _advance(self, now: float) -> None:
-        """Empty the buckets that slid out; at most ``buckets`` steps however long it was idle."""
-        index = int(now // self._width)
-        head = self._head
-        if index <= head:
-            return
-        if index - head >= self._n:
-            self.clear()
-        else:
-            counts = self._counts
-            for i in range(head + 1, index + 1):
-                slot = i % self._n
-                self._total -= counts[slot]
-                counts[slot] = 0
-        self._head = index
 
 
 class CircuitBreaker:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-from sidecar.breaker import SlidingCounter
 from sidecar.config import RetryConfig
+from sidecar.window import SlidingCounter
 
 __all__ = [
     "IDEMPOTENT_METHODS",

@@ -13,10 +13,10 @@ from sidecar.breaker import (
     Outcome,
     Permit,
     Rejection,
-    SlidingCounter,
     Transition,
 )
 from sidecar.config import BreakerConfig
+from sidecar.window import SlidingCounter
 from tests.fakes import FakeClock
 
 S = BreakerState
