@@ -16,7 +16,9 @@ from .logs import configure_logging
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sidecar", description="Egress sidecar for paid AI APIs.")
-    p.add_argument("--config", help="YAML config file (default: $SIDECAR_CONFIG or the embedded default)")
+    p.add_argument(
+        "--config", help="YAML config file (default: $SIDECAR_CONFIG or the embedded default)"
+    )
     p.add_argument("--host", help="proxy listener address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="proxy listener port (default 8080)")
     p.add_argument("--ops-host", help="ops listener address (default 127.0.0.1)")
@@ -29,8 +31,10 @@ def _apply_cli(config: SidecarConfig, args: argparse.Namespace) -> SidecarConfig
     overrides = {
         k: v
         for k, v in (
-            ("host", args.host), ("port", args.port),
-            ("ops_host", args.ops_host), ("ops_port", args.ops_port),
+            ("host", args.host),
+            ("port", args.port),
+            ("ops_host", args.ops_host),
+            ("ops_port", args.ops_port),
         )
         if v is not None
     }

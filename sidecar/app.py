@@ -46,14 +46,14 @@ def create_app(
 ) -> web.Application:
     """Build the app for one listener; without a ``gateway`` it owns a new one for its lifetime."""
     owns = gateway is None
-    gw = gateway or Gateway(
-        config, metrics=Metrics(__version__), clock=clock, wall=wall, rng=rng
-    )
+    gw = gateway or Gateway(config, metrics=Metrics(__version__), clock=clock, wall=wall, rng=rng)
     app = web.Application()
     app[GATEWAY] = gw
     add_own_routes(app, gw)
     if role == "proxy":
-        handler = _proxy_dispatch(gw, AttemptLoop(clock=gw.clock, sleep=sleep, rng=gw.rng, wall=gw.wall))
+        handler = _proxy_dispatch(
+            gw, AttemptLoop(clock=gw.clock, sleep=sleep, rng=gw.rng, wall=gw.wall)
+        )
     else:
         handler = _not_found
     app.router.register_resource(CatchAllResource(handler))
@@ -95,7 +95,9 @@ def _proxy_dispatch(
                 resp = error_response("not_found", f"no such endpoint: /{name}{rest}")
             else:
                 resp = error_response(
-                    "unknown_provider", "no such provider", provider=None,
+                    "unknown_provider",
+                    "no such provider",
+                    provider=None,
                     extra={"known_providers": gw.known},
                 )
         unknown.observe(resp.status, 0.0)

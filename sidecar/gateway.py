@@ -75,7 +75,9 @@ def _default_policy(cfg: ProviderConfig) -> RouteConfig:
     )
 
 
-def new_session(cfg: ProviderConfig, connector: aiohttp.BaseConnector | None = None) -> aiohttp.ClientSession:
+def new_session(
+    cfg: ProviderConfig, connector: aiohttp.BaseConnector | None = None
+) -> aiohttp.ClientSession:
     """A pooled, keep-alive session that forwards bytes as they are.
 
     No auto headers (the upstream sees what the bot sent), no decompression, no cookies, no
@@ -85,13 +87,17 @@ def new_session(cfg: ProviderConfig, connector: aiohttp.BaseConnector | None = N
     timeouts = cfg.timeouts
     session = aiohttp.ClientSession(
         connector=connector
-        or aiohttp.TCPConnector(limit=cfg.max_concurrent or 256, ttl_dns_cache=60, keepalive_timeout=15),
+        or aiohttp.TCPConnector(
+            limit=cfg.max_concurrent or 256, ttl_dns_cache=60, keepalive_timeout=15
+        ),
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         timeout=aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_connect=timeouts.connect,
+            total=None,
+            connect=timeouts.connect,
+            sock_connect=timeouts.connect,
             sock_read=timeouts.attempt,
         ),
         read_bufsize=64 * 1024,
@@ -131,22 +137,25 @@ class Gateway:
         def on_transition(t: Transition) -> None:
             pm.transition(t.from_state.value, t.to_state.value)
             log.warning(
-                "breaker_transition", provider=t.provider, from_state=t.from_state.value,
-                to_state=t.to_state.value, reason=t.reason,
+                "breaker_transition",
+                provider=t.provider,
+                from_state=t.from_state.value,
+                to_state=t.to_state.value,
+                reason=t.reason,
             )
 
         rt = ProviderRuntime(
             config=cfg,
-            breaker=CircuitBreaker(cfg.name, cfg.breaker, clock=self.clock, on_transition=on_transition),
+            breaker=CircuitBreaker(
+                cfg.name, cfg.breaker, clock=self.clock, on_transition=on_transition
+            ),
             budget=RetryBudget(
                 cfg.retry.budget_ratio, cfg.retry.budget_min_per_second, clock=self.clock
             ),
             routes=RouteTable(cfg.routes),
             metrics=pm,
             default_policy=_default_policy(cfg),
-            auth_headers=tuple(
-                (istr(a.header), a.prefix + a.value) for a in cfg.auth if a.value
-            ),
+            auth_headers=tuple((istr(a.header), a.prefix + a.value) for a in cfg.auth if a.value),
             base_url=cfg.upstream.rstrip("/"),
         )
         self.metrics.inflight.labels(cfg.name).set_function(lambda: rt.inflight)

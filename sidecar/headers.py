@@ -50,9 +50,7 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(istr(t.strip()) for v in values for t in v.split(",") if t.strip())
 
 
-def filter_headers(
-    headers: CIMultiDictProxy[str], drop: frozenset[str]
-) -> CIMultiDict[str]:
+def filter_headers(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
     """Copy headers, keeping repeated ones, minus ``drop`` and the Connection-named ones."""
     extra = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()

@@ -33,47 +33,73 @@ class Metrics:
         r = self.registry
         ProcessCollector(registry=r)
         self.requests = Counter(
-            "sidecar_requests_total", "Client requests by the status the client got.",
-            ("provider", "operation", "code"), registry=r,
+            "sidecar_requests_total",
+            "Client requests by the status the client got.",
+            ("provider", "operation", "code"),
+            registry=r,
         )
         self.request_duration = Histogram(
-            "sidecar_request_duration_seconds", "Client request duration, retries and waits included.",
-            ("provider", "operation"), buckets=LATENCY_BUCKETS, registry=r,
+            "sidecar_request_duration_seconds",
+            "Client request duration, retries and waits included.",
+            ("provider", "operation"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.attempts = Counter(
-            "sidecar_upstream_attempts_total", "Upstream attempts by outcome.",
-            ("provider", "result"), registry=r,
+            "sidecar_upstream_attempts_total",
+            "Upstream attempts by outcome.",
+            ("provider", "result"),
+            registry=r,
         )
         self.attempt_duration = Histogram(
-            "sidecar_upstream_attempt_duration_seconds", "Upstream attempt duration to response headers.",
-            ("provider",), buckets=LATENCY_BUCKETS, registry=r,
+            "sidecar_upstream_attempt_duration_seconds",
+            "Upstream attempt duration to response headers.",
+            ("provider",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.retries = Counter("sidecar_retries_total", "Retries sent.", ("provider",), registry=r)
         self.budget_exhausted = Counter(
-            "sidecar_retry_budget_exhausted_total", "Retries refused by the retry budget.",
-            ("provider",), registry=r,
+            "sidecar_retry_budget_exhausted_total",
+            "Retries refused by the retry budget.",
+            ("provider",),
+            registry=r,
         )
         self.breaker_state = Gauge(
-            "sidecar_breaker_state", "1 for the breaker's current state, 0 for the others.",
-            ("provider", "state"), registry=r,
+            "sidecar_breaker_state",
+            "1 for the breaker's current state, 0 for the others.",
+            ("provider", "state"),
+            registry=r,
         )
         self.transitions = Counter(
-            "sidecar_breaker_transitions_total", "Breaker state transitions.",
-            ("provider", "from_state", "to_state"), registry=r,
+            "sidecar_breaker_transitions_total",
+            "Breaker state transitions.",
+            ("provider", "from_state", "to_state"),
+            registry=r,
         )
         self.short_circuited = Counter(
-            "sidecar_short_circuited_total", "Requests answered circuit_open without an attempt.",
-            ("provider",), registry=r,
+            "sidecar_short_circuited_total",
+            "Requests answered circuit_open without an attempt.",
+            ("provider",),
+            registry=r,
         )
         self.inflight = Gauge(
-            "sidecar_inflight_requests", "Client requests in flight.", ("provider",), registry=r,
+            "sidecar_inflight_requests",
+            "Client requests in flight.",
+            ("provider",),
+            registry=r,
         )
         self.probe_up = Gauge(
-            "sidecar_probe_up", "1 when the last health probe succeeded.", ("provider",), registry=r,
+            "sidecar_probe_up",
+            "1 when the last health probe succeeded.",
+            ("provider",),
+            registry=r,
         )
         self.probe_duration = Gauge(
-            "sidecar_probe_duration_seconds", "Duration of the last health probe.",
-            ("provider",), registry=r,
+            "sidecar_probe_duration_seconds",
+            "Duration of the last health probe.",
+            ("provider",),
+            registry=r,
         )
         build = Gauge("sidecar_build_info", "Build information.", ("version",), registry=r)
         build.labels(version).set(1)

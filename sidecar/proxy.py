@@ -6,7 +6,6 @@ the configured base plus the rest *as received*: nothing the client sends can ch
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -15,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from .config import RouteConfig
 from .errors import SidecarError, error_response, to_response
 from .gateway import Gateway, ProviderRuntime
 from .headers import (
@@ -100,7 +100,9 @@ async def read_body(
         chunks.append(chunk)
         size += len(chunk)
     if size > limit:
-        raise SidecarError("body_too_large", f"request body exceeds {limit} bytes", provider=rt.name)
+        raise SidecarError(
+            "body_too_large", f"request body exceeds {limit} bytes", provider=rt.name
+        )
     return _LimitedStream(b"".join(chunks), request.content, limit), False
 
 
@@ -113,7 +115,9 @@ class ProxyHandler:
         self._log = get_logger("proxy")
         self._access_log = gateway.config.server.access_log
 
-    async def forward(self, request: web.Request, rt: ProviderRuntime, rest: str, query: str) -> web.StreamResponse:
+    async def forward(
+        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str
+    ) -> web.StreamResponse:
         gw = self._gw
         t0 = gw.clock()
         method = request.method
@@ -130,17 +134,18 @@ class ProxyHandler:
             op.observe(code, gw.clock() - t0)
             if self._access_log:
                 self._log.info(
-                    "request", provider=rt.name, operation=policy.name, method=method,
-                    status=code, caller_operation=request.headers.get(OPERATION),
+                    "request",
+                    provider=rt.name,
+                    operation=policy.name,
+                    method=method,
+                    status=code,
+                    caller_operation=request.headers.get(OPERATION),
                     duration_ms=round((gw.clock() - t0) * 1000, 1),
                 )
 
     async def _forward(
-        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str, policy: object
+        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str, policy: RouteConfig
     ) -> web.StreamResponse:
-        from .config import RouteConfig
-
-        assert isinstance(policy, RouteConfig)
         cfg = rt.config
         if not cfg.configured:
             return error_response(
@@ -159,15 +164,16 @@ class ProxyHandler:
         for name, value in rt.auth_headers:
             if name not in headers:
                 headers[name] = value
-        eligible = request_is_retryable(
-            request.method, IDEMPOTENCY_KEY in headers, policy.idempotent
-        ) and policy.retry.max_attempts > 1
+        eligible = (
+            request_is_retryable(request.method, IDEMPOTENCY_KEY in headers, policy.idempotent)
+            and policy.retry.max_attempts > 1
+        )
         try:
             body, replayable = await read_body(
                 request, rt, policy.retry.max_buffered_body, eligible
             )
-        except SidecarError as err:
-            return _with_request_id(to_response(err), request_id)
+        except SidecarError as refused:
+            return _with_request_id(to_response(refused), request_id)
         target = rt.base_url + (rest or "/") + ("?" + query if query else "")
         out = Outbound(
             method=request.method,
@@ -183,8 +189,10 @@ class ProxyHandler:
             err = exchange.error
             if isinstance(body, _LimitedStream) and body.exceeded:
                 err = SidecarError(
-                    "body_too_large", f"request body exceeds {cfg.max_request_body} bytes",
-                    provider=rt.name, attempts=exchange.attempts,
+                    "body_too_large",
+                    f"request body exceeds {cfg.max_request_body} bytes",
+                    provider=rt.name,
+                    attempts=exchange.attempts,
                 )
             return _with_request_id(to_response(err), request_id)
         return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
@@ -218,11 +226,13 @@ async def relay(
             body = await up.read()
             up.release()
             return web.Response(status=up.status, reason=up.reason, headers=headers, body=body)
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         up.close()
         err = SidecarError(
-            "upstream_unreachable", f"response body failed: {type(exc).__name__}",
-            provider=provider, attempts=attempts,
+            "upstream_unreachable",
+            f"response body failed: {type(exc).__name__}",
+            provider=provider,
+            attempts=attempts,
         )
         return _with_request_id(to_response(err), request_id)
     return await _stream(request, up, headers, length)
@@ -239,7 +249,7 @@ async def _stream(
         async for chunk in up.content.iter_any():
             await resp.write(chunk)
         await resp.write_eof()
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         # The upstream died mid-body or the client went away: cut the client's connection so a
         # truncated body can never look complete.
         up.close()

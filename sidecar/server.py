@@ -13,7 +13,7 @@ import signal
 from aiohttp import web
 
 from . import __version__
-from .app import create_app, runner_kwargs
+from .app import Role, create_app, runner_kwargs
 from .config import SidecarConfig
 from .gateway import Gateway
 from .logs import get_logger
@@ -32,15 +32,26 @@ async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> 
     runners: list[web.AppRunner] = []
     try:
         bound: dict[str, str] = {}
-        for role, host, port in (("proxy", srv.host, srv.port), ("ops", srv.ops_host, srv.ops_port)):
-            runner = web.AppRunner(create_app(config, role=role, gateway=gw), **runner_kwargs(config))
+        listeners: tuple[tuple[Role, str, int], ...] = (
+            ("proxy", srv.host, srv.port),
+            ("ops", srv.ops_host, srv.ops_port),
+        )
+        for role, host, port in listeners:
+            runner = web.AppRunner(
+                create_app(config, role=role, gateway=gw), **runner_kwargs(config)
+            )
             await runner.setup()
             runners.append(runner)
             site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
             await site.start()
             bound[role] = _address(runner)
-        log.info("listening", version=__version__, proxy=bound["proxy"], ops=bound["ops"],
-                 providers=gw.known)
+        log.info(
+            "listening",
+            version=__version__,
+            proxy=bound["proxy"],
+            ops=bound["ops"],
+            providers=gw.known,
+        )
         await stop.wait()
         gw.draining = True
         log.warning("draining", drain_time=srv.drain_time, shutdown_grace=srv.shutdown_grace)

@@ -36,10 +36,12 @@ _OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
 class Target(Protocol):
     """What the loop needs of a provider (or of one download host)."""
 
-    name: str
     breaker: CircuitBreaker
     budget: RetryBudget
     metrics: ProviderMetrics
+
+    @property
+    def name(self) -> str: ...
 
     @property
     def session(self) -> aiohttp.ClientSession: ...
@@ -128,7 +130,10 @@ class AttemptLoop:
                 raise TimeoutError
             async with asyncio.timeout(timeout):
                 response = await target.session.request(
-                    out.method, out.url, headers=out.headers, data=out.body,
+                    out.method,
+                    out.url,
+                    headers=out.headers,
+                    data=out.body,
                     allow_redirects=False,
                 )
         except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -206,7 +211,7 @@ async def _release(response: aiohttp.ClientResponse) -> None:
         length = response.content_length
         if length is not None and length <= _DRAIN_LIMIT:
             await response.read()
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         pass
     finally:
         response.release()

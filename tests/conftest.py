@@ -8,8 +8,8 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import pytest
 import aiohttp
+import pytest
 from aiohttp import web
 from yarl import URL
 
@@ -61,9 +61,7 @@ def provider(name: str, upstream: str, **overrides: Any) -> ProviderConfig:
 
 
 def sidecar_config(*providers: ProviderConfig, **server: Any) -> SidecarConfig:
-    return SidecarConfig(
-        server=ServerConfig(**server), providers={p.name: p for p in providers}
-    )
+    return SidecarConfig(server=ServerConfig(**server), providers={p.name: p for p in providers})
 
 
 SECRET = "sk-test-SECRET-abc123"
@@ -144,13 +142,13 @@ async def sidecar(sleep: RecordingSleep) -> AsyncIterator[Callable[..., Any]]:
         await c.close()
 
 
-async def raw_http(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+async def raw_http(port: int, data: bytes, wait: float = 5.0) -> bytes:
     """Send bytes as they are (no client normalisation) and read until the server closes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), timeout)
+        return await asyncio.wait_for(reader.read(), wait)
     finally:
         writer.close()
 

@@ -60,7 +60,9 @@ class FakeProvider:
     async def start(self) -> FakeProvider:
         app = web.Application()
         app.router.register_resource(CatchAllResource(self._handle))  # also matches "%0a" paths
-        self._runner = web.AppRunner(app, auto_decompress=False, access_log=None, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(
+            app, auto_decompress=False, access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -81,8 +83,14 @@ class FakeProvider:
             if len(kept) < self._keep:
                 kept += chunk[: self._keep - len(kept)]
         self.seen.append(
-            Seen(request.method, request.raw_path, CIMultiDict(request.headers), size,
-                 digest.hexdigest(), bytes(kept))
+            Seen(
+                request.method,
+                request.raw_path,
+                CIMultiDict(request.headers),
+                size,
+                digest.hexdigest(),
+                bytes(kept),
+            )
         )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:

@@ -59,8 +59,13 @@ async def test_hop_by_hop_headers_are_dropped_both_ways(fake: FakeProvider, side
     client = await sidecar(sidecar_config(provider("p", fake.url)))
     resp = await client.get(
         "/p/x",
-        headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1", "TE": "trailers",
-                 "X-Sidecar-Operation": "my_op", "Proxy-Authorization": "Basic x"},
+        headers={
+            "Connection": "keep-alive, X-Secret-Hop",
+            "X-Secret-Hop": "1",
+            "TE": "trailers",
+            "X-Sidecar-Operation": "my_op",
+            "Proxy-Authorization": "Basic x",
+        },
     )
     await resp.read()
     seen = fake.seen[0].headers
@@ -73,7 +78,9 @@ async def test_hop_by_hop_headers_are_dropped_both_ways(fake: FakeProvider, side
 async def test_no_headers_are_invented(fake: FakeProvider, sidecar) -> None:
     """The upstream sees no User-Agent, Accept or X-Forwarded-* the bot did not send."""
     client = await sidecar(sidecar_config(provider("p", fake.url)))
-    await (await client.get("/p/x", skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))).read()
+    await (
+        await client.get("/p/x", skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
+    ).read()
     seen = fake.seen[0].headers
     assert "User-Agent" not in seen and "Accept" not in seen
     assert not [h for h in seen if h.lower().startswith("x-forwarded")]

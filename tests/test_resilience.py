@@ -24,7 +24,9 @@ def metric(client, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_get_is_retried_until_success(fake: FakeProvider, sidecar, sleep: RecordingSleep) -> None:
+async def test_get_is_retried_until_success(
+    fake: FakeProvider, sidecar, sleep: RecordingSleep
+) -> None:
     """A GET answered 503, 502 then 200 reaches the client as 200 after three attempts."""
     fake.then(Reply(status=503), Reply(status=502), Reply(status=200, body=b"ok"))
     client = await sidecar(sidecar_config(provider("p", fake.url)))
@@ -71,19 +73,31 @@ async def test_route_policies_apply(fake: FakeProvider, sidecar) -> None:
     base = provider("p", fake.url)
     routes = (
         RouteConfig(name="get_once", method="GET", path="/once", retry=RetryConfig(max_attempts=1)),
-        RouteConfig(name="search", method="POST", path="/search", idempotent=True,
-                    retry=dataclasses.replace(base.retry)),
+        RouteConfig(
+            name="search",
+            method="POST",
+            path="/search",
+            idempotent=True,
+            retry=dataclasses.replace(base.retry),
+        ),
     )
     client = await sidecar(sidecar_config(dataclasses.replace(base, routes=routes)))
     fake.then(Reply(status=503), Reply(status=503), Reply(status=200))
     assert (await client.get("/p/once")).status == 503
     assert (await client.post("/p/search", data=b"q")).status == 200
     assert len(fake.seen) == 3
-    assert metric(client, "sidecar_requests_total", provider="p", operation="get_once", code="503") == 1
-    assert metric(client, "sidecar_requests_total", provider="p", operation="search", code="200") == 1
+    assert (
+        metric(client, "sidecar_requests_total", provider="p", operation="get_once", code="503")
+        == 1
+    )
+    assert (
+        metric(client, "sidecar_requests_total", provider="p", operation="search", code="200") == 1
+    )
 
 
-async def test_retry_after_within_max_delay_sets_the_wait(fake: FakeProvider, sidecar, sleep) -> None:
+async def test_retry_after_within_max_delay_sets_the_wait(
+    fake: FakeProvider, sidecar, sleep
+) -> None:
     """Retry-After: 1 with max_delay 2 makes the wait at least one second."""
     base = provider("p", fake.url, retry=RetryConfig(base_delay=0.01, max_delay=2.0))
     fake.then(Reply(status=429, headers={"Retry-After": "1"}), Reply(status=200))
@@ -92,7 +106,9 @@ async def test_retry_after_within_max_delay_sets_the_wait(fake: FakeProvider, si
     assert sleep.delays == [1.0]
 
 
-async def test_retry_after_beyond_max_delay_returns_at_once(fake: FakeProvider, sidecar, sleep) -> None:
+async def test_retry_after_beyond_max_delay_returns_at_once(
+    fake: FakeProvider, sidecar, sleep
+) -> None:
     """A Retry-After longer than max_delay sends the answer straight back to the client."""
     fake.then(Reply(status=503, headers={"Retry-After": "30"}), Reply(status=200))
     client = await sidecar(sidecar_config(provider("p", fake.url)))
@@ -107,10 +123,14 @@ async def test_connection_reset_is_retried_for_get(fake: FakeProvider, sidecar) 
     client = await sidecar(sidecar_config(provider("p", fake.url)))
     resp = await client.get("/p/x")
     assert resp.status == 200 and resp.headers["X-Sidecar-Attempts"] == "2"
-    assert metric(client, "sidecar_upstream_attempts_total", provider="p", result="connect_error") == 1
+    assert (
+        metric(client, "sidecar_upstream_attempts_total", provider="p", result="connect_error") == 1
+    )
 
 
-async def test_dropped_keepalive_connection_is_not_silently_resent(fake: FakeProvider, sidecar) -> None:
+async def test_dropped_keepalive_connection_is_not_silently_resent(
+    fake: FakeProvider, sidecar
+) -> None:
     """With one attempt allowed, a reset on a reused connection reaches the provider once, not twice."""
     once = RetryConfig(max_attempts=1)
     client = await sidecar(sidecar_config(provider("p", fake.url, retry=once)))
@@ -124,8 +144,12 @@ async def test_dropped_keepalive_connection_is_not_silently_resent(fake: FakePro
 async def test_attempt_timeout_gives_504(fake: FakeProvider, sidecar) -> None:
     """A provider slower than timeouts.attempt is abandoned; after retries the client gets 504."""
     fake.default = Reply(delay=2.0)
-    slow = provider("p", fake.url, timeouts=Timeouts(connect=1.0, attempt=0.1, total=5.0),
-                    retry=RetryConfig(max_attempts=2, base_delay=0.01))
+    slow = provider(
+        "p",
+        fake.url,
+        timeouts=Timeouts(connect=1.0, attempt=0.1, total=5.0),
+        retry=RetryConfig(max_attempts=2, base_delay=0.01),
+    )
     client = await sidecar(sidecar_config(slow))
     resp = await client.get("/p/x")
     assert resp.status == 504
@@ -136,13 +160,17 @@ async def test_attempt_timeout_gives_504(fake: FakeProvider, sidecar) -> None:
 async def test_total_deadline_stops_retries(fake: FakeProvider, sidecar) -> None:
     """No retry starts when its wait would pass timeouts.total."""
     fake.default = Reply(status=503)
-    p = provider("p", fake.url, timeouts=Timeouts(total=0.5), retry=RetryConfig(base_delay=1.0, jitter=False))
+    p = provider(
+        "p", fake.url, timeouts=Timeouts(total=0.5), retry=RetryConfig(base_delay=1.0, jitter=False)
+    )
     client = await sidecar(sidecar_config(p))
     resp = await client.get("/p/x")
     assert resp.status == 503 and len(fake.seen) == 1
 
 
-async def test_breaker_opens_then_short_circuits(fake: FakeProvider, sidecar, clock: ManualClock) -> None:
+async def test_breaker_opens_then_short_circuits(
+    fake: FakeProvider, sidecar, clock: ManualClock
+) -> None:
     """After the threshold the client gets circuit_open with Retry-After and nothing reaches upstream."""
     fake.default = Reply(status=500, body=b"down")
     client = await sidecar(sidecar_config(provider("p", fake.url)), clock=clock)
@@ -160,7 +188,9 @@ async def test_breaker_opens_then_short_circuits(fake: FakeProvider, sidecar, cl
     assert metric(client, "sidecar_breaker_state", provider="p", state="open") == 1
 
 
-async def test_breaker_recovers_through_half_open(fake: FakeProvider, sidecar, clock: ManualClock) -> None:
+async def test_breaker_recovers_through_half_open(
+    fake: FakeProvider, sidecar, clock: ManualClock
+) -> None:
     """After recovery_timeout, success_threshold trial successes close the breaker again."""
     fake.then(*[Reply(status=500)] * 3)
     client = await sidecar(sidecar_config(provider("p", fake.url)), clock=clock)
@@ -171,11 +201,21 @@ async def test_breaker_recovers_through_half_open(fake: FakeProvider, sidecar, c
     assert (await client.get("/p/x")).status == 200
     assert metric(client, "sidecar_breaker_state", provider="p", state="closed") == 1
     for frm, to in (("closed", "open"), ("open", "half_open"), ("half_open", "closed")):
-        assert metric(client, "sidecar_breaker_transitions_total", provider="p",
-                      from_state=frm, to_state=to) == 1
+        assert (
+            metric(
+                client,
+                "sidecar_breaker_transitions_total",
+                provider="p",
+                from_state=frm,
+                to_state=to,
+            )
+            == 1
+        )
 
 
-async def test_half_open_admits_one_trial_at_a_time(fake: FakeProvider, sidecar, clock: ManualClock) -> None:
+async def test_half_open_admits_one_trial_at_a_time(
+    fake: FakeProvider, sidecar, clock: ManualClock
+) -> None:
     """While one trial is in flight, another request is short-circuited with Retry-After: 1."""
     fake.then(*[Reply(status=500)] * 3, Reply(delay=0.5))
     client = await sidecar(sidecar_config(provider("p", fake.url)), clock=clock)
@@ -214,9 +254,14 @@ async def test_429_never_opens_the_breaker(fake: FakeProvider, sidecar) -> None:
 async def test_retry_budget_caps_retries(fake: FakeProvider, sidecar) -> None:
     """With a budget of one retry per window, the second failing request is not retried."""
     fake.default = Reply(status=503)
-    p = provider("p", fake.url, retry=RetryConfig(max_attempts=2, base_delay=0.01, budget_ratio=0.0,
-                                                   budget_min_per_second=0.1),
-                 breaker=BreakerConfig(failure_threshold=100, minimum_calls=0))
+    p = provider(
+        "p",
+        fake.url,
+        retry=RetryConfig(
+            max_attempts=2, base_delay=0.01, budget_ratio=0.0, budget_min_per_second=0.1
+        ),
+        breaker=BreakerConfig(failure_threshold=100, minimum_calls=0),
+    )
     client = await sidecar(sidecar_config(p))
     assert (await client.get("/p/a")).headers["X-Sidecar-Attempts"] == "2"
     assert (await client.get("/p/b")).headers["X-Sidecar-Attempts"] == "1"
@@ -226,8 +271,11 @@ async def test_retry_budget_caps_retries(fake: FakeProvider, sidecar) -> None:
 async def test_slow_calls_count_as_failures(fake: FakeProvider, sidecar) -> None:
     """With slow_call_duration set, slow successes open the breaker."""
     fake.default = Reply(delay=0.06)
-    p = provider("p", fake.url, breaker=BreakerConfig(failure_threshold=2, minimum_calls=0,
-                                                      slow_call_duration=0.05))
+    p = provider(
+        "p",
+        fake.url,
+        breaker=BreakerConfig(failure_threshold=2, minimum_calls=0, slow_call_duration=0.05),
+    )
     client = await sidecar(sidecar_config(p))
     for _ in range(2):
         assert (await client.get("/p/x")).status == 200
