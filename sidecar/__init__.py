@@ -1,4 +1,4 @@
-"""Egress sidecar: per-provider circuit breakers, safe retries and key injection for a bot's outbound calls."""
+"""Egress sidecar: per-provider circuit breakers, safe retries and key injection for bot calls."""
 
 __version__ = "0.1.0"
 
