@@ -24,6 +24,7 @@ METHOD = re.compile(r"[A-Z]+")
 HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 TEMPLATE_VAR = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]+)?\s*")
+PLAIN_KEY = re.compile(r"[^\s.\[\]'\"]+")
 REDACTED = "<redacted>"
 
 
@@ -34,13 +35,16 @@ class Problems:
         self.items: list[str] = []
 
     def add(self, path: str, message: str) -> None:
-        self.items.append(f"{path or '(top level)'}: {message}")
+        line = f"{path or '(top level)'}: {message}"
+        self.items.append(" ".join(line.splitlines()))
 
 
 def join(path: str, key: str | int) -> str:
-    """``join("a.routes", 0) == "a.routes[0]"``; ``join("a", "b") == "a.b"``."""
+    """``join("a.routes", 0) == "a.routes[0]"``; ``join("a", "b") == "a.b"``; odd keys quoted."""
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not PLAIN_KEY.fullmatch(key):
+        return f"{path}[{key!r}]"
     return f"{path}.{key}" if path else key
 
 
