@@ -165,8 +165,17 @@ class Gateway:
         for rt in self.providers.values():
             if rt.config.kind == "proxy" and rt.config.configured and rt._session is None:
                 rt._session = new_session(rt.config)
+        from .probes import ProbeRunner  # here, not at the top: probes imports this module
+
+        if getattr(self, "probes", None) is None:
+            self.probes: ProbeRunner | None = ProbeRunner(self)
+            self.probes.start()
 
     async def close(self) -> None:
+        probes = getattr(self, "probes", None)
+        if probes is not None:
+            self.probes = None
+            await probes.close()
         for rt in self.providers.values():
             if rt._session is not None:
                 await rt._session.close()
