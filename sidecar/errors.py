@@ -74,7 +74,7 @@ def error_response(
     *,
     provider: str | None = None,
     retry_after: float | None = None,
-    attempts: int | None = None,
+    attempts: int = 0,
     extra: dict[str, object] | None = None,
 ) -> web.Response:
     body: dict[str, object] = {"error": code, "provider": provider, "detail": detail}
@@ -83,8 +83,7 @@ def error_response(
     headers = {"X-Sidecar-Error": code}
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    if attempts is not None:
-        headers["X-Sidecar-Attempts"] = str(attempts)
+    headers["X-Sidecar-Attempts"] = str(attempts)
     return web.Response(
         status=STATUS[code],
         text=json.dumps(body),

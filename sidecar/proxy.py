@@ -250,12 +250,11 @@ async def _stream(
             await resp.write(chunk)
         await resp.write_eof()
     except (TimeoutError, aiohttp.ClientError, OSError):
-        # The upstream died mid-body or the client went away: cut the client's connection so a
-        # truncated body can never look complete.
+        # The upstream died mid-body or the client went away: abort the client's connection so a
+        # truncated body can never look complete (aiohttp's final write_eof then fails quietly).
         up.close()
         if request.transport is not None:
             request.transport.abort()
-        raise
     finally:
         up.release()
     return resp

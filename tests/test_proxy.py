@@ -126,6 +126,7 @@ async def test_unknown_provider_lists_known_ones(sidecar, fake: FakeProvider) ->
     resp = await client.get("/nope/x")
     assert resp.status == 404
     assert resp.headers["X-Sidecar-Error"] == "unknown_provider"
+    assert resp.headers["X-Sidecar-Attempts"] == "0"
     body = await resp.json()
     assert body["error"] == "unknown_provider"
     assert body["known_providers"] == ["replicate"]
