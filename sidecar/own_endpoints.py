@@ -2,33 +2,38 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from aiohttp import web
 
-from . import __version__
+from .admin import AdminHandlers
+from .checks import LocalChecks
 from .gateway import Gateway
+from .health import HealthHandlers
 from .metrics import CONTENT_TYPE_LATEST
 
+__all__ = ["ADMIN", "CHECKS", "add_own_routes"]
 
-def add_own_routes(app: web.Application, gw: Gateway) -> None:
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "version": __version__, "uptime_seconds": round(gw.uptime(), 3)}
-        )
+# Typed app keys so tests (and a future create_app) can reach the handlers' state.
+CHECKS = web.AppKey("checks", LocalChecks)
+ADMIN = web.AppKey("admin", AdminHandlers)
 
-    async def live(request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
 
-    async def ready(request: web.Request) -> web.Response:
-        if gw.draining:
-            return web.json_response({"status": "draining"}, status=503)
-        return web.json_response({"status": "ready"})
+def add_own_routes(
+    app: web.Application, gw: Gateway, environ: Mapping[str, str] | None = None
+) -> None:
+    """Add the own endpoints; ``environ`` (default ``os.environ``) is read once, here."""
+    checks = LocalChecks(gw.clock)
+    admin = AdminHandlers(gw, os.environ if environ is None else environ)
+    app[CHECKS] = checks
+    app[ADMIN] = admin
+    HealthHandlers(gw, checks).add_routes(app)
+    admin.add_routes(app)
 
     async def metrics(request: web.Request) -> web.Response:
         for rt in gw.providers.values():
             _ = rt.breaker.state  # OPEN -> HALF_OPEN happens lazily; let the gauge see it
         return web.Response(body=gw.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app.router.add_get("/health", health)
-    app.router.add_get("/health/live", live)
-    app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)
