@@ -189,7 +189,7 @@ def build() -> dict[str, object]:
     return {
         "title": "Egress sidecar",
         "uid": "egress-sidecar",
-        "description": "Circuit breakers, retries, latency and probes of the egress sidecar (SPEC section 6).",
+        "description": "Breakers, retries, latency and probes of the egress sidecar (SPEC section 6).",
         "tags": ["sidecar", "egress", "circuit-breaker"],
         "editable": True,
         "graphTooltip": 1,
