@@ -1,0 +1,284 @@
+"""End to end: a real Prometheus scrapes a real sidecar while fake providers fail and recover; then every
+dashboard query and every alert expression returns data through Prometheus's HTTP API.
+
+Written against the SPEC interface only (`python -m sidecar --config ... --port ... --ops-port ...`,
+the SPEC section 3 file format, the SPEC section 6 metric names). Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from promql_names import ALERTS, ROOT, alert_rules, dashboard_exprs, substitute_grafana
+
+pytestmark = pytest.mark.timeout(150)
+
+_COMPARISON = re.compile(r"\s*(==|!=|>=|<=|>|<)\s*[-+]?[0-9.]+(e[-+]?[0-9]+)?\s*$")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class FakeProvider:
+    """An upstream on 127.0.0.1 that answers 500 while `failing`, else 200 (probes included)."""
+
+    failing: bool
+    calls: int = 0
+    port: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if self.failing:
+            return web.json_response({"error": "upstream down"}, status=500)
+        return web.json_response({"ok": True, "path": request.path})
+
+
+@contextlib.asynccontextmanager
+async def serve(provider: FakeProvider) -> AsyncIterator[FakeProvider]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", provider.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    provider.port = runner.addresses[0][1]
+    try:
+        yield provider
+    finally:
+        await runner.cleanup()
+
+
+def sidecar_config(flaky: FakeProvider, budget: FakeProvider, port: int, ops_port: int) -> dict[str, Any]:
+    """SPEC section 3: short breaker timings so the breaker opens and recovers within seconds."""
+    probe = {"method": "GET", "path": "/health", "interval": "1s", "timeout": "1s"}
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "ops_host": "127.0.0.1", "ops_port": ops_port,
+                   "drain_time": "0s", "shutdown_grace": "1s"},
+        "defaults": {
+            "retry": {"max_attempts": 2, "base_delay": "10ms", "max_delay": "50ms", "jitter": False},
+            "timeouts": {"connect": "1s", "attempt": "2s", "total": "5s"},
+        },
+        "providers": {
+            "flaky": {
+                "upstream": f"http://127.0.0.1:{flaky.port}",
+                "health": probe,
+                "breaker": {"failure_threshold": 3, "monitoring_period": "10s", "minimum_calls": 0,
+                            "recovery_timeout": "1s", "success_threshold": 1},
+            },
+            "budget": {  # never opens; a tiny retry budget that runs out at once
+                "upstream": f"http://127.0.0.1:{budget.port}",
+                "health": probe,
+                "breaker": {"failure_threshold": 1000, "minimum_calls": 0},
+                "retry": {"max_attempts": 3, "base_delay": "1ms", "max_delay": "5ms", "jitter": False,
+                          "budget_ratio": 0.01, "budget_min_per_second": 0.1},
+            },
+        },
+    }
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+async def until(what: str, check: Callable[[], Awaitable[bool]], *, within: float,
+                alive: Sequence[tuple[subprocess.Popen[bytes], Path]] = ()) -> None:
+    """Poll `check` until it is true; fail after `within` seconds or when a process died."""
+    deadline = time.monotonic() + within
+    while True:
+        for proc, log in alive:
+            if proc.poll() is not None:
+                pytest.fail(f"{proc.args[0]} exited {proc.returncode} while waiting for {what}:\n"
+                            f"{log.read_text(errors='replace')[-4000:]}", pytrace=False)
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}", pytrace=False)
+        await asyncio.sleep(0.1)
+
+
+async def get_status(session: aiohttp.ClientSession, url: str) -> int:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            await resp.read()
+            return resp.status
+    except (TimeoutError, aiohttp.ClientError):
+        return 0
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (exposition text)."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(\{{(.*)\}})?\s+(\S+)", line)
+        if not m:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def alert_data_exprs(expr: str) -> list[str]:
+    """The parts of an alert expression that must return data on a healthy-but-exercised system:
+    top-level `or` branches minus `absent(...)`, each without its threshold comparison."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(expr):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and expr[i:i + 4] == " or " and i >= start:
+            parts.append(expr[start:i])
+            start = i + 4
+    parts.append(expr[start:])
+    return [_COMPARISON.sub("", p.strip()) for p in parts if not p.strip().startswith("absent(")]
+
+
+async def prom_query(session: aiohttp.ClientSession, base: str, expr: str) -> list[Any]:
+    async with session.get(f"{base}/api/v1/query", params={"query": expr}) as resp:
+        body = await resp.json()
+    assert body["status"] == "success", f"{expr}: {body}"
+    return list(body["data"]["result"])
+
+
+def test_e2e_helpers() -> None:
+    """The threshold stripping keeps the data part of each alert and drops absent()."""
+    assert alert_data_exprs('up{job=~".*sidecar.*"} == 0 or absent(up{job=~".*sidecar.*"})') == [
+        'up{job=~".*sidecar.*"}']
+    assert alert_data_exprs("sum by (a) (rate(x[5m])) / sum by (a) (rate(y[5m])) > 0.5") == [
+        "sum by (a) (rate(x[5m])) / sum by (a) (rate(y[5m]))"]
+    assert metric_value('m{provider="a",state="open"} 1.0\nm{provider="b",state="open"} 0.0\n',
+                        "m", provider="a") == 1.0
+
+
+async def test_every_dashboard_and_alert_query_returns_data(tmp_path: Path) -> None:
+    """Breakers open and recover under real traffic; Prometheus then answers every panel and alert query."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.fail("prometheus is not on PATH (Debian package `prometheus`; scripts/fetch-tools.sh)",
+                    pytrace=False)
+    port, ops_port, prom_port = free_port(), free_port(), free_port()
+    async with serve(FakeProvider(failing=True)) as flaky, serve(FakeProvider(failing=True)) as budget:
+        cfg = tmp_path / "sidecar.yaml"
+        cfg.write_text(yaml.safe_dump(sidecar_config(flaky, budget, port, ops_port)))
+        prom_cfg = tmp_path / "prometheus.yml"
+        prom_cfg.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+            "rule_files": [str(ALERTS)],
+            "scrape_configs": [{"job_name": "sidecar",
+                                "static_configs": [{"targets": [f"127.0.0.1:{ops_port}"]}]}],
+        }))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "CB_"))}
+        sidecar_cmd = [sys.executable, "-m", "sidecar", "--config", str(cfg),
+                       "--port", str(port), "--ops-port", str(ops_port)]
+        prom_cmd = [prometheus, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"]
+        sidecar_log, prom_log = tmp_path / "sidecar.log", tmp_path / "prometheus.log"
+        with process(sidecar_cmd, sidecar_log, cwd=ROOT, env=env) as sc, \
+                process(prom_cmd, prom_log, cwd=tmp_path) as prom:
+            alive = [(sc, sidecar_log), (prom, prom_log)]
+            await _scenario(port, ops_port, prom_port, flaky, alive)
+
+
+async def _scenario(port: int, ops_port: int, prom_port: int, flaky: FakeProvider,
+                    alive: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+    proxy, ops, prom = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops_port}", f"http://127.0.0.1:{prom_port}"
+    async with aiohttp.ClientSession() as session:
+
+        async def metrics() -> str:
+            async with session.get(f"{ops}/metrics") as resp:
+                return await resp.text()
+
+        async def up(url: str) -> bool:
+            return await get_status(session, url) == 200
+
+        await until("the sidecar's ops listener", lambda: up(f"{ops}/health/live"), within=30, alive=alive)
+        await until("Prometheus to be ready", lambda: up(f"{prom}/-/ready"), within=30, alive=alive)
+
+        async def failing_phase() -> bool:
+            await get_status(session, f"{proxy}/flaky/v1/items")
+            await get_status(session, f"{proxy}/budget/v1/items")
+            text = await metrics()
+            opened = metric_value(text, "sidecar_breaker_transitions_total", provider="flaky",
+                                  to_state="open")
+            return (opened > 0
+                    and metric_value(text, "sidecar_short_circuited_total", provider="flaky") > 0
+                    and metric_value(text, "sidecar_retry_budget_exhausted_total", provider="budget") > 0
+                    and metric_value(text, "sidecar_retries_total", provider="budget") > 0)
+
+        await until("the flaky breaker to open and short-circuit, and the retry budget to run out",
+                    failing_phase, within=30, alive=alive)
+
+        flaky.failing = False
+
+        async def recovered() -> bool:
+            await get_status(session, f"{proxy}/flaky/v1/items")
+            text = await metrics()
+            return (metric_value(text, "sidecar_breaker_state", provider="flaky", state="closed") == 1
+                    and metric_value(text, "sidecar_breaker_transitions_total", provider="flaky",
+                                     to_state="closed") > 0
+                    and metric_value(text, "sidecar_probe_up", provider="flaky") == 1)
+
+        await until("the flaky breaker to close again", recovered, within=30, alive=alive)
+
+        queries = [(f"dashboard: {title}", substitute_grafana(e)) for title, e in dashboard_exprs()]
+        for rule in alert_rules():
+            queries += [(f"alert {rule['alert']}", e) for e in alert_data_exprs(rule["expr"])]
+        empty: list[str] = []
+
+        async def all_have_data() -> bool:
+            empty.clear()
+            for name, expr in queries:
+                if not await prom_query(session, prom, expr):
+                    empty.append(f"{name}: {expr}")
+            return not empty
+
+        try:
+            await until("every dashboard and alert query to return data", all_have_data, within=45,
+                        alive=alive)
+        except pytest.fail.Exception:
+            pytest.fail("queries without data:\n" + "\n".join(empty), pytrace=False)
+
+        # The full alert expressions evaluate too: the loaded rules report healthy evaluations.
+        for rule in alert_rules():
+            await prom_query(session, prom, rule["expr"])
+
+        async def rules_evaluated() -> bool:
+            async with session.get(f"{prom}/api/v1/rules") as resp:
+                groups = (await resp.json())["data"]["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            return len(rules) == len(alert_rules()) and all(
+                r["health"] == "ok" and not r.get("lastError") for r in rules)
+
+        await until("Prometheus to evaluate every alert rule healthily", rules_evaluated, within=15,
+                    alive=alive)
