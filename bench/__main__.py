@@ -1,0 +1,141 @@
+"""`python -m bench [--quick]`: start the upstream, measure each target, print and save."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+from bench import report, targets, wrk
+from bench.procs import ProcessSet, StartError
+from bench.runner import Settings, run_all
+from bench.stream import StreamResult, start_zeros, stream_through
+from bench.targets import Env
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO / "bench" / "results" / "last.json"
+GiB = 1 << 30
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="1 repeat of 1 s measurements (< 1 min)")
+    p.add_argument("--repeats", type=int, help="interleaved repeats per target (default 3)")
+    p.add_argument("--duration", type=int, help="seconds per wrk measurement (default 5)")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument(
+        "--targets",
+        default=",".join(t.name for t in targets.ALL),
+        help="comma list from: " + ", ".join(t.name for t in targets.ALL),
+    )
+    p.add_argument("--stream-size", type=int, default=GiB, help="bytes (default 1 GiB)")
+    p.add_argument("--no-stream", action="store_true", help="skip the streaming memory figure")
+    p.add_argument("--proxy-cpu", type=int, default=0)
+    p.add_argument("--load-cpu", type=int, default=1)
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
+    args = p.parse_args(argv)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.duration = args.duration or (1 if args.quick else 5)
+    return args
+
+
+def _cpus(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """Pin only when both cores exist: on one core pinning would only add contention."""
+    available = os.sched_getaffinity(0)
+    if {args.proxy_cpu, args.load_cpu} <= available and args.proxy_cpu != args.load_cpu:
+        os.sched_setaffinity(0, {args.load_cpu})  # the harness itself stays off the proxy's core
+        return args.proxy_cpu, args.load_cpu
+    print("bench: cores not available, running unpinned (figures are not comparable)", file=sys.stderr)
+    return None, None
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the `with` blocks that stop every child
+
+
+def _stream(env: Env, procs: ProcessSet, size: int) -> dict[str, StreamResult | str]:
+    out: dict[str, StreamResult | str] = {}
+    try:
+        zeros = start_zeros(procs, env)
+    except StartError as exc:
+        return {t.name: f"zeros upstream: {exc}" for t in (targets.BARE, targets.SIDECAR)}
+    stream_env = Env(env.procs, env.workdir, env.proxy_cpu, env.load_cpu, env.repo, zeros)
+    for target in (targets.BARE, targets.SIDECAR):
+        try:
+            out[target.name] = stream_through(stream_env, target, size)
+        except (StartError, OSError) as exc:
+            out[target.name] = str(exc)
+        _log_stream(target.name, out[target.name])
+    if zeros.proc is not None:
+        procs.stop(zeros.proc)
+    return out
+
+
+def _log_stream(name: str, outcome: StreamResult | str) -> None:
+    if isinstance(outcome, str):
+        text = f"FAILED: {outcome}"
+    else:
+        text = f"{outcome.seconds:.1f} s, {outcome.mb_s:.0f} MB/s, +{outcome.growth_mib:.1f} MiB RSS"
+    print(f"stream {name}: {text}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    proxy_cpu, load_cpu = _cpus(args)
+    load_before = os.getloadavg()[0]
+    chosen = [t for t in targets.ALL if t.name in args.targets.split(",")]
+    settings = Settings(args.repeats, args.duration, args.connections)
+    with ProcessSet(workdir) as procs:
+        upstream = targets.start_upstream(procs, workdir, load_cpu)
+        env = Env(procs, workdir, proxy_cpu, load_cpu, REPO, upstream)
+        results = run_all(env, chosen, settings, wrk.write_script(workdir))
+        if upstream.proc is not None:
+            procs.stop(upstream.proc)  # frees the load core for the streaming run
+        stream = {} if args.no_stream else _stream(env, procs, args.stream_size)
+    meta = {
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "repeats": args.repeats,
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "proxy_cpu": proxy_cpu,
+        "load_cpu": load_cpu,
+        "stream_bytes": args.stream_size,
+        "loadavg_1m_before": load_before,
+        "commit": report.commit(REPO),
+        "machine": report.machine(),
+    }
+    return report.to_json(results, stream, meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.keep_workdir:
+            workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+            print(f"bench: workdir {workdir}", file=sys.stderr)
+            data = run(args, workdir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+                data = run(args, Path(tmp))
+    except (StartError, OSError) as exc:
+        # Only the shared upstream is fatal; a target that fails is a row in the table.
+        print(f"bench: cannot run: {exc} (run scripts/install-bench-tools.sh?)", file=sys.stderr)
+        return 1
+    report.write_json(data, args.output)
+    print(report.markdown(data))
+    print(f"bench: results written to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,206 @@
+"""Figures to medians and spreads, then to JSON (bench/results/last.json) and Markdown.
+
+The Markdown is meant to be pasted into README/PERFORMANCE as is, so it carries its own legend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.runner import TargetResult
+from bench.stream import StreamResult
+
+# (key, column title, format); the order is the table's.
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("rps", "req/s (c32)", "{:.0f}"),
+    ("p50_ms", "p50 ms (c1)", "{:.3f}"),
+    ("p99_ms", "p99 ms (c1)", "{:.3f}"),
+    ("large_mb_s", "64 KiB MB/s (c32)", "{:.0f}"),
+    ("rss_idle_mib", "RSS idle MiB", "{:.1f}"),
+    ("rss_load_mib", "RSS after load MiB", "{:.1f}"),
+    ("ready_ms", "start→ready ms", "{:.0f}"),
+    ("error_pct", "errors %", "{:.2f}"),
+)
+RATIO_METRICS = ("rps", "p50_ms", "p99_ms", "large_mb_s", "rss_load_mib")
+StreamOutcome = StreamResult | str
+
+
+def stats(samples: Sequence[float]) -> dict[str, Any]:
+    """Median and spread; spread_pct = (max - min) / median, the honest width of a few repeats."""
+    median = statistics.median(samples)
+    lo, hi = min(samples), max(samples)
+    spread = (hi - lo) / median * 100 if median else 0.0
+    return {"median": median, "min": lo, "max": hi, "spread_pct": spread, "samples": list(samples)}
+
+
+def commit(repo: Path) -> str:
+    """The tree the sidecar ran from; figures are only comparable between known commits."""
+    head = _version(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+    dirty = _version(["git", "-C", str(repo), "status", "--porcelain", "--", "sidecar"])
+    return head + ("+dirty" if dirty not in ("?", "missing") else "")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "wrk": _version(["wrk", "-v"]),
+        "haproxy": _version(["haproxy", "-v"]),
+        "nginx": _version(["nginx", "-v"]),
+    }
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return "missing"
+    return ((proc.stdout or proc.stderr).strip().splitlines() or ["?"])[0]
+
+
+def to_json(
+    results: Sequence[TargetResult],
+    stream: Mapping[str, StreamOutcome],
+    meta: Mapping[str, Any],
+) -> dict[str, Any]:
+    targets = {
+        r.target.name: {
+            "label": r.target.label,
+            "ok": bool(r.samples),
+            "failures": r.failures,
+            "metrics": {k: stats(v) for k, v in r.samples.items()},
+        }
+        for r in results
+    }
+    streams = {
+        name: (
+            {"ok": False, "error": out}
+            if isinstance(out, str)
+            else {
+                "ok": True,
+                "seconds": out.seconds,
+                "mb_s": out.mb_s,
+                "rss_before_mib": out.rss_before_mib,
+                "rss_peak_mib": out.rss_peak_mib,
+                "growth_mib": out.growth_mib,
+            }
+        )
+        for name, out in stream.items()
+    }
+    return {"meta": dict(meta), "targets": targets, "stream": streams}
+
+
+def write_json(data: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def markdown(data: Mapping[str, Any]) -> str:
+    meta, targets = data["meta"], data["targets"]
+    lines = [
+        f"Commit {meta['commit']}; {meta['machine']['cpu_model']}, nproc {meta['machine']['nproc']}; "
+        "proxy on core "
+        f"{meta['proxy_cpu']}, wrk and upstream on core {meta['load_cpu']}; "
+        f"{meta['repeats']} repeat(s) of {meta['duration_s']:.0f} s, median shown"
+        + (", (x%) = (max - min) / median" if meta["repeats"] > 1 else "")
+        + f"; load average before the run {meta['loadavg_1m_before']:.2f}.",
+        "",
+        "| target | " + " | ".join(title for _, title, _ in METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
+    for t in targets.values():
+        lines.append(f"| {t['label']} | " + " | ".join(_cells(t)) + " |")
+    lines += ["", _ratios(targets), ""]
+    notes = [
+        f"- {t['label']}: {len(t['failures'])} failed run(s): {_short(t['failures'][0])}"
+        for t in targets.values()
+        if t["failures"]
+    ]
+    lines += notes + ([""] if notes else [])
+    if data["stream"]:
+        lines += _stream_table(data["stream"], meta["stream_bytes"])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _cells(t: Mapping[str, Any]) -> list[str]:
+    if not t["ok"]:
+        return [f"failed: {_short(t['failures'][0])}"] + ["-"] * (len(METRICS) - 1)
+    cells = []
+    for key, _, fmt in METRICS:
+        m = t["metrics"].get(key)
+        if m is None:
+            cells.append("-")
+            continue
+        cell = fmt.format(m["median"])
+        if len(m["samples"]) > 1:
+            cell += f" ({m['spread_pct']:.0f}%)"
+        cells.append(cell)
+    return cells
+
+
+def _ratios(targets: Mapping[str, Any]) -> str:
+    refs = [targets.get("haproxy"), targets.get("bare")]
+    titles = {key: title for key, title, _ in METRICS}
+    head = [
+        "Ratios: vs HAProxy / vs bare aiohttp (req/s, MB/s: higher is better; ms, MiB: lower is better).",
+        "",
+        "| target | " + " | ".join(titles[k] for k in RATIO_METRICS) + " |",
+        "|---|" + "---:|" * len(RATIO_METRICS),
+    ]
+    rows = []
+    for t in targets.values():
+        if not t["ok"]:
+            continue
+        cells = [" / ".join(_ratio(t, ref, key) for ref in refs) for key in RATIO_METRICS]
+        rows.append(f"| {t['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(head + rows)
+
+
+def _ratio(t: Mapping[str, Any], ref: Mapping[str, Any] | None, key: str) -> str:
+    if ref is None or not ref["ok"] or key not in ref["metrics"] or key not in t["metrics"]:
+        return "-"
+    base = ref["metrics"][key]["median"]
+    return f"{t['metrics'][key]['median'] / base:.2f}" if base else "-"
+
+
+def _stream_table(stream: Mapping[str, Any], size: int) -> list[str]:
+    lines = [
+        f"Streaming {size / 2**30:g} GiB of zeros through the proxy (client reads and discards):",
+        "",
+        "| through | seconds | MB/s | RSS before MiB | RSS peak MiB | growth MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in stream.items():
+        if not s["ok"]:
+            lines.append(f"| {name} | failed: {_short(s['error'])} | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {name} | {s['seconds']:.1f} | {s['mb_s']:.0f} | {s['rss_before_mib']:.1f} | "
+            f"{s['rss_peak_mib']:.1f} | {s['growth_mib']:.1f} |"
+        )
+    return lines
+
+
+def _short(text: str, limit: int = 100) -> str:
+    """The cause, for a table cell: the last line of a log tail says more than the first."""
+    head, _, tail = text.partition(": ")
+    text = f"{head}: {tail.rsplit(' | ', 1)[-1]}" if tail else head
+    text = text.replace("|", "/").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,141 @@
+"""The servers under test: how each one is configured, started and found ready.
+
+Each start gets a fresh directory and fresh ports, so a repeat never inherits a warm cache or a
+leaked connection from the last one. Proxies run on the proxy core; upstreams share the load core.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import configs
+from bench.procs import Proc, ProcessSet, StartError, free_port, wait_ready
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A started target: `base_url + SMALL_PATH` is what wrk hits; `proc` is None when shared."""
+
+    base_url: str
+    proc: Proc | None
+    rss_pid: int
+    ready_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """What a target needs to start: where to write, which cores, which upstream."""
+
+    procs: ProcessSet
+    workdir: Path
+    proxy_cpu: int | None
+    load_cpu: int | None
+    repo: Path
+    upstream: Running
+
+
+Starter = Callable[[Env, str], Running]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    label: str
+    start: Starter
+
+
+def _nginx_bin() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def _fresh_dir(workdir: Path, name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+
+
+def _nginx(procs: ProcessSet, name: str, dir_: Path, conf: str, cpu: int | None) -> Proc:
+    (dir_ / "nginx.conf").write_text(conf)
+    conf, log = str(dir_ / "nginx.conf"), str(dir_ / "error.log")
+    argv = [_nginx_bin(), "-p", f"{dir_}/", "-c", conf, "-e", log]
+    return procs.spawn(name, argv, cpu=cpu)
+
+
+def start_upstream(procs: ProcessSet, workdir: Path, cpu: int | None) -> Running:
+    """The nginx upstream all proxies forward to (started once per run)."""
+    dir_, port = _fresh_dir(workdir, "upstream"), free_port()
+    proc = _nginx(procs, "upstream", dir_, configs.nginx_upstream(dir_, port), cpu)
+    ready = wait_ready(proc, port, configs.SMALL_PATH)
+    return Running(f"http://127.0.0.1:{port}", proc, proc.pid, ready)
+
+
+def _direct(env: Env, upstream: str) -> Running:
+    # The limit: wrk straight at the upstream. Nothing to start or stop.
+    return Running(upstream, None, env.upstream.rss_pid, None)
+
+
+def _haproxy(env: Env, upstream: str) -> Running:
+    dir_, port = _fresh_dir(env.workdir, "haproxy"), free_port()
+    conf = dir_ / "haproxy.cfg"
+    conf.write_text(configs.haproxy(port, _port_of(upstream)))
+    proc = env.procs.spawn("haproxy", ["haproxy", "-db", "-f", str(conf)], cpu=env.proxy_cpu)
+    return _ready(env, proc, f"http://127.0.0.1:{port}", port, configs.SMALL_PATH)
+
+
+def _nginx_proxy(env: Env, upstream: str) -> Running:
+    dir_, port = _fresh_dir(env.workdir, "nginx"), free_port()
+    conf = configs.nginx_proxy(dir_, port, _port_of(upstream))
+    proc = _nginx(env.procs, "nginx-proxy", dir_, conf, env.proxy_cpu)
+    return _ready(env, proc, f"http://127.0.0.1:{port}", port, configs.SMALL_PATH)
+
+
+def _bare(env: Env, upstream: str) -> Running:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.bare_proxy", "--port", str(port), "--upstream", upstream]
+    proc = env.procs.spawn("bare-aiohttp", argv, cpu=env.proxy_cpu, cwd=env.repo)
+    return _ready(env, proc, f"http://127.0.0.1:{port}", port, configs.SMALL_PATH)
+
+
+def _sidecar(env: Env, upstream: str) -> Running:
+    """`python -m sidecar` on a SPEC §3 config; ready means `/health/ready` 200 on the ops port."""
+    dir_, port, ops_port = _fresh_dir(env.workdir, "sidecar"), free_port(), free_port()
+    conf = dir_ / "sidecar.yaml"
+    conf.write_text(configs.sidecar(port, ops_port, upstream))
+    argv = [
+        sys.executable,
+        "-m",
+        "sidecar",
+        "--config",
+        str(conf),
+        "--port",
+        str(port),
+        "--ops-port",
+        str(ops_port),
+    ]
+    # SIGTERM starts a 5 s drain (SPEC §2) that the bench has no use for: cut it short.
+    proc = env.procs.spawn("sidecar", argv, cpu=env.proxy_cpu, cwd=env.repo, stop_grace=0.5)
+    return _ready(env, proc, f"http://127.0.0.1:{port}/bench", ops_port, "/health/ready")
+
+
+def _ready(env: Env, proc: Proc, base_url: str, port: int, path: str) -> Running:
+    try:
+        ready = wait_ready(proc, port, path)
+    except StartError:
+        env.procs.stop(proc)
+        raise
+    return Running(base_url, proc, proc.pid, ready)
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+DIRECT = Target("direct", "nginx upstream, direct (the limit)", _direct)
+HAPROXY = Target("haproxy", "HAProxy (nbthread 1)", _haproxy)
+NGINX = Target("nginx", "nginx proxy (1 worker)", _nginx_proxy)
+BARE = Target("bare", "bare aiohttp + uvloop proxy", _bare)
+SIDECAR = Target("sidecar", "sidecar (default policies)", _sidecar)
+ALL = (DIRECT, HAPROXY, NGINX, BARE, SIDECAR)

@@ -1,0 +1,101 @@
+"""wrk runs and their machine-readable summary.
+
+wrk's own text output rounds and mixes units; the Lua `done` hook prints one JSON line instead, with
+the raw counters (microseconds, bytes) that the report turns into figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = "BENCH_JSON "
+
+LUA = """\
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '%s{"requests":%d,"duration_us":%d,"bytes":%d,"connect_errors":%d,"read_errors":%d,'
+    .. '"write_errors":%d,"status_errors":%d,"timeouts":%d,'
+    .. '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\\n',
+    "MARKER", summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end
+""".replace("MARKER", MARKER)
+
+
+class WrkError(RuntimeError):
+    """wrk failed or printed no summary."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    """One wrk run; `errors` counts socket errors, timeouts and non-2xx/3xx answers together."""
+
+    requests: int
+    duration_s: float
+    bytes: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s
+
+    @property
+    def mb_per_s(self) -> float:
+        """Bytes read (headers included) per second, in MB (10^6)."""
+        return self.bytes / self.duration_s / 1e6
+
+    @property
+    def error_ratio(self) -> float:
+        return self.errors / max(1, self.requests)
+
+
+def write_script(workdir: Path) -> Path:
+    path = workdir / "summary.lua"
+    path.write_text(LUA)
+    return path
+
+
+def run(url: str, *, connections: int, duration: float, script: Path, cpu: int | None) -> WrkResult:
+    """One wrk thread (its core is shared with the upstream; two would fight over it)."""
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARKER):
+            return _parse(json.loads(line[len(MARKER) :]))
+    detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    raise WrkError(f"wrk exit {proc.returncode}: {detail[0]}")
+
+
+def _parse(raw: dict[str, float]) -> WrkResult:
+    errors = sum(
+        int(raw[key])
+        for key in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    )
+    return WrkResult(
+        requests=int(raw["requests"]),
+        duration_s=raw["duration_us"] / 1e6,
+        bytes=int(raw["bytes"]),
+        errors=errors,
+        p50_ms=raw["p50_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+    )
