@@ -104,7 +104,7 @@ def test_provider_keys_come_from_the_original_variables(
 
 
 def test_probes_are_cheap_documented_endpoints(default: SidecarConfig) -> None:
-    """The probe paths chosen in docs/CONFIG.md; file-download has none."""
+    """The probe paths chosen in the README; file-download has none."""
     probes = {n: (p.health.method, p.health.path) if p.health else None
               for n, p in default.providers.items()}
     assert probes == {

@@ -45,7 +45,7 @@ sidecar:
         breaker: {failure_threshold: 9}
 """
 
-# The same template as docs/DEPLOY.md ("Use from your own chart").
+# The same template as README.md ("Use from your own chart").
 PARENT_DEPLOYMENT = """\
 {{- $sidecar := .Subcharts.sidecar }}
 apiVersion: apps/v1

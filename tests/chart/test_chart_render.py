@@ -264,7 +264,7 @@ def test_prometheus_rule_renders_the_rule_file_groups() -> None:
             assert rr.get("for") == pr.get("for")
             anchor = pr["annotations"]["runbook"].split("#", 1)[1]
             assert rr["annotations"]["runbook"] == (
-                f"https://github.com/example/sidecar/blob/main/docs/DEPLOY.md#{anchor}")
+                f"https://github.com/example/sidecar/blob/main/README.md#{anchor}")
             expected = pr["expr"].replace('job=~".*sidecar.*"', 'job=~".*sidecar.*|kubernetes-pods"')
             assert rr["expr"] == expected
             assert rr["labels"] == pr["labels"]

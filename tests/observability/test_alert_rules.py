@@ -11,7 +11,7 @@ import yaml
 from promql_names import ALERTS, ROOT, alert_rules, allowed, metric_names
 
 ALERT_TESTS = ROOT / "tests" / "observability" / "alerts-test.yaml"
-DEPLOY_DOC = ROOT / "docs" / "DEPLOY.md"
+README_DOC = ROOT / "README.md"
 EXPECTED = {"SidecarBreakerOpen", "SidecarBreakerFlapping", "SidecarRetryBudgetExhausted",
             "SidecarHighShortCircuitRatio", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown"}
 
@@ -68,9 +68,9 @@ def _github_anchors(markdown: str) -> set[str]:
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
 def test_runbook_link_resolves_in_deploy_doc(rule: dict[str, dict[str, str]]) -> None:
-    """Each alert's runbook is docs/DEPLOY.md#runbook-<alert>, and DEPLOY.md has that heading."""
+    """Each alert's runbook is README.md#runbook-<alert>, and the README has that heading."""
     alert = str(rule["alert"])
-    assert rule["annotations"]["runbook"] == f"docs/DEPLOY.md#runbook-{alert.lower()}"
-    assert f"runbook-{alert.lower()}" in _github_anchors(DEPLOY_DOC.read_text())
+    assert rule["annotations"]["runbook"] == f"README.md#runbook-{alert.lower()}"
+    assert f"runbook-{alert.lower()}" in _github_anchors(README_DOC.read_text())
     assert {"summary", "description", "runbook"} <= set(rule["annotations"])
     assert rule["labels"]["severity"] in {"warning", "critical"}
