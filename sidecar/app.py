@@ -12,6 +12,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import RESERVED_NAMES, SidecarConfig
+from .download import DownloadHandler
 from .errors import error_response
 from .gateway import Gateway
 from .metrics import Metrics
@@ -79,6 +80,7 @@ def _proxy_dispatch(
     gw: Gateway, loop: AttemptLoop
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     proxy = ProxyHandler(gw, loop)
+    download = DownloadHandler(gw, loop)
     providers = gw.providers
     unknown = gw.metrics.provider("unknown").operation("other")
 
@@ -89,6 +91,8 @@ def _proxy_dispatch(
         else:
             name, rest, query = split_target(raw)
             rt = providers.get(name)
+            if rt is not None and rt.config.kind == "download":
+                return await download.forward(request, rt, rest, query)
             if rt is not None:
                 return await proxy.forward(request, rt, rest, query)
             if name in RESERVED_NAMES:

@@ -17,10 +17,12 @@ from multidict import istr
 
 from .breaker import CircuitBreaker, Transition
 from .config import ProviderConfig, RouteConfig, SidecarConfig
+from .hostbreakers import HostBreakers
 from .logs import get_logger
 from .metrics import Metrics, ProviderMetrics
 from .retry import RetryBudget
 from .routes import RouteTable
+from .ssrf import guarded_connector
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -47,6 +49,7 @@ class ProviderRuntime:
     base_url: str
     inflight: int = 0
     probe: ProbeResult | None = None
+    hosts: HostBreakers | None = None  # kind: download: per-host breakers (admin acts on these)
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     @property
@@ -159,12 +162,19 @@ class Gateway:
             base_url=cfg.upstream.rstrip("/"),
         )
         self.metrics.inflight.labels(cfg.name).set_function(lambda: rt.inflight)
+        if cfg.kind == "download":
+            rt.hosts = HostBreakers(cfg.name, cfg.breaker, clock=self.clock, metrics=pm)
+            rt.hosts.export_state(self.metrics.breaker_state)
         return rt
 
     async def start(self) -> None:
         for rt in self.providers.values():
             if rt.config.kind == "proxy" and rt.config.configured and rt._session is None:
                 rt._session = new_session(rt.config)
+            elif rt.config.kind == "download" and rt._session is None:
+                private = rt.config.download is not None and rt.config.download.allow_private_networks
+                connector = guarded_connector(private, limit=rt.config.max_concurrent or 256)
+                rt._session = new_session(rt.config, connector)
         from .probes import ProbeRunner  # here, not at the top: probes imports this module
 
         if getattr(self, "probes", None) is None:
