@@ -59,9 +59,9 @@ class AdminHandlers:
         self.token = environ.get(TOKEN_ENV) or None  # read once: changing env later changes nothing
         self._log = get_logger("admin")
         self._actions: dict[str, Callable[[str], None]] = {
-            "reset": lambda name: gw.providers[name].breaker.reset(),
-            "force-open": lambda name: gw.providers[name].breaker.force_open(),
-            "disable": lambda name: gw.providers[name].breaker.disable(),
+            "reset": lambda name: gw.providers[name].control.reset(),
+            "force-open": lambda name: gw.providers[name].control.force_open(),
+            "disable": lambda name: gw.providers[name].control.disable(),
         }
 
     def add_routes(self, app: web.Application) -> None:
@@ -88,7 +88,7 @@ class AdminHandlers:
 
     async def breakers(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"breakers": {name: rt.breaker.snapshot() for name, rt in self.gw.providers.items()}}
+            {"breakers": {name: rt.control.snapshot() for name, rt in self.gw.providers.items()}}
         )
 
     async def action(self, request: web.Request) -> web.Response:
@@ -105,7 +105,7 @@ class AdminHandlers:
                 "bad_request", f"unknown action {action!r}; one of: {', '.join(self._actions)}",
                 provider=name,
             )
-        breaker = self.gw.providers[name].breaker
+        breaker = self.gw.providers[name].control
         before = breaker.state.value
         act(name)
         snapshot = breaker.snapshot()

@@ -57,6 +57,11 @@ class ProviderRuntime:
         return self.config.name
 
     @property
+    def control(self) -> CircuitBreaker | HostBreakers:
+        """What admin, health and the state gauge act on: the per-host set for downloads."""
+        return self.hosts if self.hosts is not None else self.breaker
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError(f"provider {self.name}: gateway not started")

@@ -55,7 +55,7 @@ def readiness_problems(gw: Gateway) -> list[str]:
         cfg = rt.config
         if not cfg.critical or not cfg.configured:
             continue  # an unconfigured provider never fails readiness (SPEC section 3)
-        state = rt.breaker.state
+        state = rt.control.state
         if state in _NOT_READY_STATES:
             problems.append(f"{rt.name}: breaker {state.value}")
         elif rt.probe is not None and not rt.probe.ok:
@@ -64,7 +64,7 @@ def readiness_problems(gw: Gateway) -> list[str]:
 
 
 def _provider_view(rt: ProviderRuntime) -> tuple[dict[str, object], str | None]:
-    snapshot = rt.breaker.snapshot()  # applies OPEN -> HALF_OPEN when due, like a request would
+    snapshot = rt.control.snapshot()  # applies OPEN -> HALF_OPEN when due, like a request would
     state = BreakerState(str(snapshot["state"]))
     view: dict[str, object] = {
         "configured": rt.config.configured,

@@ -170,3 +170,24 @@ async def test_disable_lets_calls_through_but_records_them(fake: FakeProvider, s
     snap = (await (await client.get("/admin/breakers")).json())["breakers"]["p"]
     assert snap["state"] == "disabled" and snap["total_failures"] == 30 and snap["total_rejected"] == 0
     assert metric(client, "sidecar_short_circuited_total", provider="p") == 0
+
+
+async def test_admin_acts_on_every_download_host(fake: FakeProvider, sidecar) -> None:
+    """force-open and reset on file-download reach its per-host breakers, and health reports them."""
+    from .test_download import download_config, path_for
+
+    client = await sidecar(download_config())
+    url = path_for(f"{fake.url}/file.bin")
+    assert (await client.get(url)).status == 200
+    body = await (await client.post("/admin/breakers/file-download/force-open")).json()
+    assert body["state"] == "forced_open"
+    resp = await client.get(url)
+    assert resp.status == 503 and resp.headers["X-Sidecar-Error"] == "circuit_open"
+    assert len(fake.seen) == 1
+    listed = await (await client.get("/admin/breakers")).json()
+    assert listed["breakers"]["file-download"]["state"] == "forced_open"
+    detailed = await (await client.get("/health/detailed")).json()
+    assert detailed["providers"]["file-download"]["state"] == "forced_open"
+    assert metric(client, "sidecar_breaker_state", provider="file-download", state="forced_open") == 1
+    assert (await (await client.post("/admin/breakers/file-download/reset")).json())["state"] == "closed"
+    assert (await client.get(url)).status == 200
