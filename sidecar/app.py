@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from aiohttp import web
@@ -44,13 +44,14 @@ def create_app(
     wall: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> web.Application:
     """Build the app for one listener; without a ``gateway`` it owns a new one for its lifetime."""
     owns = gateway is None
     gw = gateway or Gateway(config, metrics=Metrics(__version__), clock=clock, wall=wall, rng=rng)
     app = web.Application()
     app[GATEWAY] = gw
-    add_own_routes(app, gw)
+    add_own_routes(app, gw, environ)  # environ: SIDECAR_ADMIN_TOKEN, read once
     if role == "proxy":
         handler = _proxy_dispatch(
             gw, AttemptLoop(clock=gw.clock, sleep=sleep, rng=gw.rng, wall=gw.wall)

@@ -78,10 +78,11 @@ async def test_admin_without_token_is_forbidden_off_loopback() -> None:
             assert resp.headers["X-Sidecar-Error"] == "forbidden"
 
 
-async def test_admin_on_loopback_without_token(fake: FakeProvider, sidecar, monkeypatch) -> None:
+async def test_admin_on_loopback_without_token(fake: FakeProvider, sidecar) -> None:
     """On 127.0.0.1 with no token configured, /admin/breakers lists every breaker."""
-    monkeypatch.delenv("SIDECAR_ADMIN_TOKEN", raising=False)
-    client = await sidecar(sidecar_config(provider("a", fake.url), provider("b", fake.url)))
+    client = await sidecar(
+        sidecar_config(provider("a", fake.url), provider("b", fake.url)), environ={}
+    )
     resp = await client.get("/admin/breakers")
     assert resp.status == 200
     body = await resp.json()
@@ -89,10 +90,11 @@ async def test_admin_on_loopback_without_token(fake: FakeProvider, sidecar, monk
     assert body["breakers"]["a"]["state"] == "closed"
 
 
-async def test_admin_token_required_accepted_rejected(fake: FakeProvider, sidecar, monkeypatch) -> None:
+async def test_admin_token_required_accepted_rejected(fake: FakeProvider, sidecar) -> None:
     """With SIDECAR_ADMIN_TOKEN set: no header 401, wrong token 401, the right one 200."""
-    monkeypatch.setenv("SIDECAR_ADMIN_TOKEN", TOKEN)
-    client = await sidecar(sidecar_config(provider("p", fake.url)))
+    client = await sidecar(
+        sidecar_config(provider("p", fake.url)), environ={"SIDECAR_ADMIN_TOKEN": TOKEN}
+    )
     resp = await client.get("/admin/breakers")
     assert resp.status == 401 and (await resp.json())["error"] == "unauthorized"
     assert resp.headers["X-Sidecar-Error"] == "unauthorized"
