@@ -67,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return 2
     configure_logging(args.log_format)
+    # Process-wide switch of prometheus_client: the *_created series would double the scrape size.
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()
     from .server import serve
 
     _run(serve(config))
