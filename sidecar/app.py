@@ -32,6 +32,13 @@ def runner_kwargs(config: SidecarConfig) -> dict[str, Any]:
         "access_log": None,  # the sidecar logs what matters itself (server.access_log)
         "handle_signals": False,
         "shutdown_timeout": config.server.shutdown_grace,
+        # An idle keep-alive connection is closed after this (aiohttp's default is an hour); it is
+        # longer than common client pools keep idle connections (aiohttp 15s), so they close first.
+        "keepalive_timeout": 75.0,
+        # aiohttp's limits, stated: longer lines or more headers are answered 400 and closed.
+        "max_line_size": 8190,
+        "max_field_size": 8190,
+        "max_headers": 128,
     }
 
 

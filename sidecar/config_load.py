@@ -110,19 +110,20 @@ def _parse_yaml(text: str, source: str) -> object:
 def parse_config(data: object, environ: Mapping[str, str]) -> SidecarConfig:
     """Validate already-parsed YAML; raises ConfigError listing every problem found."""
     problems = s.Problems()
+    raw = data
     try:
         data = _expand(data, environ)
     except RecursionError:
         raise ConfigError(["(top level): nested too deeply"]) from None
     root = s.as_mapping(problems, "", data)
     if root is None:
-        raise ConfigError(problems.items)
+        raise ConfigError(_unexpand(problems.items, raw, environ))
     s.check_keys(problems, "", root, ("server", "defaults", "providers"))
     server = _server(problems, root.get("server"))
     defaults = _defaults(problems, root.get("defaults"), environ)
     providers = _providers(problems, root.get("providers"), defaults, environ)
     if problems.items:
-        raise ConfigError(problems.items)
+        raise ConfigError(_unexpand(problems.items, raw, environ))
     return SidecarConfig(server=server, providers=MappingProxyType(providers))
 
 
@@ -135,6 +136,16 @@ def _expand(value: object, environ: Mapping[str, str]) -> object:
     if isinstance(value, list):
         return [_expand(item, environ) for item in value]
     return value
+
+
+def _unexpand(lines: list[str], raw: object, environ: Mapping[str, str]) -> list[str]:
+    """Problem lines quote bad values; one that came from ``${VAR}`` may be a secret: name VAR instead."""
+    for name in set(ENV_REFERENCE.findall(repr(raw))):
+        value = environ.get(name, "")
+        if len(value) >= 4:  # s.show() cuts a long repr to 56 characters of the value
+            ref = f"${{{name}}}"
+            lines = [line.replace(value, ref).replace(value[:56], ref) for line in lines]
+    return lines
 
 
 def _pick(block: Mapping[str, object], keys: tuple[str, ...]) -> dict[str, object]:

@@ -3,12 +3,17 @@
 On SIGTERM/SIGINT readiness turns 503 at once, but both listeners keep serving for
 ``server.drain_time`` (the bot beside us is shutting down too and still makes its last calls);
 then they stop accepting, in-flight requests get ``server.shutdown_grace``, and the process exits 0.
+
+Both listeners also bound how long a client may take to send a request head (slowloris): aiohttp
+only has an idle timeout, so ``SidecarRunner`` makes connections whose head must be complete within
+``header_read_timeout`` of its first byte, or they get a 408 and are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 from aiohttp import web
 
@@ -18,6 +23,81 @@ from .config import SidecarConfig
 from .gateway import Gateway
 from .logs import get_logger
 from .metrics import Metrics
+
+# A request head (request line + headers) must arrive within this long of its first byte.
+HEADER_READ_TIMEOUT = 10.0
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _HeadTimeoutHandler(web.RequestHandler):
+    """aiohttp's protocol, plus a deadline from the first byte of a request head to its end."""
+
+    __slots__ = ("_head_count", "_head_timeout", "_head_timer")
+
+    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_count = 0
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes while no request is queued or being handled start a head: time it.
+        if data and self._head_timer is None and not self._request_in_progress and not self._messages:
+            self._head_count = self._request_count
+            self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
+        super().data_received(data)
+        if self._head_timer is not None and self._request_count != self._head_count:
+            self._head_timer.cancel()  # a whole request was parsed
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        # Body bytes of a request already being handled are not a slow head.
+        if self._request_count != self._head_count or self._request_in_progress or self._messages:
+            return
+        if self.transport is not None:
+            self.transport.write(_REQUEST_TIMEOUT)
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
+class _HeadTimeoutServer(web.Server):
+    def __init__(self, base: web.Server, head_timeout: float) -> None:
+        # aiohttp builds its Server inside the app; rebuild it with the same settings.
+        super().__init__(
+            base.request_handler, request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation, loop=base._loop, **base._kwargs,
+        )
+        self._head_timeout = head_timeout
+
+    def __call__(self) -> web.RequestHandler:
+        return _HeadTimeoutHandler(self, loop=self._loop, head_timeout=self._head_timeout, **self._kwargs)
+
+
+class SidecarRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections time out a slow request head (``header_read_timeout``)."""
+
+    __slots__ = ("_head_timeout",)
+
+    def __init__(
+        self, app: web.Application, *, header_read_timeout: float = HEADER_READ_TIMEOUT, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._head_timeout = header_read_timeout
+
+    async def _make_server(self) -> web.Server:
+        return _HeadTimeoutServer(await super()._make_server(), self._head_timeout)
+
+
+def header_read_timeout(config: SidecarConfig) -> float:
+    """``server.header_read_timeout`` once the config model has it; the default until then."""
+    value = getattr(config.server, "header_read_timeout", None)
+    return HEADER_READ_TIMEOUT if value is None else float(value)
 
 
 async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> None:
@@ -37,8 +117,9 @@ async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> 
             ("ops", srv.ops_host, srv.ops_port),
         )
         for role, host, port in listeners:
-            runner = web.AppRunner(
-                create_app(config, role=role, gateway=gw), **runner_kwargs(config)
+            runner = SidecarRunner(
+                create_app(config, role=role, gateway=gw),
+                header_read_timeout=header_read_timeout(config), **runner_kwargs(config),
             )
             await runner.setup()
             runners.append(runner)

@@ -1,0 +1,130 @@
+"""The real ``python -m sidecar`` as a subprocess: started from a YAML text, both pipes kept whole.
+
+Unlike ``tests/process.py`` this keeps stderr too (the secrets test greps it, and an undrained
+stderr pipe would block the sidecar), and samples the process's RSS from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Sidecar:
+    proc: asyncio.subprocess.Process
+    proxy_port: int
+    ops_port: int
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    _pumps: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def ops(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port}"
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for raw in self.stdout:
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                out.append({"event": "unparsed", "text": raw})
+        return out
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("event") == name]
+
+    def transitions(self) -> list[tuple[float, str, str]]:
+        """(wall-clock epoch seconds, from_state, to_state) of each logged breaker transition."""
+        return [
+            (datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp(),
+             e["from_state"], e["to_state"])
+            for e in self.events("breaker_transition")
+        ]
+
+    def rss(self) -> int:
+        """Resident set size in bytes (0 once the process is gone)."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    async def stop(self, sig: int = signal.SIGTERM, wait: float = 30.0) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), wait)
+        await asyncio.wait_for(asyncio.gather(*self._pumps), 5)
+        return code
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        for task in self._pumps:
+            task.cancel()
+
+
+async def _pump(stream: asyncio.StreamReader, sink: list[str]) -> None:
+    async for raw in stream:
+        sink.append(raw.decode(errors="replace").rstrip("\n"))
+
+
+async def start_sidecar(
+    config_yaml: str, tmp: Path, *, env: dict[str, str] | None = None, startup: float = 20.0,
+    args: tuple[str, ...] = (),
+) -> Sidecar:
+    """Write the config, start the sidecar on free ports, return once it logged "listening"."""
+    path = tmp / "sidecar.yaml"
+    path.write_text(config_yaml)
+    argv = [sys.executable, "-m", "sidecar", "--config", str(path), "--port", "0", "--ops-port", "0", *args]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "CB_"))}
+    full_env.update(env or {})
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full_env,
+        limit=1 << 20,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout: list[str] = []
+    stderr: list[str] = []
+    err_pump = asyncio.ensure_future(_pump(proc.stderr, stderr))
+    try:
+        async with asyncio.timeout(startup):
+            while True:
+                raw = await proc.stdout.readline()
+                if not raw:
+                    await proc.wait()
+                    await err_pump
+                    raise RuntimeError("sidecar exited before listening: " + "\n".join(stderr)[-2000:])
+                stdout.append(raw.decode(errors="replace").rstrip("\n"))
+                line = json.loads(raw)
+                if line.get("event") == "listening":
+                    break
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        err_pump.cancel()
+        raise
+    sc = Sidecar(proc, int(line["proxy"].rsplit(":", 1)[1]), int(line["ops"].rsplit(":", 1)[1]),
+                 stdout, stderr)
+    sc._pumps = [asyncio.ensure_future(_pump(proc.stdout, stdout)), err_pump]
+    return sc

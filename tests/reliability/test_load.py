@@ -1,0 +1,32 @@
+"""Load with faults through the real sidecar subprocess (slow: about 30 s on 2 cores).
+
+``RELIABILITY_REQUESTS`` changes the request count (default 20,000); ``make soak`` runs the same
+scenario for a duration and prints the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from .load import Spec, run_on_uvloop
+
+
+@pytest.mark.slow
+async def test_load_with_faults_keeps_every_invariant(tmp_path: Path) -> None:
+    """200 clients, 10% 503, 2% resets, latency and an outage: every invariant of the report holds."""
+    spec = Spec(requests=int(os.environ.get("RELIABILITY_REQUESTS", "20000")))
+    # Its own thread and uvloop: the generator stays light, and the test's loop stays free.
+    report = await asyncio.to_thread(run_on_uvloop, spec, tmp_path)
+    print(report.summary())
+    assert report.problems() == []
+    assert report.requests == spec.requests == sum(report.by_code.values())
+    # The faults really happened, retries really ran, and the outage really opened the breaker.
+    assert report.provider_faults["status"] > 0.05 * spec.requests
+    assert report.provider_faults["reset"] > 0.005 * spec.requests
+    assert report.retries > 0
+    assert len(report.outages) == 1 and report.by_code["503 circuit_open"] > 0
+    assert report.outage_provider_share[0] < 0.5  # the open breaker kept most traffic off the provider

@@ -1,0 +1,90 @@
+"""Property-based fuzzing of the routing and header code: what no request target or header set can do."""
+
+from __future__ import annotations
+
+import string
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+from yarl import URL
+
+from sidecar.config import RouteConfig
+from sidecar.headers import HOP_BY_HOP, REQUEST_DROP, RESPONSE_DROP, filter_headers
+from sidecar.proxy import split_target
+from sidecar.routes import RouteTable
+
+FUZZ = settings(max_examples=200, deadline=None)
+# Every byte a request line may carry in its target (visible ASCII), weighted towards the tricky ones.
+TARGET_CHARS = st.sampled_from(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@%/?#[]\\\"<>^`{|}")
+TRICKY = st.sampled_from(["/", "//", "..", "%2F", "%2f", "%2e%2e", "@", "?", "#", "\\", ":", "%00", "%0d%0a"])
+RAW_TAIL = st.lists(st.one_of(TARGET_CHARS, TRICKY), max_size=40).map("".join)
+BASES = st.sampled_from([
+    "https://api.replicate.com", "https://api.elevenlabs.io/v1", "http://127.0.0.1:8443/api/v2",
+    "https://xyz.supabase.co/rest/v1",
+])
+
+
+@FUZZ
+@given(RAW_TAIL)
+def test_split_target_never_lets_a_slash_into_the_provider(tail: str) -> None:
+    """The provider segment never contains "/", and the three parts put back together are the target."""
+    raw = "/" + tail
+    name, rest, query = split_target(raw)
+    assert "/" not in name
+    assert rest == "" or rest.startswith("/")
+    assert "?" not in name + rest
+    assert "/" + name + rest + ("?" + query if "?" in raw else "") == raw
+
+
+@FUZZ
+@given(BASES, RAW_TAIL)
+def test_upstream_url_always_has_the_provider_host(base: str, tail: str) -> None:
+    """The URL built from any raw target keeps the provider's scheme, host, port and path prefix."""
+    _, rest, query = split_target("/p" + ("/" + tail if tail and not tail.startswith("?") else tail))
+    target = base.rstrip("/") + (rest or "/") + ("?" + query if query else "")
+    url = URL(target, encoded=True)
+    expected = URL(base)
+    assert (url.scheme, url.host, url.port) == (expected.scheme, expected.host, expected.port)
+    assert url.raw_path.startswith(expected.raw_path.rstrip("/") + "/")
+
+
+HEADER_NAMES = st.one_of(
+    st.sampled_from([*sorted(HOP_BY_HOP | REQUEST_DROP), "X-Request-Id", "Authorization", "X-Custom"]),
+    st.text(string.ascii_letters + "-", min_size=1, max_size=12),
+)
+HEADER_VALUES = st.text(string.printable.replace("\r", "").replace("\n", ""), max_size=30)
+
+
+@FUZZ
+@given(st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=12),
+       st.sampled_from([REQUEST_DROP, RESPONSE_DROP]))
+def test_filter_headers_drops_exactly_the_hop_by_hop_ones(
+    pairs: list[tuple[str, str]], drop: frozenset[str]
+) -> None:
+    """Dropped names and Connection-named ones never survive; every other header survives, in order."""
+    headers = CIMultiDictProxy(CIMultiDict(pairs))
+    named = {istr(t.strip()) for v in headers.getall("Connection", ()) for t in v.split(",") if t.strip()}
+    out = filter_headers(headers, drop)
+    expected = [(k, v) for k, v in headers.items() if istr(k) not in drop and istr(k) not in named]
+    assert list(out.items()) == expected
+    assert not any(istr(k) in drop or istr(k) in named for k in out)
+
+
+SEGMENT = st.text(string.ascii_letters + string.digits + "-._~%:@!$&'()*+,;=", min_size=1, max_size=10)
+TEMPLATE = "/v1/models/{owner}/{name}/versions/{version}/trainings"
+
+
+@FUZZ
+@given(st.tuples(SEGMENT, SEGMENT, SEGMENT), st.sampled_from(["GET", "POST", "post"]))
+def test_route_variables_match_exactly_one_segment(values: tuple[str, str, str], method: str) -> None:
+    """Any three segments fill the template; a slash inside one, or an extra segment, never matches."""
+    route = RouteConfig(name="create_training", method="POST", path=TEMPLATE)
+    table = RouteTable([route, RouteConfig(name="any", path="/v1/{rest}")])
+    owner, name, version = values
+    path = f"/v1/models/{owner}/{name}/versions/{version}/trainings"
+    matched = table.match(method, path)
+    assert (matched is route) == (method.upper() == "POST")
+    assert table.match("POST", path.replace(f"/{owner}/", f"/{owner}/x/", 1)) is not route
+    assert table.match("POST", path + "/") is not route
+    assert table.match("POST", path.replace("/v1/", "/v1//", 1)) is not route
