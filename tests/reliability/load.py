@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -292,6 +293,13 @@ async def metric_values(sc: Sidecar, provider: str = "p") -> dict[str, float]:
     return dict(out)
 
 
+def _prioritise(*pids: int) -> None:
+    """Raise the processes' CPU priority where allowed (root in CI); elsewhere leave it."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, -10)
+
+
 async def run(spec: Spec, tmp: Path) -> Report:
     """Start provider and sidecar, run the load, stop both, and return the figures."""
     fp = await FaultProvider(spec.faults).start()
@@ -302,6 +310,9 @@ async def run(spec: Spec, tmp: Path) -> Report:
             poller = _LivePoller()
             report.rss_start = report.rss_peak = sc.rss()
             await poller.start(sc.ops_port)
+            # The load generator and the fake provider share these 2 cores with the sidecar; the
+            # liveness bound is about the sidecar's loop, so it and the poller get the CPU first.
+            _prioritise(sc.proc.pid, poller.proc.pid)
             load = _Run(spec, sc, fp, report)
             try:
                 await load.go()

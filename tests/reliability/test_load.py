@@ -25,8 +25,10 @@ async def test_load_with_faults_keeps_every_invariant(tmp_path: Path) -> None:
     assert report.problems() == []
     assert report.requests == spec.requests == sum(report.by_code.values())
     # The faults really happened, retries really ran, and the outage really opened the breaker.
-    assert report.provider_faults["status"] > 0.05 * spec.requests
-    assert report.provider_faults["reset"] > 0.005 * spec.requests
+    # (Bounds well under the 10%/2% mix: the outage and the clean window after it take a share of
+    # the run that grows as the sidecar gets faster.)
+    assert report.provider_faults["status"] > 0.02 * spec.requests
+    assert report.provider_faults["reset"] > 0.002 * spec.requests
     assert report.retries > 0
     assert len(report.outages) == 1 and report.by_code["503 circuit_open"] > 0
     assert report.outage_provider_share[0] < 0.5  # the open breaker kept most traffic off the provider
