@@ -1,4 +1,4 @@
-"""What each injected fault produces at the client, and what it does to the breaker (docs/RELIABILITY.md)."""
+"""What each injected fault produces at the client, and what it does to the breaker (README, Reliability)."""
 
 from __future__ import annotations
 
