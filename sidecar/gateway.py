@@ -17,6 +17,7 @@ from multidict import istr
 
 from .breaker import CircuitBreaker, Transition
 from .config import ProviderConfig, RouteConfig, SidecarConfig
+from .h1client import H1Pool
 from .hostbreakers import HostBreakers
 from .logs import get_logger
 from .metrics import Metrics, ProviderMetrics
@@ -51,6 +52,7 @@ class ProviderRuntime:
     probe: ProbeResult | None = None
     hosts: HostBreakers | None = None  # kind: download: per-host breakers (admin acts on these)
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
+    pool: H1Pool | None = field(default=None, repr=False)  # kind: proxy: the lean upstream client
 
     @property
     def name(self) -> str:
@@ -80,6 +82,20 @@ def _default_policy(cfg: ProviderConfig) -> RouteConfig:
         retry=cfg.retry,
         timeouts=cfg.timeouts,
         failure_statuses=cfg.failure_statuses,
+    )
+
+
+def new_pool(cfg: ProviderConfig) -> H1Pool:
+    """The proxy's keep-alive connections to one provider (``h1client``: no auto headers, no
+    decompression, no cookies or environment proxies, no silent re-send)."""
+    timeouts = cfg.timeouts
+    return H1Pool(
+        cfg.upstream,
+        limit=cfg.max_concurrent or 256,
+        connect_timeout=timeouts.connect,
+        read_timeout=timeouts.attempt,
+        idle_timeout=15.0,
+        read_bufsize=64 * 1024,
     )
 
 
@@ -174,8 +190,8 @@ class Gateway:
 
     async def start(self) -> None:
         for rt in self.providers.values():
-            if rt.config.kind == "proxy" and rt.config.configured and rt._session is None:
-                rt._session = new_session(rt.config)
+            if rt.config.kind == "proxy" and rt.config.configured and rt.pool is None:
+                rt.pool = new_pool(rt.config)
             elif rt.config.kind == "download" and rt._session is None:
                 private = rt.config.download is not None and rt.config.download.allow_private_networks
                 connector = guarded_connector(private, limit=rt.config.max_concurrent or 256)
@@ -192,6 +208,9 @@ class Gateway:
             self.probes = None
             await probes.close()
         for rt in self.providers.values():
+            if rt.pool is not None:
+                await rt.pool.close()
+                rt.pool = None
             if rt._session is not None:
                 await rt._session.close()
                 rt._session = None

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from .config import RouteConfig
 from .errors import SidecarError, error_response, to_response
 from .gateway import Gateway, ProviderRuntime
+from .h1client import H1Response
 from .headers import (
     ATTEMPTS,
     IDEMPOTENCY_KEY,
@@ -174,16 +174,19 @@ class ProxyHandler:
             )
         except SidecarError as refused:
             return _with_request_id(to_response(refused), request_id)
-        target = rt.base_url + (rest or "/") + ("?" + query if query else "")
+        pool = rt.pool
+        if pool is None:
+            raise RuntimeError(f"provider {rt.name}: gateway not started")
         out = Outbound(
             method=request.method,
-            url=URL(target, encoded=True),
+            url=None,
             headers=headers,
             body=body,
             policy=policy,
             retryable=eligible and replayable,
+            target=pool.prefix + (rest or "/") + ("?" + query if query else ""),
         )
-        exchange = await self._loop.run(rt, out)
+        exchange = await self._loop.run_pooled(rt, pool, out)
         if exchange.response is None:
             assert exchange.error is not None
             err = exchange.error
@@ -205,7 +208,7 @@ def _with_request_id(resp: web.Response, request_id: str) -> web.Response:
 
 async def relay(
     request: web.Request,
-    up: aiohttp.ClientResponse,
+    up: H1Response,
     attempts: int,
     request_id: str,
     provider: str,
@@ -239,7 +242,7 @@ async def relay(
 
 
 async def _stream(
-    request: web.Request, up: aiohttp.ClientResponse, headers: CIMultiDict[str], length: int | None
+    request: web.Request, up: H1Response, headers: CIMultiDict[str], length: int | None
 ) -> web.StreamResponse:
     resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
     if length is not None:

@@ -11,7 +11,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -20,6 +20,7 @@ from yarl import URL
 from .breaker import BreakerState, CircuitBreaker, Outcome, Permit, Rejection
 from .config import RetryConfig, RouteConfig
 from .errors import SidecarError
+from .h1client import H1Pool, H1Response
 from .headers import RETRY_AFTER
 from .metrics import ProviderMetrics
 from .retry import RetryBudget, parse_retry_after, retry_delay
@@ -31,6 +32,11 @@ _DRAIN_LIMIT = 64 * 1024
 
 _CONNECT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
 _OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+
+# The answer type of the transport: aiohttp's (downloads) or the lean pool's (proxied providers).
+R = TypeVar("R", aiohttp.ClientResponse, H1Response)
+# One send: given the seconds left for this attempt, the response head or an exception.
+Send = Callable[[float], Awaitable[R]]
 
 
 class Target(Protocol):
@@ -50,18 +56,19 @@ class Target(Protocol):
 @dataclass(slots=True)
 class Outbound:
     method: str
-    url: URL
+    url: URL | None  # for the session; None when sent through a pool with ``target``
     headers: CIMultiDict[str]
     body: Body
     policy: RouteConfig
     retryable: bool  # method/key/route allow it and the body can be sent again
+    target: str = ""  # origin-form path and query, for a pool
 
 
 @dataclass(slots=True)
-class Exchange:
+class Exchange(Generic[R]):
     """The upstream's response to stream back, or the sidecar error to answer instead."""
 
-    response: aiohttp.ClientResponse | None
+    response: R | None
     error: SidecarError | None
     attempts: int
 
@@ -80,7 +87,29 @@ class AttemptLoop:
         self._rng = rng
         self._wall = wall
 
-    async def run(self, target: Target, out: Outbound) -> Exchange:
+    async def run(self, target: Target, out: Outbound) -> Exchange[aiohttp.ClientResponse]:
+        """Send through the target's ``aiohttp`` session."""
+        session = target.session
+        url = out.url
+        assert url is not None, "a session request needs a URL"
+
+        async def send(seconds: float) -> aiohttp.ClientResponse:
+            async with asyncio.timeout(seconds):
+                return await session.request(
+                    out.method, url, headers=out.headers, data=out.body, allow_redirects=False
+                )
+
+        return await self._run(target, out, send)
+
+    async def run_pooled(self, target: Target, pool: H1Pool, out: Outbound) -> Exchange[H1Response]:
+        """Send through a lean connection pool (it enforces the attempt timeout itself)."""
+
+        def send(seconds: float) -> Awaitable[H1Response]:
+            return pool.request(out.method, out.target, out.headers, out.body, seconds)
+
+        return await self._run(target, out, send)
+
+    async def _run(self, target: Target, out: Outbound, send: Send[R]) -> Exchange[R]:
         clock = self._clock
         deadline = clock() + out.policy.timeouts.total
         retry_cfg = out.policy.retry
@@ -89,7 +118,7 @@ class AttemptLoop:
         attempts = 0
         # The answer retried over is held through the wait: if the breaker refuses the retry,
         # the client still gets the provider's last answer, not a sidecar error.
-        held: tuple[aiohttp.ClientResponse | None, SidecarError | None] | None = None
+        held: tuple[R | None, SidecarError | None] | None = None
         while True:
             permit = target.breaker.acquire()
             if isinstance(permit, Rejection):
@@ -101,7 +130,7 @@ class AttemptLoop:
                 await _release(held[0])
             attempts += 1
             response, error, retry_after = await self._attempt(
-                target, out, permit, deadline - clock()
+                target, out, permit, deadline - clock(), send
             )
             if attempts >= max_attempts or not _retry_wanted(response, retry_cfg):
                 return _finish(response, error, attempts)
@@ -118,8 +147,8 @@ class AttemptLoop:
                 raise
 
     async def _attempt(
-        self, target: Target, out: Outbound, permit: Permit, remaining: float
-    ) -> tuple[aiohttp.ClientResponse | None, SidecarError | None, float | None]:
+        self, target: Target, out: Outbound, permit: Permit, remaining: float, send: Send[R]
+    ) -> tuple[R | None, SidecarError | None, float | None]:
         policy = out.policy
         metrics = target.metrics
         clock = self._clock
@@ -128,14 +157,7 @@ class AttemptLoop:
         try:
             if timeout <= 0:
                 raise TimeoutError
-            async with asyncio.timeout(timeout):
-                response = await target.session.request(
-                    out.method,
-                    out.url,
-                    headers=out.headers,
-                    data=out.body,
-                    allow_redirects=False,
-                )
+            response = await send(timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             elapsed = clock() - t0
             target.breaker.record(permit, Outcome.FAILURE, elapsed)
@@ -181,14 +203,12 @@ class AttemptLoop:
         return True
 
 
-def _retry_wanted(response: aiohttp.ClientResponse | None, retry_cfg: RetryConfig) -> bool:
+def _retry_wanted(response: R | None, retry_cfg: RetryConfig) -> bool:
     """Connection errors and timeouts are retryable; responses only with a retry status."""
     return response is None or response.status in retry_cfg.retry_statuses
 
 
-def _finish(
-    response: aiohttp.ClientResponse | None, error: SidecarError | None, attempts: int
-) -> Exchange:
+def _finish(response: R | None, error: SidecarError | None, attempts: int) -> Exchange[R]:
     if error is not None:
         error.attempts = attempts
     return Exchange(response, error, attempts)
@@ -205,7 +225,7 @@ def _circuit_open(provider: str, rejection: Rejection) -> SidecarError:
     )
 
 
-async def _release(response: aiohttp.ClientResponse) -> None:
+async def _release(response: R) -> None:
     """Drop a response we retry over; read a small body first so its connection is reused."""
     try:
         length = response.content_length

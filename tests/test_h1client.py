@@ -1,0 +1,216 @@
+"""The lean upstream client against a real fake provider: framing, reuse, limits, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from multidict import CIMultiDict
+
+from sidecar.h1client import H1Pool
+
+from .fake_provider import FakeProvider, Reply
+
+
+def _pool(fake: FakeProvider, **kwargs: object) -> H1Pool:
+    return H1Pool(fake.url, **kwargs)  # type: ignore[arg-type]
+
+
+async def _get(pool: H1Pool, target: str = "/x", seconds: float = 5.0) -> tuple[int, bytes]:
+    resp = await pool.request("GET", target, CIMultiDict(), None, seconds)
+    return resp.status, await resp.read()
+
+
+async def test_keep_alive_connection_is_reused(fake: FakeProvider) -> None:
+    """Sequential requests share one connection once each body is read."""
+    pool = _pool(fake)
+    for _ in range(5):
+        assert await _get(pool) == (200, b'{"ok": true}')
+    assert pool.open_connections == 1 and pool.idle_connections == 1
+    assert len(fake.seen) == 5
+    await pool.close()
+    assert pool.open_connections == 0
+
+
+async def test_request_line_headers_and_host(fake: FakeProvider) -> None:
+    """The target goes out as is, with the bot's headers, Host of the upstream and nothing invented."""
+    pool = _pool(fake)
+    headers = CIMultiDict([("X-A", "1"), ("X-A", "2"), ("Accept", "a/b")])
+    resp = await pool.request("GET", "/p%2Fq/r?x=1&y=%20", headers, None, 5.0)
+    await resp.read()
+    seen = fake.seen[0]
+    assert seen.raw_path == "/p%2Fq/r?x=1&y=%20"
+    assert seen.headers.getall("X-A") == ["1", "2"]
+    assert seen.headers["Host"] == f"127.0.0.1:{fake.port}"
+    assert "User-Agent" not in seen.headers and "Content-Length" not in seen.headers
+    await pool.close()
+
+
+async def test_bytes_body_gets_its_own_content_length(fake: FakeProvider) -> None:
+    """A small body is sent with a Content-Length that matches it, whatever the client said."""
+    pool = _pool(fake)
+    headers = CIMultiDict([("Content-Length", "999")])
+    resp = await pool.request("POST", "/x", headers, b"hello", 5.0)
+    await resp.read()
+    assert fake.seen[0].body == b"hello" and fake.seen[0].headers["Content-Length"] == "5"
+    resp = await pool.request("POST", "/x", CIMultiDict(), None, 5.0)
+    await resp.read()
+    assert fake.seen[1].headers["Content-Length"] == "0"
+    await pool.close()
+
+
+async def test_streamed_body_is_chunked_unless_its_length_is_known(fake: FakeProvider) -> None:
+    """An async-iterable body is sent chunked, or raw with the client's Content-Length."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"z" * 100_000
+
+    pool = _pool(fake)
+    resp = await pool.request("POST", "/x", CIMultiDict(), body(), 5.0)
+    await resp.read()
+    assert fake.seen[0].body_size == 800_000
+    assert fake.seen[0].headers["Transfer-Encoding"] == "chunked"
+    resp = await pool.request("PUT", "/x", CIMultiDict([("Content-Length", "800000")]), body(), 5.0)
+    await resp.read()
+    assert fake.seen[1].body_size == 800_000 and "Transfer-Encoding" not in fake.seen[1].headers
+    assert pool.open_connections == 1  # both bodies were complete: the connection was kept
+    await pool.close()
+
+
+async def test_chunked_and_content_length_responses_stream(fake: FakeProvider) -> None:
+    """Both response framings arrive whole; the connection is reused after each."""
+    size = 3 * 1024 * 1024
+    fake.then(
+        Reply(stream_bytes=size, content_length=False, headers={}),
+        Reply(stream_bytes=size, content_length=True, headers={}),
+    )
+    pool = _pool(fake)
+    for expect_length in (None, size):
+        resp = await pool.request("GET", "/big", CIMultiDict(), None, 5.0)
+        assert resp.content_length == expect_length
+        got = 0
+        async for chunk in resp.content.iter_any():
+            got += len(chunk)
+        resp.release()
+        assert got == size
+    assert pool.open_connections == 1
+    await pool.close()
+
+
+async def test_head_answer_has_no_body_and_keeps_the_connection(fake: FakeProvider) -> None:
+    """HEAD: Content-Length is reported, no body is waited for, the next GET works."""
+    fake.then(Reply(body=b"x" * 1234, headers={}))
+    pool = _pool(fake)
+    resp = await pool.request("HEAD", "/x", CIMultiDict(), None, 5.0)
+    assert resp.status == 200 and resp.content_length == 1234
+    assert await resp.read() == b""
+    assert await _get(pool) == (200, b'{"ok": true}')
+    assert pool.open_connections == 1
+    await pool.close()
+
+
+async def test_reset_mid_body_is_a_payload_error(fake: FakeProvider) -> None:
+    """A body cut by the upstream fails the read and the connection is not reused."""
+    fake.then(Reply(stream_bytes=4 * 1024 * 1024, reset_after=1024 * 1024, headers={}))
+    pool = _pool(fake)
+    resp = await pool.request("GET", "/x", CIMultiDict(), None, 5.0)
+    with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+        await resp.read()
+    resp.close()
+    assert pool.open_connections == 0
+    assert await _get(pool) == (200, b'{"ok": true}')
+    await pool.close()
+
+
+async def test_reset_before_the_head_is_a_connection_error(fake: FakeProvider) -> None:
+    """A connection dropped instead of answered raises a connection error, never a retry inside."""
+    fake.then(Reply(reset=True))
+    pool = _pool(fake)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _get(pool)
+    assert len(fake.seen) == 1 and pool.open_connections == 0
+    await pool.close()
+
+
+async def test_head_timeout_raises_and_drops_the_connection(fake: FakeProvider) -> None:
+    """No head within the timeout: a TimeoutError subclass, and that connection is closed."""
+    fake.then(Reply(delay=1.0))
+    pool = _pool(fake)
+    with pytest.raises(TimeoutError):
+        await _get(pool, seconds=0.1)
+    assert pool.open_connections == 0
+    await pool.close()
+
+
+async def test_connection_refused_is_an_os_error() -> None:
+    """Nothing listening: a ClientOSError (an OSError), classified as a connect error upstream."""
+    pool = H1Pool("http://127.0.0.1:9", connect_timeout=1.0)
+    with pytest.raises(aiohttp.ClientOSError):
+        await pool.request("GET", "/", CIMultiDict(), None, 2.0)
+    assert pool.open_connections == 0
+
+
+async def test_pool_limit_queues_callers_in_order(fake: FakeProvider) -> None:
+    """With limit 2, four slow requests use two connections; the last two wait their turn."""
+    fake.default = Reply(delay=0.2)
+    pool = _pool(fake, limit=2)
+    results = await asyncio.gather(*(_get(pool) for _ in range(4)))
+    assert [status for status, _ in results] == [200] * 4
+    assert pool.open_connections == 2
+    await pool.close()
+
+
+async def test_waiting_for_the_pool_counts_against_the_timeout(fake: FakeProvider) -> None:
+    """A caller that can't get a connection in time times out without sending anything."""
+    fake.default = Reply(delay=0.5)
+    pool = _pool(fake, limit=1)
+    slow = asyncio.ensure_future(_get(pool))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError):
+        await _get(pool, seconds=0.1)
+    assert (await slow)[0] == 200
+    assert len(fake.seen) == 1
+    await pool.close()
+
+
+async def test_idle_connections_expire(fake: FakeProvider) -> None:
+    """An idle connection older than idle_timeout is closed, and a new one opened on demand."""
+    pool = _pool(fake, idle_timeout=0.05)
+    await _get(pool)
+    assert pool.idle_connections == 1
+    await asyncio.sleep(0.2)
+    assert pool.idle_connections == 0 and pool.open_connections == 0
+    assert await _get(pool) == (200, b'{"ok": true}')
+    await pool.close()
+
+
+async def test_unread_body_closes_the_connection(fake: FakeProvider) -> None:
+    """Releasing an answer whose body was not read closes its connection instead of reusing it."""
+    fake.then(Reply(stream_bytes=2 * 1024 * 1024, headers={}))
+    pool = _pool(fake)
+    resp = await pool.request("GET", "/x", CIMultiDict(), None, 5.0)
+    resp.release()
+    assert pool.open_connections == 0
+    await pool.close()
+
+
+async def test_newline_in_a_header_is_refused(fake: FakeProvider) -> None:
+    """A CR or LF in a header value never reaches the wire (no header injection)."""
+    pool = _pool(fake)
+    with pytest.raises(ValueError):
+        await pool.request("GET", "/x", CIMultiDict([("X-A", "a\r\nX-Evil: 1")]), None, 5.0)
+    assert fake.seen == []
+    await pool.close()
+
+
+def test_host_header_and_prefix() -> None:
+    """Default ports are left out of Host; a path in the upstream URL becomes the target prefix."""
+    assert H1Pool("https://api.example.com/v2/")._host_line == "Host: api.example.com\r\n"
+    assert H1Pool("http://h:8080")._host_line == "Host: h:8080\r\n"
+    assert H1Pool("http://[::1]:81")._host_line == "Host: [::1]:81\r\n"
+    assert H1Pool("https://api.example.com/v2/").prefix == "/v2"
+    with pytest.raises(ValueError):
+        H1Pool("ftp://x")
