@@ -25,6 +25,7 @@ from sidecar.config import (
 )
 
 from .fake_provider import FakeProvider
+from .fakes import FakeClock
 
 
 class RecordingSleep:
@@ -35,17 +36,6 @@ class RecordingSleep:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
-
-
-class ManualClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def provider(name: str, upstream: str, **overrides: Any) -> ProviderConfig:
@@ -85,8 +75,8 @@ def sleep() -> RecordingSleep:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 class SidecarClient:

@@ -1,4 +1,8 @@
-"""Run the real ``python -m sidecar`` as a subprocess and find its listeners from its first log line."""
+"""The real ``python -m sidecar`` as a subprocess: started from a YAML text, both pipes kept whole.
+
+Both pipes are drained into lists (the secrets test greps them, and an undrained pipe would block the
+sidecar); the ports come from its first "listening" log line; RSS is sampled from ``/proc``.
+"""
 
 from __future__ import annotations
 
@@ -8,79 +12,121 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 
 @dataclass
-class SidecarProcess:
+class Sidecar:
     proc: asyncio.subprocess.Process
     proxy_port: int
     ops_port: int
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    _reader: asyncio.Task[None] | None = None
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    _pumps: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line.get("event") == name]
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
 
-    async def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
+    @property
+    def ops(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port}"
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for raw in self.stdout:
             try:
-                self.lines.append(json.loads(raw))
+                out.append(json.loads(raw))
             except ValueError:
-                self.lines.append({"event": "unparsed", "text": raw.decode(errors="replace")})
+                out.append({"event": "unparsed", "text": raw})
+        return out
 
-    async def terminate(self, sig: int = signal.SIGTERM, wait: float = 30.0) -> int:
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("event") == name]
+
+    def transitions(self) -> list[tuple[float, str, str]]:
+        """(wall-clock epoch seconds, from_state, to_state) of each logged breaker transition."""
+        return [
+            (datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp(),
+             e["from_state"], e["to_state"])
+            for e in self.events("breaker_transition")
+        ]
+
+    def rss(self) -> int:
+        """Resident set size in bytes (0 once the process is gone)."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    async def stop(self, sig: int = signal.SIGTERM, wait: float = 30.0) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
         code = await asyncio.wait_for(self.proc.wait(), wait)
-        if self._reader is not None:
-            await asyncio.wait_for(self._reader, 5)
+        await asyncio.wait_for(asyncio.gather(*self._pumps), 5)
         return code
 
     async def kill(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in self._pumps:
+            task.cancel()
+
+
+async def _pump(stream: asyncio.StreamReader, sink: list[str]) -> None:
+    async for raw in stream:
+        sink.append(raw.decode(errors="replace").rstrip("\n"))
 
 
 async def start_sidecar(
-    *args: str, env: dict[str, str] | None = None, startup: float = 20.0
-) -> SidecarProcess:
-    """Start on ``--port 0 --ops-port 0`` unless told otherwise; wait for the "listening" line."""
-    argv = [sys.executable, "-m", "sidecar", *args]
-    if "--port" not in args:
-        argv += ["--port", "0"]
-    if "--ops-port" not in args:
-        argv += ["--ops-port", "0"]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    config_yaml: str | None, tmp: Path, *, env: dict[str, str] | None = None, startup: float = 20.0,
+    args: tuple[str, ...] = (),
+) -> Sidecar:
+    """Write the config (None: the embedded default), start on free ports, wait for "listening"."""
+    argv = [sys.executable, "-m", "sidecar", "--port", "0", "--ops-port", "0", *args]
+    if config_yaml is not None:
+        path = tmp / "sidecar.yaml"
+        path.write_text(config_yaml)
+        argv += ["--config", str(path)]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "CB_"))}
     full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full_env
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full_env,
+        limit=1 << 20,
     )
-    assert proc.stdout is not None
-    lines: list[dict[str, Any]] = []
-    async with asyncio.timeout(startup):
-        while True:
-            raw = await proc.stdout.readline()
-            if not raw:
-                err = await proc.stderr.read() if proc.stderr else b""
-                raise RuntimeError(f"sidecar exited before listening: {err.decode()[-2000:]}")
-            line = json.loads(raw)
-            lines.append(line)
-            if line.get("event") == "listening":
-                break
-    sp = SidecarProcess(
-        proc,
-        int(line["proxy"].rsplit(":", 1)[1]),
-        int(line["ops"].rsplit(":", 1)[1]),
-        lines,
-    )
-    sp._reader = asyncio.ensure_future(sp._pump())
-    return sp
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout: list[str] = []
+    stderr: list[str] = []
+    err_pump = asyncio.ensure_future(_pump(proc.stderr, stderr))
+    try:
+        async with asyncio.timeout(startup):
+            while True:
+                raw = await proc.stdout.readline()
+                if not raw:
+                    await proc.wait()
+                    await err_pump
+                    raise RuntimeError("sidecar exited before listening: " + "\n".join(stderr)[-2000:])
+                stdout.append(raw.decode(errors="replace").rstrip("\n"))
+                line = json.loads(raw)
+                if line.get("event") == "listening":
+                    break
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        err_pump.cancel()
+        raise
+    sc = Sidecar(proc, int(line["proxy"].rsplit(":", 1)[1]), int(line["ops"].rsplit(":", 1)[1]),
+                 stdout, stderr)
+    sc._pumps = [asyncio.ensure_future(_pump(proc.stdout, stdout)), err_pump]
+    return sc

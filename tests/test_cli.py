@@ -62,9 +62,9 @@ def test_server_refuses_a_bad_file(tmp_path: Path) -> None:
     assert "server.colour" in out.stderr
 
 
-async def test_default_config_without_network_fails_fast_then_opens() -> None:
+async def test_default_config_without_network_fails_fast_then_opens(tmp_path: Path) -> None:
     """On the embedded default with no network: 502 within seconds, then 503 circuit_open, logged."""
-    sp = await start_sidecar()
+    sp = await start_sidecar(None, tmp_path)
     try:
         async with aiohttp.ClientSession() as s:
             url = f"http://127.0.0.1:{sp.proxy_port}/replicate/v1/models"
@@ -94,9 +94,7 @@ async def test_default_config_without_network_fails_fast_then_opens() -> None:
 
 async def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
     """SIGTERM turns readiness 503 at once, keeps serving during drain_time, then exits 0."""
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("server: {drain_time: 1s, shutdown_grace: 2s}\nproviders: {}\n")
-    sp = await start_sidecar("--config", str(cfg))
+    sp = await start_sidecar("server: {drain_time: 1s, shutdown_grace: 2s}\nproviders: {}\n", tmp_path)
     try:
         async with aiohttp.ClientSession() as s:
             ready = f"http://127.0.0.1:{sp.ops_port}/health/ready"
@@ -109,7 +107,7 @@ async def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
             assert (await s.get(ready)).status == 503
             live = await s.get(f"http://127.0.0.1:{sp.proxy_port}/health/live")
             assert live.status == 200  # still serving while draining
-        assert await sp.terminate(wait=15) == 0
+        assert await sp.stop(wait=15) == 0
         assert sp.events("stopped")
     finally:
         await sp.kill()

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
-import signal
 import socket
-import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -24,8 +20,10 @@ from sidecar.hostbreakers import HostBreakers
 from sidecar.metrics import Metrics
 from sidecar.ssrf import guarded_connector
 
-from .conftest import ManualClock, provider, sidecar_config
+from .conftest import provider, sidecar_config
 from .fake_provider import FakeProvider, Reply
+from .fakes import FakeClock
+from .process import start_sidecar
 from .test_resilience import metric
 from .test_ssrf import StaticResolver
 
@@ -239,7 +237,7 @@ async def test_only_allowed_resolved_addresses_are_connected(fake: FakeProvider,
     assert resp.status == 200 and await resp.read() == b"via loopback"
 
 
-async def test_dead_host_opens_only_its_own_breaker(fake: FakeProvider, sidecar, clock: ManualClock) -> None:
+async def test_dead_host_opens_only_its_own_breaker(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
     """Connection refused opens the dead host's breaker; another host still downloads."""
     dead = f"http://127.0.0.1:{dead_port()}/f"
     client = await sidecar(download_config(), clock=clock)
@@ -274,7 +272,7 @@ async def test_admin_actions_apply_to_every_host(fake: FakeProvider, sidecar) ->
     assert hosts.state is BreakerState.CLOSED and len(fake.seen) == 2
 
 
-def test_host_table_evicts_closed_hosts_first(clock: ManualClock) -> None:
+def test_host_table_evicts_closed_hosts_first(clock: FakeClock) -> None:
     """Over capacity the least recently used closed host goes; an open one is kept."""
     cfg = BreakerConfig(failure_threshold=1, minimum_calls=0)
     hosts = HostBreakers(NAME, cfg, clock=clock, metrics=Metrics("t").provider(NAME), capacity=2)
@@ -291,7 +289,7 @@ def test_host_table_evicts_closed_hosts_first(clock: ManualClock) -> None:
     assert hosts.evicted == 1
 
 
-def test_idle_half_open_host_stops_counting(clock: ManualClock) -> None:
+def test_idle_half_open_host_stops_counting(clock: FakeClock) -> None:
     """A host left half-open and unused for a monitoring period no longer colours the provider."""
     cfg = BreakerConfig(failure_threshold=1, minimum_calls=0, recovery_timeout=5.0,
                         monitoring_period=15.0)
@@ -318,37 +316,11 @@ async def test_retries_share_the_provider_budget(sidecar) -> None:
         assert resp.headers["X-Sidecar-Attempts"] == expected
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS line")
-
-
-async def start_sidecar_process(config: Path, stderr: IO[bytes]) -> tuple[asyncio.subprocess.Process, str]:
-    """Run ``python -m sidecar`` on free ports; returns the process and its proxy address."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "--config", str(config), "--port", "0", "--ops-port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=stderr,
-        cwd=REPO,
-    )
-    assert proc.stdout is not None
-    while True:
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert line, "sidecar exited before listening (see its stderr file)"
-        event = json.loads(line)
-        if event.get("event") == "listening":
-            return proc, str(event["proxy"])
-
-
 @pytest.mark.slow
 async def test_500_mib_download_keeps_memory_flat(fake: FakeProvider, tmp_path: Path) -> None:
     """A 500 MiB file streams through a sidecar process whose RSS grows by less than 30 MiB."""
     size = 500 * MiB
-    config = tmp_path / "sidecar.yaml"
-    config.write_text(
+    sc = await start_sidecar(
         "server: {drain_time: 0s, shutdown_grace: 1s}\n"
         "providers:\n"
         "  file-download:\n"
@@ -356,30 +328,25 @@ async def test_500_mib_download_keeps_memory_flat(fake: FakeProvider, tmp_path: 
         "    allowed_hosts: [127.0.0.1]\n"
         "    allowed_schemes: [http]\n"
         "    allow_private_networks: true\n"
-        "    max_download_size: 1GiB\n"
+        "    max_download_size: 1GiB\n",
+        tmp_path,
     )
-    with (tmp_path / "stderr").open("wb") as stderr:
-        proc, proxy = await start_sidecar_process(config, stderr)
-    assert proc.stdout is not None
-    drain = asyncio.ensure_future(proc.stdout.read())  # keep its log pipe from filling up
     try:
         fake.then(Reply(stream_bytes=MiB), Reply(stream_bytes=size))
-        url = f"http://{proxy}{path_for(fake.url + '/big.bin')}"
+        url = f"{sc.proxy}{path_for(fake.url + '/big.bin')}"
         async with aiohttp.ClientSession() as session:
             async with session.get(url) as warm:
                 assert len(await warm.read()) == MiB
-            baseline = rss_bytes(proc.pid)
+            baseline = sc.rss()
             peak, received, next_sample = baseline, 0, 0
             async with session.get(url) as resp:
                 assert resp.status == 200 and resp.content_length == size
                 async for chunk in resp.content.iter_chunked(1 << 20):
                     received += len(chunk)
                     if received >= next_sample:
-                        peak = max(peak, rss_bytes(proc.pid))
+                        peak = max(peak, sc.rss())
                         next_sample += 8 * MiB
         assert received == size
         assert peak - baseline < 30 * MiB, f"RSS grew by {(peak - baseline) / MiB:.1f} MiB"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 20)
-        await drain
+        await sc.stop()

@@ -15,8 +15,9 @@ from sidecar.config import HealthConfig
 from sidecar.health import overall_status
 from sidecar.own_endpoints import CHECKS
 
-from .conftest import ManualClock, provider, sidecar_config, start_listener
+from .conftest import provider, sidecar_config, start_listener
 from .fake_provider import FakeProvider, Reply
+from .fakes import FakeClock
 from .test_probes import QUIET
 
 OK_CHECKS = {"filesystem": {"ok": True}, "memory": {"ok": True}}
@@ -66,7 +67,7 @@ async def test_ready_until_draining(fake: FakeProvider, sidecar) -> None:
 
 
 async def test_open_breaker_of_critical_provider_fails_readiness(
-    fake: FakeProvider, sidecar, clock: ManualClock
+    fake: FakeProvider, sidecar, clock: FakeClock
 ) -> None:
     """A critical provider's OPEN breaker is 503; HALF_OPEN is ready again; detailed is unhealthy."""
     client = await sidecar(sidecar_config(provider("c", fake.url, critical=True)), clock=clock)
@@ -237,7 +238,7 @@ def test_memory_check_without_proc(tmp_path: Path) -> None:
 
 async def test_local_checks_are_cached_for_ttl() -> None:
     """Within the ttl the checks run once; after it they run again."""
-    clock = ManualClock()
+    clock = FakeClock()
     runs: list[int] = []
 
     def fs() -> dict[str, object]:

@@ -11,8 +11,9 @@ from sidecar.app import GATEWAY
 from sidecar.config import RouteConfig
 from sidecar.metrics import BREAKER_STATES
 
-from .conftest import ManualClock, provider, sidecar_config
+from .conftest import provider, sidecar_config
 from .fake_provider import FakeProvider, Reply
+from .fakes import FakeClock
 from .test_probes import QUIET
 
 # SPEC section 6: family name (as the parser reports it) -> (type, label names of its samples).
@@ -54,7 +55,7 @@ async def scrape(client) -> str:
     return await resp.text()
 
 
-async def traffic(client, fake: FakeProvider, clock: ManualClock) -> None:
+async def traffic(client, fake: FakeProvider, clock: FakeClock) -> None:
     """200, 404, a retried 503, then 500s that open the breaker, a short-circuit, and recovery."""
     fake.then(Reply(status=200), Reply(status=404), Reply(status=503), Reply(status=200))
     assert (await client.get("/p/v1/things/1")).status == 200  # named route get_thing
@@ -70,7 +71,7 @@ async def traffic(client, fake: FakeProvider, clock: ManualClock) -> None:
 
 
 async def test_metrics_after_traffic_match_what_happened(
-    fake: FakeProvider, sidecar, clock: ManualClock
+    fake: FakeProvider, sidecar, clock: FakeClock
 ) -> None:
     """Requests by code, retries, short-circuits and every transition are counted as the test caused them."""
     routes = (RouteConfig(name="get_thing", method="GET", path="/v1/things/{id}"),)
@@ -101,7 +102,7 @@ async def test_metrics_after_traffic_match_what_happened(
 
 
 async def test_every_contract_metric_has_its_type_and_labels(
-    fake: FakeProvider, sidecar, clock: ManualClock
+    fake: FakeProvider, sidecar, clock: FakeClock
 ) -> None:
     """Each SPEC metric family exists with its type and exact label set, plus the process metrics."""
     client = await sidecar(sidecar_config(provider("p", fake.url, health=QUIET)), clock=clock)
@@ -121,7 +122,7 @@ async def test_every_contract_metric_has_its_type_and_labels(
 
 
 async def test_breaker_state_has_every_state_with_exactly_one_set(
-    fake: FakeProvider, sidecar, clock: ManualClock
+    fake: FakeProvider, sidecar, clock: FakeClock
 ) -> None:
     """For every provider all five states are exported and exactly one is 1, through each transition."""
     client = await sidecar(sidecar_config(provider("p", fake.url), provider("q", fake.url)), clock=clock)
@@ -148,7 +149,7 @@ async def test_breaker_state_has_every_state_with_exactly_one_set(
     await check("disabled")
 
 
-async def test_promtool_finds_nothing_to_fix(fake: FakeProvider, sidecar, clock: ManualClock) -> None:
+async def test_promtool_finds_nothing_to_fix(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
     """`promtool check metrics` (the real binary) accepts a /metrics page taken after real traffic."""
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool not on PATH: `make test` installs it"

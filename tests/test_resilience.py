@@ -10,8 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.app import GATEWAY
 from sidecar.config import BreakerConfig, RetryConfig, RouteConfig, Timeouts
 
-from .conftest import ManualClock, RecordingSleep, provider, sidecar_config
+from .conftest import RecordingSleep, provider, sidecar_config
 from .fake_provider import FakeProvider, Reply
+from .fakes import FakeClock
 
 
 def metric(client, name: str, **labels: str) -> float:
@@ -169,7 +170,7 @@ async def test_total_deadline_stops_retries(fake: FakeProvider, sidecar) -> None
 
 
 async def test_breaker_opens_then_short_circuits(
-    fake: FakeProvider, sidecar, clock: ManualClock
+    fake: FakeProvider, sidecar, clock: FakeClock
 ) -> None:
     """After the threshold the client gets circuit_open with Retry-After and nothing reaches upstream."""
     fake.default = Reply(status=500, body=b"down")
@@ -189,7 +190,7 @@ async def test_breaker_opens_then_short_circuits(
 
 
 async def test_breaker_recovers_through_half_open(
-    fake: FakeProvider, sidecar, clock: ManualClock
+    fake: FakeProvider, sidecar, clock: FakeClock
 ) -> None:
     """After recovery_timeout, success_threshold trial successes close the breaker again."""
     fake.then(*[Reply(status=500)] * 3)
@@ -214,7 +215,7 @@ async def test_breaker_recovers_through_half_open(
 
 
 async def test_half_open_admits_one_trial_at_a_time(
-    fake: FakeProvider, sidecar, clock: ManualClock
+    fake: FakeProvider, sidecar, clock: FakeClock
 ) -> None:
     """While one trial is in flight, another request is short-circuited with Retry-After: 1."""
     fake.then(*[Reply(status=500)] * 3, Reply(delay=0.5))

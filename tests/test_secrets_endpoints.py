@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from sidecar.app import GATEWAY
 
-from .conftest import SECRET, ManualClock, keyed, sidecar_config
+from .conftest import SECRET, keyed, sidecar_config
 from .fake_provider import FakeProvider, Reply
+from .fakes import FakeClock
 from .test_probes import QUIET
 
 
-async def test_key_never_appears_in_own_endpoints(fake: FakeProvider, sidecar, clock: ManualClock) -> None:
+async def test_key_never_appears_in_own_endpoints(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
     """After traffic, failed and good probes, an open breaker and admin actions, no output holds the key."""
     client = await sidecar(sidecar_config(keyed("p", fake.url, health=QUIET)), clock=clock)
     gw = client.app[GATEWAY]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
+from .process import start_sidecar
 from .reliability.faults import OK_BODY, FaultProvider, mix
-from .reliability.process import start_sidecar
 
 DRAIN = 1.0
 GRACE = 5.0

@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.errors import STATUS
 
+from ..process import Sidecar, start_sidecar
 from .faults import OK_BODY, FaultMix, FaultProvider, mix
-from .process import Sidecar, start_sidecar
 
 MiB = 1024 * 1024
 # Sidecar errors the load may legitimately produce (SPEC section 4).
