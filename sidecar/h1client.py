@@ -172,6 +172,7 @@ class H1Pool:
                 detail = f"no connection to {self.host}:{self.port} in time"
                 raise aiohttp.ServerTimeoutError(detail) from None
         proto = conn.proto
+        proto.read_timeout = None  # the head is bounded by the deadline timer below
         head = method == "HEAD"
         if conn.reads_head is not head or proto._parser is None:
             self._set_params(proto, head)
@@ -188,7 +189,6 @@ class H1Pool:
             # One timer for the whole wait for the head; cheaper than asyncio.timeout's machinery.
             timer = loop.call_at(deadline, _head_timed_out, proto, timeout)
             try:
-                proto.start_timeout()
                 while True:
                     message, payload = await proto.read()
                     if not 100 <= message.code < 200 or message.code == 101:
@@ -200,6 +200,11 @@ class H1Pool:
                 writer.cancel()
             self._discard(conn)
             raise
+        if not payload.is_eof() and self.read_timeout:
+            # sock_read for the body only: a small answer usually arrives whole with its head,
+            # and then no per-request timer is armed at all.
+            proto.read_timeout = self.read_timeout
+            proto.start_timeout()
         return H1Response(self, conn, message.code, message.reason, message.headers, payload, writer)
 
     def _set_params(self, proto: ResponseHandler, head: bool) -> None:
@@ -207,7 +212,7 @@ class H1Pool:
             skip_payload=head,
             read_until_eof=False,
             auto_decompress=False,
-            read_timeout=self.read_timeout,
+            read_timeout=None,
             read_bufsize=self.read_bufsize,
         )
 
