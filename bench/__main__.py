@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import report, targets, wrk
+from bench.core import run_core
 from bench.procs import ProcessSet, StartError
 from bench.runner import Settings, run_all
 from bench.stream import StreamResult, start_zeros, stream_through
@@ -35,6 +36,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--stream-size", type=int, default=GiB, help="bytes (default 1 GiB)")
     p.add_argument("--no-stream", action="store_true", help="skip the streaming memory figure")
+    p.add_argument("--no-core", action="store_true", help="skip the pure-core micro-benchmarks")
     p.add_argument("--proxy-cpu", type=int, default=0)
     p.add_argument("--load-cpu", type=int, default=1)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -97,6 +99,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         if upstream.proc is not None:
             procs.stop(upstream.proc)  # frees the load core for the streaming run
         stream = {} if args.no_stream else _stream(env, procs, args.stream_size)
+    core = None if args.no_core else run_core(REPO, workdir, proxy_cpu)
+    if isinstance(core, str):
+        print(f"core micro-benchmarks: FAILED: {core}", file=sys.stderr)
     meta = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
@@ -110,7 +115,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         "commit": report.commit(REPO),
         "machine": report.machine(),
     }
-    return report.to_json(results, stream, meta)
+    data = report.to_json(results, stream, meta)
+    if core is not None:
+        data["core_ns"] = core
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:

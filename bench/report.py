@@ -136,7 +136,24 @@ def markdown(data: Mapping[str, Any]) -> str:
     lines += notes + ([""] if notes else [])
     if data["stream"]:
         lines += _stream_table(data["stream"], meta["stream_bytes"])
+    core = data.get("core_ns")
+    if core is not None:
+        lines += ["", *_core_table(core)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _core_table(core: Mapping[str, float] | str) -> list[str]:
+    """pytest-benchmark medians of bench/test_core_bench.py, on the proxy core."""
+    if isinstance(core, str):
+        return [f"Pure-core micro-benchmarks failed: {_short(core)}"]
+    lines = [
+        "Pure core, per call on the proxy core (bench/test_core_bench.py, pytest-benchmark median):",
+        "",
+        "| benchmark | ns per call |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name.removeprefix('test_')} | {ns:.0f} |" for name, ns in core.items()]
+    return lines
 
 
 def _cells(t: Mapping[str, Any]) -> list[str]:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import random
 import time
 
+from multidict import CIMultiDict, CIMultiDictProxy
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from sidecar.breaker import CircuitBreaker, Outcome, Permit
 from sidecar.config import BreakerConfig, RetryConfig, RouteConfig
+from sidecar.h1client import H1Pool
+from sidecar.headers import REQUEST_DROP, filter_headers
 from sidecar.retry import RetryBudget, retry_delay
 from sidecar.routes import RouteTable
 
@@ -71,3 +74,35 @@ def test_route_match_miss(benchmark: BenchmarkFixture) -> None:
     """A path that no route matches tries all ten templates and yields None."""
     table = RouteTable(ROUTES)
     assert benchmark(table.match, "GET", "/v1/collections/abc") is None
+
+
+# What a bot's HTTP library typically sends (aiohttp/httpx defaults plus auth and JSON).
+BOT_HEADERS = CIMultiDictProxy(
+    CIMultiDict(
+        [
+            ("Host", "127.0.0.1:8080"),
+            ("User-Agent", "python-httpx/0.27.0"),
+            ("Accept", "*/*"),
+            ("Accept-Encoding", "gzip, deflate"),
+            ("Connection", "keep-alive"),
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer r8_0123456789abcdef"),
+            ("X-Request-Id", "0123456789abcdef0123456789abcdef"),
+        ]
+    )
+)
+
+
+def test_filter_request_headers(benchmark: BenchmarkFixture) -> None:
+    """The bot's eight headers minus hop-by-hop ones, copied for the upstream."""
+    out = benchmark(filter_headers, BOT_HEADERS, REQUEST_DROP)
+    assert "Host" not in out and "Connection" not in out and len(out) == 6
+
+
+def test_h1_request_head(benchmark: BenchmarkFixture) -> None:
+    """The lean client's request head and a 200-byte body, as bytes for one transport.write."""
+    pool = H1Pool("https://api.replicate.com")
+    headers = filter_headers(BOT_HEADERS, REQUEST_DROP)
+    body = b"x" * 200
+    data = benchmark(pool._head, "POST", "/v1/predictions?wait=1", headers, body)
+    assert data.startswith(b"POST /v1/predictions?wait=1 HTTP/1.1\r\nHost: api.replicate.com\r\n")
