@@ -224,11 +224,12 @@ class H1Pool:
         body: bytes | None,
         streamed: bool = False,
     ) -> bytes:
+        if body is not None and _CONTENT_LENGTH in headers:  # case-insensitive lookup
+            headers = headers.copy()
+            del headers[_CONTENT_LENGTH]  # replaced by the length of the body actually sent
         lines = [method, " ", target, " HTTP/1.1\r\n", self._host_line]
         newlines = 3  # request line, Host, the blank line
         for name, value in headers.items():
-            if body is not None and name == _CONTENT_LENGTH:
-                continue
             lines += (name, ": ", value, _CRLF)
             newlines += 1
         if body is not None:

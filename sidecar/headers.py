@@ -10,8 +10,11 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
+# Lower-case names: header names are case-insensitive and clients send any case ("connection",
+# "HOST"), so every lookup below lower-cases the name first. (istr is only a marker type: a set
+# of istr matches exact case only.)
 HOP_BY_HOP: frozenset[str] = frozenset(
-    istr(h)
+    h.lower()
     for h in (
         "Connection",
         "Keep-Alive",
@@ -25,14 +28,14 @@ HOP_BY_HOP: frozenset[str] = frozenset(
     )
 )
 
-# Never forwarded upstream: the client's view of the sidecar (Host), things aiohttp recomputes or
+# Never forwarded upstream: the client's view of the sidecar (Host), things the client recomputes or
 # answers itself (Expect: 100-continue), and the sidecar's own control header.
 REQUEST_DROP: frozenset[str] = HOP_BY_HOP | frozenset(
-    istr(h) for h in ("Host", "Expect", "X-Sidecar-Operation")
+    h.lower() for h in ("Host", "Expect", "X-Sidecar-Operation")
 )
 
 # Recomputed by the server for the response it writes.
-RESPONSE_DROP: frozenset[str] = HOP_BY_HOP | frozenset(istr(h) for h in ("Content-Length",))
+RESPONSE_DROP: frozenset[str] = HOP_BY_HOP | frozenset(h.lower() for h in ("Content-Length",))
 
 REQUEST_ID = istr("X-Request-Id")
 ATTEMPTS = istr("X-Sidecar-Attempts")
@@ -43,21 +46,26 @@ RETRY_AFTER = istr("Retry-After")
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """Header names listed in Connection are hop-by-hop for this message only."""
+    """Header names listed in Connection are hop-by-hop for this message only (lower-cased)."""
     values = headers.getall("Connection", ())
     if not values:
         return frozenset()
-    return frozenset(istr(t.strip()) for v in values for t in v.split(",") if t.strip())
+    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
 def filter_headers(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """Copy headers, keeping repeated ones, minus ``drop`` and the Connection-named ones."""
+    """Copy headers, keeping repeated ones and their case, minus ``drop`` and Connection-named ones.
+
+    ``drop`` holds lower-case names.
+    """
     extra = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
+    add = out.add
     for name, value in headers.items():
-        if name in drop or (extra and name in extra):
+        low = name.lower()
+        if low in drop or (extra and low in extra):
             continue
-        out.add(name, value)
+        add(name, value)
     return out
 
 

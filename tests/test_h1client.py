@@ -51,7 +51,7 @@ async def test_request_line_headers_and_host(fake: FakeProvider) -> None:
 async def test_bytes_body_gets_its_own_content_length(fake: FakeProvider) -> None:
     """A small body is sent with a Content-Length that matches it, whatever the client said."""
     pool = _pool(fake)
-    headers = CIMultiDict([("Content-Length", "999")])
+    headers = CIMultiDict([("content-length", "999")])
     resp = await pool.request("POST", "/x", headers, b"hello", 5.0)
     await resp.read()
     assert fake.seen[0].body == b"hello" and fake.seen[0].headers["Content-Length"] == "5"

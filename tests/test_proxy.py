@@ -249,3 +249,20 @@ async def test_sidecar_error_body_shape(sidecar) -> None:
     assert body["error"] == "upstream_unreachable" and body["provider"] == "p"
     assert resp.headers["X-Sidecar-Error"] == "upstream_unreachable"
     assert resp.headers["X-Sidecar-Attempts"] == "3"
+
+
+async def test_lower_case_hop_by_hop_and_host_never_cross(fake: FakeProvider, sidecar) -> None:
+    """Header names are case-insensitive: "host", "connection", "te" from a client are dropped too."""
+    fake.then(Reply(headers={"keep-alive": "timeout=5", "x-kept": "y"}))
+    client = await sidecar(sidecar_config(provider("p", fake.url)))
+    data = await raw_http(
+        client.port,
+        b"GET /p/x HTTP/1.1\r\nhost: evil.example\r\nconnection: close, x-hop\r\nx-hop: 1\r\n"
+        b"te: trailers\r\nx-sidecar-operation: op\r\n\r\n",
+    )
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"keep-alive:" not in head and b"x-kept: y" in head
+    seen = fake.seen[0].headers
+    assert seen.getall("Host") == [f"127.0.0.1:{fake.port}"]
+    for name in ("x-hop", "te", "x-sidecar-operation"):
+        assert name not in seen
