@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar.h1client import H1Pool
@@ -214,3 +217,46 @@ def test_host_header_and_prefix() -> None:
     assert H1Pool("https://api.example.com/v2/").prefix == "/v2"
     with pytest.raises(ValueError):
         H1Pool("ftp://x")
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl CLI)."""
+    d = tmp_path_factory.mktemp("tls")
+    key, crt = str(d / "key.pem"), str(d / "cert.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return crt, key
+
+
+async def _tls_ok(request: web.Request) -> web.Response:
+    return web.Response(text="tls ok")
+
+
+async def _tls_server(cert: tuple[str, str]) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_get("/x", _tls_ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*cert)
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
+    return runner, runner.addresses[0][1]
+
+
+async def test_tls_verifies_the_certificate(cert: tuple[str, str]) -> None:
+    """https: an untrusted certificate is refused (an OSError); a trusted one answers."""
+    runner, port = await _tls_server(cert)
+    try:
+        pool = H1Pool(f"https://127.0.0.1:{port}")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await pool.request("GET", "/x", CIMultiDict(), None, 5.0)
+        assert pool.open_connections == 0
+        trusted = H1Pool(f"https://127.0.0.1:{port}", ssl_context=ssl.create_default_context(cafile=cert[0]))
+        assert await _get(trusted) == (200, b"tls ok")
+        await trusted.close()
+    finally:
+        await runner.cleanup()
