@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import ssl as _ssl
 from collections.abc import AsyncIterable
 
 import aiohttp
+import aiohttp.connector
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy, istr
@@ -134,7 +136,7 @@ class H1Pool:
         self._host_line = f"Host: {host if default_port else f'{host}:{self.port}'}\r\n"
         self._ssl: _ssl.SSLContext | None = None
         if url.scheme == "https":
-            self._ssl = ssl_context or _ssl.create_default_context()
+            self._ssl = ssl_context or _verified_context()
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -416,6 +418,19 @@ class H1Pool:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+
+
+@functools.cache
+def _verified_context() -> _ssl.SSLContext:
+    """One verifying context for every pool: each new one loads the whole CA store (~0.5 MiB).
+
+    aiohttp already made one at import (``create_default_context()`` plus ALPN http/1.1), so that
+    one is shared when it is there and verifies; otherwise a default context is made once.
+    """
+    ctx = getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", None)
+    if isinstance(ctx, _ssl.SSLContext) and ctx.check_hostname and ctx.verify_mode == _ssl.CERT_REQUIRED:
+        return ctx
+    return _ssl.create_default_context()
 
 
 def _head_timed_out(proto: ResponseHandler, timeout: float) -> None:

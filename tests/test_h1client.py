@@ -260,3 +260,10 @@ async def test_tls_verifies_the_certificate(cert: tuple[str, str]) -> None:
         await trusted.close()
     finally:
         await runner.cleanup()
+
+
+def test_https_pools_share_one_verifying_context() -> None:
+    """Every https provider uses one context (each loads the CA store), and it verifies hosts."""
+    a, b = H1Pool("https://a.example"), H1Pool("https://b.example:8443")
+    assert a._ssl is not None and a._ssl is b._ssl
+    assert a._ssl.verify_mode == ssl.CERT_REQUIRED and a._ssl.check_hostname
