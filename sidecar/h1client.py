@@ -212,7 +212,7 @@ class H1Pool:
     def _set_params(self, proto: ResponseHandler, head: bool) -> None:
         proto.set_response_params(
             skip_payload=head,
-            read_until_eof=False,
+            read_until_eof=True,  # a body with neither length nor chunking ends at close
             auto_decompress=False,
             read_timeout=None,
             read_bufsize=self.read_bufsize,

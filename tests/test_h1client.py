@@ -267,3 +267,24 @@ def test_https_pools_share_one_verifying_context() -> None:
     a, b = H1Pool("https://a.example"), H1Pool("https://b.example:8443")
     assert a._ssl is not None and a._ssl is b._ssl
     assert a._ssl.verify_mode == ssl.CERT_REQUIRED and a._ssl.check_hostname
+
+
+async def test_body_delimited_by_close_is_read_to_the_end() -> None:
+    """An answer with neither Content-Length nor chunking ends when the upstream closes."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"q" * 100_000)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        pool = H1Pool(f"http://127.0.0.1:{port}")
+        assert await _get(pool) == (200, b"q" * 100_000)
+        assert pool.open_connections == 0  # Connection: close is honoured
+        await pool.close()
+    finally:
+        server.close()
+        await server.wait_closed()
