@@ -124,6 +124,7 @@ class ServerConfig:
     ops_port: int = 9901
     drain_time: float = 5.0
     shutdown_grace: float = 20.0
+    header_read_timeout: float = 10.0
     access_log: bool = False
 
 

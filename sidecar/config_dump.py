@@ -22,7 +22,7 @@ POLICY_KEYS = ("breaker", "retry", "failure_statuses", "max_request_body", "time
 DURATION_KEYS = frozenset({
     "monitoring_period", "recovery_timeout", "max_recovery_timeout", "slow_call_duration",
     "base_delay", "max_delay", "connect", "attempt", "total", "interval", "timeout",
-    "drain_time", "shutdown_grace"})
+    "drain_time", "shutdown_grace", "header_read_timeout"})
 SIZE_KEYS = frozenset({"max_buffered_body", "max_request_body", "max_download_size"})
 
 

@@ -338,6 +338,7 @@ SERVER_FIELDS: dict[str, Converter] = {
     "ops_port": integer(0, 65535),
     "drain_time": duration(allow_zero=True),
     "shutdown_grace": duration(allow_zero=True),
+    "header_read_timeout": duration(),
     "access_log": boolean,
 }
 DOWNLOAD_FIELDS: dict[str, Converter] = {

@@ -433,3 +433,12 @@ def test_arbitrary_data_gives_a_config_or_a_config_error(data: object) -> None:
         assert exc.problems and all(isinstance(p, str) and "\n" not in p for p in exc.problems)
     else:
         assert isinstance(result, SidecarConfig)
+
+
+def test_header_read_timeout_is_a_server_duration() -> None:
+    """server.header_read_timeout takes a duration, defaults to 10 s, and refuses zero."""
+    assert parse_config({}, {}).server.header_read_timeout == 10.0
+    assert parse_config({"server": {"header_read_timeout": "2500ms"}}, {}).server.header_read_timeout == 2.5
+    with pytest.raises(ConfigError) as err:
+        parse_config({"server": {"header_read_timeout": 0}}, {})
+    assert any(p.startswith("server.header_read_timeout:") for p in err.value.problems)
