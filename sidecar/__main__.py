@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Process-wide switch of prometheus_client: the *_created series would double the scrape size.
     from prometheus_client import disable_created_metrics
 
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     from .server import serve
 
     _run(serve(config))
