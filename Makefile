@@ -24,6 +24,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed tools
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory lint
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check sidecar tests bench scripts
