@@ -136,10 +136,60 @@ def markdown(data: Mapping[str, Any]) -> str:
     lines += notes + ([""] if notes else [])
     if data["stream"]:
         lines += _stream_table(data["stream"], meta["stream_bytes"])
+    goals = _goals_table(targets, data["stream"])
+    if goals:
+        lines += ["", *goals]
     core = data.get("core_ns")
     if core is not None:
         lines += ["", *_core_table(core)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _median(t: Mapping[str, Any] | None, key: str) -> float | None:
+    if t is None or not t["ok"] or key not in t["metrics"]:
+        return None
+    value: float = t["metrics"][key]["median"]
+    return value
+
+
+def _goals_table(targets: Mapping[str, Any], stream: Mapping[str, Any]) -> list[str]:
+    """The sidecar against the goals of issue #6, as ratios within this run."""
+    side, bare, direct = targets.get("sidecar"), targets.get("bare"), targets.get("direct")
+    if _median(side, "rps") is None:
+        return []
+
+    def ratio(key: str) -> float | None:
+        a, b = _median(side, key), _median(bare, key)
+        return a / b if a is not None and b else None
+
+    def added(key: str) -> float | None:
+        a, b, d = _median(side, key), _median(bare, key), _median(direct, key)
+        if a is None or b is None or d is None or b <= d:
+            return None
+        return (a - d) / (b - d)
+
+    growth = stream.get("sidecar", {})
+    rows: list[tuple[str, float | None, float, bool, str]] = [
+        ("req/s (c32) vs bare (stretch 1.3)", ratio("rps"), 1.0, True, "{:.2f}x"),
+        ("added p50 latency vs bare's (over direct)", added("p50_ms"), 1.2, False, "{:.2f}x"),
+        ("added p99 latency vs bare's (over direct)", added("p99_ms"), 1.5, False, "{:.2f}x"),
+        ("64 KiB MB/s vs bare", ratio("large_mb_s"), 1.0, True, "{:.2f}x"),
+        ("RSS idle MiB", _median(side, "rss_idle_mib"), 45.0, False, "{:.1f}"),
+        ("RSS after load MiB", _median(side, "rss_load_mib"), 60.0, False, "{:.1f}"),
+        ("RSS growth streaming 1 GiB, MiB", growth.get("growth_mib") if growth.get("ok") else None, 10.0,
+         False, "{:.1f}"),
+        ("start→ready ms", _median(side, "ready_ms"), 1000.0, False, "{:.0f}"),
+    ]
+    lines = ["Goals (issue #6) for the sidecar, from this run:", "",
+             "| goal | value | limit | met |", "|---|---:|---:|---|"]
+    for title, value, limit, higher, fmt in rows:
+        if value is None:
+            lines.append(f"| {title} | - | {limit:g} | - |")
+            continue
+        met = value >= limit if higher else value <= limit
+        lines.append(f"| {title} | {fmt.format(value)} | {'≥' if higher else '≤'} {limit:g} | "
+                     f"{'yes' if met else 'NO'} |")
+    return lines
 
 
 def _core_table(core: Mapping[str, float] | str) -> list[str]:
