@@ -17,6 +17,7 @@ code and never choose a status by hand::
      ├── too_many_redirects     502
      ├── unauthorized           401  admin without the bearer token
      ├── forbidden              403  admin on a non-loopback listener without a token
+     ├── request_timeout        408  a kept (retryable) request body did not arrive in time
      └── bad_request            400
 """
 
@@ -42,6 +43,7 @@ STATUS: dict[str, int] = {
     "unauthorized": 401,
     "forbidden": 403,
     "bad_request": 400,
+    "request_timeout": 408,
 }
 
 

@@ -6,6 +6,7 @@ the configured base plus the rest *as received*: nothing the client sends can ch
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -74,11 +75,30 @@ def split_target(raw_path: str) -> tuple[str, str, str]:
 
 
 async def read_body(
-    request: web.Request, rt: ProviderRuntime, buffer_limit: int, want_replay: bool
+    request: web.Request, rt: ProviderRuntime, buffer_limit: int, want_replay: bool, wait: float
 ) -> tuple[Body, bool]:
-    """The body to send and whether it can be sent again (only what was kept in memory)."""
+    """The body to send and whether it can be sent again (only what was kept in memory).
+
+    Keeping a body means waiting for all of it: a client that trickles it gets ``wait`` seconds (the
+    request's total timeout), then 408, so it cannot hold the handler forever. (A streamed body is
+    bounded by the attempt's own timeout instead.)
+    """
     if not request.body_exists:
         return None, True
+    if request.content.is_eof():  # the common case: it came whole with the head; no timer
+        return await _read_body(request, rt, buffer_limit, want_replay)
+    try:
+        async with asyncio.timeout(wait):
+            return await _read_body(request, rt, buffer_limit, want_replay)
+    except TimeoutError:
+        raise SidecarError(
+            "request_timeout", f"request body not received within {wait:.3g}s", provider=rt.name
+        ) from None
+
+
+async def _read_body(
+    request: web.Request, rt: ProviderRuntime, buffer_limit: int, want_replay: bool
+) -> tuple[Body, bool]:
     limit = rt.config.max_request_body
     length = request.content_length
     if length is not None and length > limit:
@@ -170,7 +190,7 @@ class ProxyHandler:
         )
         try:
             body, replayable = await read_body(
-                request, rt, policy.retry.max_buffered_body, eligible
+                request, rt, policy.retry.max_buffered_body, eligible, policy.timeouts.total
             )
         except SidecarError as refused:
             return _with_request_id(to_response(refused), request_id)
@@ -232,7 +252,7 @@ async def relay(
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         up.close()
         err = SidecarError(
-            "upstream_unreachable",
+            "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_unreachable",
             f"response body failed: {type(exc).__name__}",
             provider=provider,
             attempts=attempts,

@@ -8,6 +8,8 @@ import json
 
 import aiohttp
 
+from sidecar.config import Timeouts
+
 from .conftest import SECRET, keyed, provider, raw_get, raw_http, sidecar_config
 from .fake_provider import FakeProvider, Reply
 
@@ -266,3 +268,55 @@ async def test_lower_case_hop_by_hop_and_host_never_cross(fake: FakeProvider, si
     assert seen.getall("Host") == [f"127.0.0.1:{fake.port}"]
     for name in ("x-hop", "te", "x-sidecar-operation"):
         assert name not in seen
+
+
+async def test_trickled_body_gets_408(fake: FakeProvider, sidecar) -> None:
+    """A retryable body that never completes is answered 408 after the total timeout, sending nothing."""
+    p = provider("p", fake.url, timeouts=Timeouts(connect=1.0, attempt=1.0, total=0.3))
+    client = await sidecar(sidecar_config(p))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"PUT /p/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        # The answer comes at once; aiohttp then lingers a while reading the rest before closing.
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert b"X-Sidecar-Error: request_timeout" in head
+    assert fake.seen == []
+
+
+async def test_stalled_small_response_body_is_504(fake: FakeProvider, sidecar) -> None:
+    """A small response whose body stalls after the headers is an upstream timeout, not unreachable."""
+    stall = await start_stalling_upstream()
+    try:
+        p = provider("p", f"http://127.0.0.1:{stall.port}",
+                     timeouts=Timeouts(connect=1.0, attempt=0.3, total=2.0))
+        client = await sidecar(sidecar_config(p))
+        resp = await client.get("/p/x")
+        assert resp.status == 504
+        assert (await resp.json())["error"] == "upstream_timeout"
+    finally:
+        stall.close()
+
+
+class _Stalling:
+    def __init__(self, server: asyncio.Server) -> None:
+        self.server = server
+        self.port: int = server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        self.server.close()
+
+
+async def start_stalling_upstream() -> _Stalling:
+    """Answers every request with headers promising 100 bytes, sends 10, then goes quiet."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        await writer.drain()
+        await asyncio.sleep(30)
+        writer.close()
+
+    return _Stalling(await asyncio.start_server(handle, "127.0.0.1", 0))
