@@ -70,10 +70,10 @@ async def test_small_body_cut_short_is_502(faulty: FaultProvider, sidecar, kind:
     assert len(faulty.seen) == 1 and snap["total_failures"] == 0
 
 
-async def test_small_body_that_stalls_is_502_after_attempt_timeout(faulty: FaultProvider, sidecar) -> None:
-    """Headers then silence: after timeouts.attempt of no bytes the client gets 502, nothing hangs."""
+async def test_small_body_that_stalls_is_504_after_attempt_timeout(faulty: FaultProvider, sidecar) -> None:
+    """Headers then silence: after timeouts.attempt of no bytes the client gets 504, nothing hangs."""
     resp, _body, _snap = await _one(faulty, sidecar, Fault("stall", body_size=4096))
-    assert resp.status == 502 and resp.headers["X-Sidecar-Error"] == "upstream_unreachable"
+    assert resp.status == 504 and resp.headers["X-Sidecar-Error"] == "upstream_timeout"
     assert len(faulty.seen) == 1
 
 
