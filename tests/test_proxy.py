@@ -286,9 +286,9 @@ async def test_trickled_body_gets_408(fake: FakeProvider, sidecar) -> None:
     assert fake.seen == []
 
 
-async def test_stalled_small_response_body_is_504(fake: FakeProvider, sidecar) -> None:
+async def test_stalled_small_response_body_is_504(sidecar) -> None:
     """A small response whose body stalls after the headers is an upstream timeout, not unreachable."""
-    stall = await start_stalling_upstream()
+    stall = await Stalling().start()
     try:
         p = provider("p", f"http://127.0.0.1:{stall.port}",
                      timeouts=Timeouts(connect=1.0, attempt=0.3, total=2.0))
@@ -297,26 +297,37 @@ async def test_stalled_small_response_body_is_504(fake: FakeProvider, sidecar) -
         assert resp.status == 504
         assert (await resp.json())["error"] == "upstream_timeout"
     finally:
-        stall.close()
+        await stall.close()
 
 
-class _Stalling:
-    def __init__(self, server: asyncio.Server) -> None:
-        self.server = server
-        self.port: int = server.sockets[0].getsockname()[1]
-
-    def close(self) -> None:
-        self.server.close()
-
-
-async def start_stalling_upstream() -> _Stalling:
+class Stalling:
     """Answers every request with headers promising 100 bytes, sends 10, then goes quiet."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-        await writer.drain()
-        await asyncio.sleep(30)
-        writer.close()
+    def __init__(self) -> None:
+        self.port = 0
+        self._release = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
 
-    return _Stalling(await asyncio.start_server(handle, "127.0.0.1", 0))
+    async def start(self) -> Stalling:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            await writer.drain()
+            await self._release.wait()
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        self._release.set()
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:  # every connection closed before the test's loop ends
+            writer.close()
+            await writer.wait_closed()
