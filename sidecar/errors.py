@@ -103,3 +103,11 @@ def to_response(err: SidecarError) -> web.Response:
         attempts=err.attempts,
         extra=err.extra,
     )
+
+
+class RequestBodyError(SidecarError):
+    """The *client's* body failed while being sent upstream (over the limit, cut off, stalled).
+
+    Raised through the upstream connection so the attempt ends at once, but it says nothing about the
+    provider: the attempt loop records it as neither success nor failure and answers with ``code``.
+    """

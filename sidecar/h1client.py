@@ -27,22 +27,38 @@ import asyncio
 import collections
 import functools
 import ssl as _ssl
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 
 import aiohttp
 import aiohttp.connector
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-__all__ = ["H1Pool", "H1Response"]
+from .errors import RequestBodyError
+
+__all__ = ["H1Pool", "H1Response", "PoolTimeout"]
 
 Body = bytes | AsyncIterable[bytes] | None
 
 _CONTENT_LENGTH = istr("Content-Length")
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT", "DELETE"})
 _CRLF = "\r\n"
+
+
+class PoolTimeout(aiohttp.ServerTimeoutError):
+    """No pooled connection became free in time: local saturation, nothing reached the provider."""
+
+
+class _Upload:
+    """Where a streamed body's writer is waiting: on the client (its fault) or on the upstream."""
+
+    __slots__ = ("on_client",)
+
+    def __init__(self) -> None:
+        self.on_client = False
 
 
 class _Conn:
@@ -157,22 +173,32 @@ class H1Pool:
         return len(self._idle)
 
     async def request(
-        self, method: str, target: str, headers: CIMultiDict[str], body: Body, timeout: float  # noqa: ASYNC109
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: Body,
+        timeout: float,  # noqa: ASYNC109
+        *,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> H1Response:
         """Send one request and wait (at most ``timeout`` s in all) for the response head.
 
-        ``target`` is the origin-form request target (path and query), sent as is.
+        ``target`` is the origin-form request target (path and query), sent as is. A route's own
+        ``connect_timeout`` and body ``read_timeout`` override the pool's.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn = self._take_idle(loop)
         if conn is None:
+            connect = self.connect_timeout if connect_timeout is None else connect_timeout
             try:
                 async with asyncio.timeout_at(deadline):
-                    conn = await self._acquire(loop)
+                    conn = await self._acquire(loop, connect)
             except TimeoutError:
                 detail = f"no connection to {self.host}:{self.port} in time"
-                raise aiohttp.ServerTimeoutError(detail) from None
+                raise PoolTimeout(detail) from None
         proto = conn.proto
         proto.read_timeout = None  # the head is bounded by the deadline timer below
         head = method == "HEAD"
@@ -180,6 +206,7 @@ class H1Pool:
             self._set_params(proto, head)
             conn.reads_head = head
         writer: asyncio.Task[None] | None = None
+        upload: _Upload | None = None
         try:
             transport = proto.transport
             if transport is None:
@@ -187,9 +214,12 @@ class H1Pool:
             if body is None or isinstance(body, bytes):
                 transport.write(self._head(method, target, headers, body))
             else:
-                writer = loop.create_task(self._write_stream(proto, method, target, headers, body))
+                upload = _Upload()
+                writer = loop.create_task(
+                    self._write_stream(proto, method, target, headers, body, upload)
+                )
             # One timer for the whole wait for the head; cheaper than asyncio.timeout's machinery.
-            timer = loop.call_at(deadline, _head_timed_out, proto, timeout)
+            timer = loop.call_at(deadline, _head_timed_out, proto, timeout, upload)
             try:
                 while True:
                     message, payload = await proto.read()
@@ -197,15 +227,24 @@ class H1Pool:
                         break
             finally:
                 timer.cancel()
+        except HttpProcessingError as exc:
+            # A malformed status line or header: the provider's fault, as a client error type.
+            if writer is not None and not writer.done():
+                writer.cancel()
+            self._discard(conn)
+            raise aiohttp.ClientPayloadError(
+                f"invalid response from upstream: {str(exc.message)[:120]}"
+            ) from None
         except BaseException:
             if writer is not None and not writer.done():
                 writer.cancel()
             self._discard(conn)
             raise
-        if not payload.is_eof() and self.read_timeout:
+        read_timeout = self.read_timeout if read_timeout is None else read_timeout
+        if not payload.is_eof() and read_timeout:
             # sock_read for the body only: a small answer usually arrives whole with its head,
             # and then no per-request timer is armed at all.
-            proto.read_timeout = self.read_timeout
+            proto.read_timeout = read_timeout
             proto.start_timeout()
         return H1Response(self, conn, message.code, message.reason, message.headers, payload, writer)
 
@@ -256,8 +295,13 @@ class H1Pool:
         target: str,
         headers: CIMultiDict[str],
         body: AsyncIterable[bytes],
+        upload: _Upload,
     ) -> None:
-        """Send a streamed body (chunked unless the client declared its length), with back-pressure."""
+        """Send a streamed body (chunked unless the client declared its length), with back-pressure.
+
+        A failure of the body itself (the client's side) surfaces as ``RequestBodyError``; a failure
+        writing to the upstream as a connection error, as aiohttp's writer does.
+        """
         chunked = _CONTENT_LENGTH not in headers
         framed = headers
         if chunked:
@@ -268,7 +312,7 @@ class H1Pool:
             if transport is None:
                 raise aiohttp.ServerDisconnectedError()
             transport.write(self._head(method, target, framed, None, streamed=True))
-            async for chunk in body:
+            async for chunk in _from_client(body, upload):
                 if not chunk:
                     continue
                 if proto.transport is None:
@@ -285,7 +329,7 @@ class H1Pool:
         except Exception as exc:
             # Surface it to whoever waits on the response, as aiohttp's writer does.
             err = aiohttp.ClientOSError(*exc.args) if isinstance(exc, OSError) else exc
-            if not isinstance(err, aiohttp.ClientError):
+            if not isinstance(err, aiohttp.ClientError | RequestBodyError):
                 err = aiohttp.ClientConnectionError(f"request body failed: {type(exc).__name__}")
                 err.__cause__ = exc
             proto.set_exception(err)
@@ -305,41 +349,45 @@ class H1Pool:
             self._discard(conn)
         return None
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> _Conn:
-        while True:
-            if self._closed:
-                raise aiohttp.ClientConnectionError("connection pool is closed")
-            if self._open < self.limit:
-                self._open += 1
-                try:
-                    return await self._connect(loop)
-                except BaseException:
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, connect_timeout: float) -> _Conn:
+        """A new connection under the limit, else wait in FIFO order: for a connection handed over,
+        or for a freed slot that ``_wake`` reserves for the first waiter (no newcomer can take it)."""
+        if self._closed:
+            raise aiohttp.ClientConnectionError("connection pool is closed")
+        if self._open < self.limit:
+            self._open += 1
+            return await self._connect_reserved(loop, connect_timeout)
+        waiter: asyncio.Future[_Conn | None] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            handed = await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                conn = waiter.result()  # handed a connection or a slot just as we gave up
+                if conn is not None:
+                    self._put(conn)
+                else:
                     self._open -= 1
                     self._wake()
-                    raise
-            waiter: asyncio.Future[_Conn | None] = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                conn = await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    handed = waiter.result()  # handed a connection or a slot just as we gave up
-                    if handed is not None:
-                        self._put(handed)
-                    else:
-                        self._wake()
-                elif waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                raise
-            if conn is not None:
-                return conn
-            conn = self._take_idle(loop)  # woken for a free slot (or a stale idle one)
-            if conn is not None:
-                return conn
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+        if handed is not None:
+            return handed
+        return await self._connect_reserved(loop, connect_timeout)
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Conn:
+    async def _connect_reserved(self, loop: asyncio.AbstractEventLoop, limit_s: float) -> _Conn:
+        """Open a connection in a slot already counted in ``_open``; give it back on failure."""
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            return await self._connect(loop, limit_s)
+        except BaseException:
+            self._open -= 1
+            self._wake()
+            raise
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, limit_s: float) -> _Conn:
+        try:
+            async with asyncio.timeout(limit_s):
                 _, proto = await loop.create_connection(
                     lambda: ResponseHandler(loop),
                     self.host,
@@ -381,10 +429,13 @@ class H1Pool:
         self._wake()
 
     def _wake(self) -> None:
-        """A slot freed: let the first waiter open a connection of its own."""
+        """A slot freed: reserve it for the first waiter, who opens a connection of its own."""
+        if self._closed or self._open >= self.limit:
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self._open += 1
                 waiter.set_result(None)
                 return
 
@@ -417,7 +468,7 @@ class H1Pool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_exception(aiohttp.ClientConnectionError("connection pool is closed"))
 
 
 @functools.cache
@@ -433,8 +484,31 @@ def _verified_context() -> _ssl.SSLContext:
     return _ssl.create_default_context()
 
 
-def _head_timed_out(proto: ResponseHandler, timeout: float) -> None:
+def _head_timed_out(proto: ResponseHandler, timeout: float, upload: _Upload | None) -> None:
+    if upload is not None and upload.on_client:
+        # The upstream is waiting for the rest of the client's body: the client stalled.
+        detail = f"request body not received within {timeout:.3g}s"
+        proto.set_exception(RequestBodyError("request_timeout", detail))
+        return
     proto.set_exception(aiohttp.ServerTimeoutError(f"no response head within {timeout:.3g}s"))
+
+
+async def _from_client(body: AsyncIterable[bytes], upload: _Upload) -> AsyncIterator[bytes]:
+    """The client's body chunks; its own failures become ``RequestBodyError`` (not the upstream's)."""
+    chunks = body.__aiter__()
+    while True:
+        upload.on_client = True
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except RequestBodyError:
+            raise
+        except Exception as exc:
+            raise RequestBodyError("bad_request", f"request body failed: {type(exc).__name__}") from exc
+        finally:
+            upload.on_client = False
+        yield chunk
 
 
 def _check_headers(method: str, target: str, headers: CIMultiDict[str]) -> None:

@@ -19,8 +19,8 @@ from yarl import URL
 
 from .breaker import BreakerState, CircuitBreaker, Outcome, Permit, Rejection
 from .config import RetryConfig, RouteConfig
-from .errors import SidecarError
-from .h1client import H1Pool, H1Response
+from .errors import RequestBodyError, SidecarError
+from .h1client import H1Pool, H1Response, PoolTimeout
 from .headers import RETRY_AFTER
 from .metrics import ProviderMetrics
 from .retry import RetryBudget, parse_retry_after, retry_delay
@@ -30,7 +30,8 @@ Body = bytes | AsyncIterable[bytes] | None
 # A retried-over response whose body is at most this is read so its connection can be reused.
 _DRAIN_LIMIT = 64 * 1024
 
-_CONNECT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
+# Everything else the transport raises: refused/reset/DNS/TLS, and malformed answers.
+_CONNECT_ERRORS = (aiohttp.ClientError, OSError)
 _OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
 
 # The answer type of the transport: aiohttp's (downloads) or the lean pool's (proxied providers).
@@ -104,8 +105,13 @@ class AttemptLoop:
     async def run_pooled(self, target: Target, pool: H1Pool, out: Outbound) -> Exchange[H1Response]:
         """Send through a lean connection pool (it enforces the attempt timeout itself)."""
 
+        timeouts = out.policy.timeouts
+
         def send(seconds: float) -> Awaitable[H1Response]:
-            return pool.request(out.method, out.target, out.headers, out.body, seconds)
+            return pool.request(
+                out.method, out.target, out.headers, out.body, seconds,
+                connect_timeout=timeouts.connect, read_timeout=timeouts.attempt,
+            )
 
         return await self._run(target, out, send)
 
@@ -127,7 +133,11 @@ class AttemptLoop:
                 target.metrics.short_circuited.inc()
                 return Exchange(None, _circuit_open(target.name, permit), 0)
             if held is not None and held[0] is not None:
-                await _release(held[0])
+                try:
+                    await _release(held[0])
+                except BaseException:  # cancelled while draining: never leak a trial slot
+                    target.breaker.record(permit, Outcome.IGNORED)
+                    raise
             attempts += 1
             response, error, retry_after = await self._attempt(
                 target, out, permit, deadline - clock(), send
@@ -135,7 +145,7 @@ class AttemptLoop:
             if attempts >= max_attempts or not _retry_wanted(response, retry_cfg):
                 return _finish(response, error, attempts)
             delay = retry_delay(attempts, retry_cfg, self._rng, retry_after)
-            if delay is None or not self._may_retry(target, delay, deadline):
+            if delay is None or not self._may_retry(target, out.policy, delay, deadline):
                 return _finish(response, error, attempts)
             target.metrics.retries.inc()
             held = (response, error)
@@ -158,6 +168,16 @@ class AttemptLoop:
             if timeout <= 0:
                 raise TimeoutError
             response = await send(timeout)
+        except RequestBodyError as exc:
+            # The client's body failed (limit, cut off, stalled): no verdict on the provider.
+            target.breaker.record(permit, Outcome.IGNORED)
+            exc.provider = target.name
+            return None, exc, None
+        except PoolTimeout as exc:
+            # Every pooled connection stayed busy: local saturation, nothing reached the provider.
+            target.breaker.record(permit, Outcome.IGNORED)
+            metrics.attempt["timeout"].inc()
+            return None, SidecarError("upstream_timeout", str(exc), provider=target.name), None
         except (TimeoutError, aiohttp.ServerTimeoutError):
             elapsed = clock() - t0
             target.breaker.record(permit, Outcome.FAILURE, elapsed)
@@ -170,8 +190,7 @@ class AttemptLoop:
             target.breaker.record(permit, Outcome.FAILURE, elapsed)
             metrics.attempt["connect_error"].inc()
             metrics.attempt_duration.observe(elapsed)
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return None, SidecarError("upstream_unreachable", detail, provider=target.name), None
+            return None, SidecarError("upstream_unreachable", _describe(exc), provider=target.name), None
         except BaseException:
             target.breaker.record(permit, Outcome.IGNORED)
             raise
@@ -192,15 +211,25 @@ class AttemptLoop:
             retry_after = parse_retry_after(response.headers.get(RETRY_AFTER), now=self._wall())
         return response, None, retry_after
 
-    def _may_retry(self, target: Target, delay: float, deadline: float) -> bool:
+    def _may_retry(self, target: Target, policy: RouteConfig, delay: float, deadline: float) -> bool:
         if target.breaker.state in _OPEN_STATES:
             return False
-        if self._clock() + delay >= deadline:
+        # A retry must have time to do something after its wait: at least a connect or an attempt.
+        useful = min(policy.timeouts.attempt, policy.timeouts.connect)
+        if deadline - (self._clock() + delay) < useful:
             return False
         if not target.budget.try_spend():
             target.metrics.budget_exhausted.inc()
             return False
         return True
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong, without echoing URLs (a download URL may carry a token in its path)."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}: {exc.status} {exc.message}"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _retry_wanted(response: R | None, retry_cfg: RetryConfig) -> bool:

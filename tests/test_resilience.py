@@ -282,3 +282,108 @@ async def test_slow_calls_count_as_failures(fake: FakeProvider, sidecar) -> None
         assert (await client.get("/p/x")).status == 200
     resp = await client.get("/p/x")
     assert resp.status == 503 and resp.headers["X-Sidecar-Error"] == "circuit_open"
+
+
+UPLOAD_HEAD = b"POST /p/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+
+
+def breaker_of(client, name: str = "p") -> dict:
+    return client.app[GATEWAY].providers[name].breaker.snapshot()
+
+
+async def wait_for(predicate, seconds: float = 5.0) -> None:
+    """Poll until the predicate holds (a deadline, never a fixed sleep)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_client_aborting_its_upload_is_not_a_provider_failure(fake: FakeProvider, sidecar) -> None:
+    """Clients that drop a streamed upload halfway never count against the provider's breaker."""
+    p = provider("p", fake.url, breaker=BreakerConfig(failure_threshold=2, minimum_calls=0))
+    client = await sidecar(sidecar_config(p))
+    gw = client.app[GATEWAY]
+    for _ in range(3):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(UPLOAD_HEAD + b"x" * 200_000)
+        await writer.drain()
+        await wait_for(lambda: gw.providers["p"].inflight == 1)
+        writer.transport.abort()
+        await wait_for(lambda: gw.providers["p"].inflight == 0)
+    snap = breaker_of(client)
+    assert snap["state"] == "closed" and snap["total_failures"] == 0
+    assert metric(client, "sidecar_upstream_attempts_total", provider="p", result="connect_error") == 0
+    assert (await client.get("/p/x")).status == 200
+
+
+async def test_streamed_body_over_the_limit_is_413_and_no_failure(fake: FakeProvider, sidecar) -> None:
+    """A chunked upload cut at max_request_body answers 413 and leaves the breaker untouched."""
+    p = provider("p", fake.url, max_request_body=200_000,
+                 breaker=BreakerConfig(failure_threshold=2, minimum_calls=0))
+    client = await sidecar(sidecar_config(p))
+
+    async def chunks():
+        for _ in range(40):
+            yield b"y" * 10_000
+            await asyncio.sleep(0)
+
+    for _ in range(3):
+        resp = await client.post("/p/x", data=chunks())
+        assert resp.status == 413 and resp.headers["X-Sidecar-Error"] == "body_too_large"
+    snap = breaker_of(client)
+    assert snap["state"] == "closed" and snap["total_failures"] == 0
+
+
+async def test_stalled_upload_is_408_not_a_provider_timeout(fake: FakeProvider, sidecar) -> None:
+    """A client that stops sending its streamed body gets 408; the provider is not blamed."""
+    p = provider("p", fake.url, timeouts=Timeouts(connect=1.0, attempt=0.3, total=5.0),
+                 breaker=BreakerConfig(failure_threshold=1, minimum_calls=0))
+    client = await sidecar(sidecar_config(p))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(UPLOAD_HEAD + b"x" * 100_000)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408") and b"X-Sidecar-Error: request_timeout" in head
+    snap = breaker_of(client)
+    assert snap["state"] == "closed" and snap["total_failures"] == 0
+
+
+async def test_malformed_upstream_answer_is_502_and_a_failure(sidecar) -> None:
+    """A garbage status line is 502 upstream_unreachable, counted by the breaker, never a 500."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"garbage\r\nnot: http\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        once = RetryConfig(max_attempts=1)
+        client = await sidecar(sidecar_config(provider("p", f"http://127.0.0.1:{port}", retry=once)))
+        resp = await client.get("/p/x")
+        assert resp.status == 502
+        assert (await resp.json())["error"] == "upstream_unreachable"
+        assert breaker_of(client)["total_failures"] == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_no_retry_without_time_left_for_it(fake: FakeProvider, sidecar, sleep) -> None:
+    """A retry whose wait would leave less than an attempt before timeouts.total is not started."""
+    fake.then(Reply(status=503, body=b"busy", headers={"Retry-After": "1"}), Reply(status=200))
+    p = provider("p", fake.url, timeouts=Timeouts(connect=0.5, attempt=0.5, total=1.2),
+                 retry=RetryConfig(base_delay=0.01, max_delay=2.0))
+    client = await sidecar(sidecar_config(p))
+    resp = await client.get("/p/x")
+    assert resp.status == 503 and await resp.read() == b"busy"
+    assert len(fake.seen) == 1 and sleep.delays == []
+    assert breaker_of(client)["total_failures"] == 1
