@@ -33,6 +33,8 @@ from .upstream import AttemptLoop, Body, Outbound
 # Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
 _SMALL_BODY = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+# What reading a request body raises when the client disconnects before sending all of it.
+_CLIENT_GONE = (OSError, asyncio.IncompleteReadError, aiohttp.ClientError)
 
 
 class BodyTooLarge(Exception):
@@ -85,15 +87,19 @@ async def read_body(
     """
     if not request.body_exists:
         return None, True
-    if request.content.is_eof():  # the common case: it came whole with the head; no timer
-        return await _read_body(request, rt, buffer_limit, want_replay)
     try:
+        if request.content.is_eof():  # the common case: it came whole with the head; no timer
+            return await _read_body(request, rt, buffer_limit, want_replay)
         async with asyncio.timeout(wait):
             return await _read_body(request, rt, buffer_limit, want_replay)
     except TimeoutError:
         raise SidecarError(
             "request_timeout", f"request body not received within {wait:.3g}s", provider=rt.name
         ) from None
+    except _CLIENT_GONE:
+        # The client's fault (it went away mid-body), never the provider's: a 400 that it will
+        # most likely not read, but that the metrics and the breaker see as a client error.
+        raise SidecarError("bad_request", "request body incomplete", provider=rt.name) from None
 
 
 async def _read_body(
@@ -105,7 +111,9 @@ async def _read_body(
         raise SidecarError(
             "body_too_large", f"request body of {length} bytes exceeds {limit}", provider=rt.name
         )
-    keep = buffer_limit if want_replay else _SMALL_BODY
+    # Never keep more than the limit: a chunked body that ends below the buffering threshold but
+    # above max_request_body must still be refused.
+    keep = min(buffer_limit if want_replay else _SMALL_BODY, limit)
     if length is not None:
         if length <= keep:
             return await request.content.readexactly(length), True

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 
 import aiohttp
+import pytest
 
+from sidecar.app import GATEWAY
 from sidecar.config import Timeouts
 
 from .conftest import SECRET, keyed, provider, raw_get, raw_http, sidecar_config
 from .fake_provider import FakeProvider, Reply
+from .test_resilience import metric
 
 
 async def test_get_is_forwarded_with_path_query_and_headers(fake: FakeProvider, sidecar) -> None:
@@ -331,3 +335,42 @@ class Stalling:
         for writer in self._writers:  # every connection closed before the test's loop ends
             writer.close()
             await writer.wait_closed()
+
+
+async def test_small_chunked_body_over_limit_is_413(fake: FakeProvider, sidecar) -> None:
+    """A chunked body below the buffering threshold but over max_request_body is refused, never sent."""
+    client = await sidecar(sidecar_config(provider("p", fake.url, max_request_body=10_000)))
+
+    async def chunks():
+        for _ in range(5):
+            yield b"x" * 10_000
+
+    for method in ("POST", "PUT"):  # streamed once, and kept for a retry
+        resp = await client.request(method, "/p/upload", data=chunks())
+        assert resp.status == 413
+        assert resp.headers["X-Sidecar-Error"] == "body_too_large"
+    assert fake.seen == []
+
+
+async def test_client_gone_mid_body_is_a_client_error(
+    fake: FakeProvider, sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that disconnects while its small body is read is counted 400, with no traceback."""
+    client = await sidecar(sidecar_config(provider("p", fake.url)))
+    _, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"POST /p/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n" + b"x" * 1000)
+    await writer.drain()
+    for _ in range(200):  # wait until the handler is reading the body, then vanish
+        if client.app[GATEWAY].providers["p"].inflight:
+            break
+        await asyncio.sleep(0.01)
+    writer.transport.abort()
+    requests = "sidecar_requests_total"
+    for _ in range(200):
+        if metric(client, requests, provider="p"):
+            break
+        await asyncio.sleep(0.01)
+    assert metric(client, requests, provider="p", code="400") == 1
+    assert metric(client, requests, provider="p", code="500") == 0
+    assert fake.seen == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
