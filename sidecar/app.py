@@ -6,15 +6,17 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
 from . import __version__
-from .config import RESERVED_NAMES, SidecarConfig
+from .config import RESERVED_NAMES, RouteConfig, SidecarConfig
 from .download import DownloadHandler
 from .errors import error_response
-from .gateway import Gateway
+from .gateway import Gateway, ProviderRuntime
+from .headers import OPERATION, REQUEST_ID
+from .logs import get_logger
 from .metrics import Metrics
 from .own_endpoints import add_own_routes
 from .proxy import ProxyHandler, split_target
@@ -84,11 +86,23 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
     return error_response("not_found", "the ops listener serves only /health*, /metrics and /admin")
 
 
+class Handler(Protocol):
+    """One kind of provider (``proxy``, ``download``): answers a request already accounted for."""
+
+    async def forward(
+        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str,
+        policy: RouteConfig, request_id: str,
+    ) -> web.StreamResponse: ...
+
+
 def _proxy_dispatch(
     gw: Gateway, loop: AttemptLoop
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    proxy = ProxyHandler(gw, loop)
-    download = DownloadHandler(gw, loop)
+    handlers: dict[str, Handler] = {
+        "proxy": ProxyHandler(loop),
+        "download": DownloadHandler(gw, loop),
+    }
+    serve = _ProviderCalls(gw)
     providers = gw.providers
     unknown = gw.metrics.provider("unknown").operation("other")
 
@@ -99,10 +113,8 @@ def _proxy_dispatch(
         else:
             name, rest, query = split_target(raw)
             rt = providers.get(name)
-            if rt is not None and rt.config.kind == "download":
-                return await download.forward(request, rt, rest, query)
             if rt is not None:
-                return await proxy.forward(request, rt, rest, query)
+                return await serve(handlers[rt.config.kind], request, rt, rest, query)
             if name in RESERVED_NAMES:
                 resp = error_response("not_found", f"no such endpoint: /{name}{rest}")
             else:
@@ -116,3 +128,60 @@ def _proxy_dispatch(
         return resp
 
     return dispatch
+
+
+class _ProviderCalls:
+    """What every request to a provider gets, whatever its kind: a request id, the in-flight count
+    and its bulkhead, the request metrics and the access log line."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+        self._log = get_logger("access") if gw.config.server.access_log else None
+
+    async def __call__(
+        self, handler: Handler, request: web.Request, rt: ProviderRuntime, rest: str, query: str
+    ) -> web.StreamResponse:
+        gw = self._gw
+        t0 = gw.clock()
+        policy = rt.policy_for(request.method, rest or "/")
+        # Unique, not secret: a PRNG draw avoids uuid4's urandom syscall per request.
+        request_id = request.headers.get(REQUEST_ID) or f"{gw.rng.getrandbits(128):032x}"
+        rt.inflight += 1
+        code = 500
+        try:
+            resp: web.StreamResponse
+            refused = self._refusal(rt)
+            if refused is None:
+                resp = await handler.forward(request, rt, rest, query, policy, request_id)
+            else:
+                refused.headers[REQUEST_ID] = request_id
+                resp = refused
+            code = resp.status
+            return resp
+        finally:
+            rt.inflight -= 1
+            elapsed = gw.clock() - t0
+            rt.metrics.operation(policy.name).observe(code, elapsed)
+            if self._log is not None:
+                self._log.info(
+                    "request", provider=rt.name, operation=policy.name, method=request.method,
+                    status=code, request_id=request_id,
+                    caller_operation=request.headers.get(OPERATION),
+                    duration_ms=round(elapsed * 1000, 1),
+                )
+
+    @staticmethod
+    def _refusal(rt: ProviderRuntime) -> web.Response | None:
+        """503 without trying: no upstream configured, or the bulkhead (``max_concurrent``) full."""
+        cfg = rt.config
+        if not cfg.configured:
+            return error_response(
+                "provider_unconfigured", f"provider {rt.name} has no upstream", provider=rt.name
+            )
+        if cfg.max_concurrent is not None and rt.inflight > cfg.max_concurrent:
+            return error_response(
+                "provider_overloaded",
+                f"{cfg.max_concurrent} requests already in flight to {rt.name}",
+                provider=rt.name,
+            )
+        return None

@@ -11,7 +11,6 @@ Content-Length before anything is sent (413) and while streaming (the client con
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Sequence
 
 import aiohttp
@@ -108,25 +107,17 @@ class DownloadHandler:
         self._gw = gateway
         self._loop = loop
         self._log = get_logger("download")
-        self._guards: dict[str, DownloadGuard] = {}
+        self._guards = {  # built once: every hop of every download is checked against these
+            name: DownloadGuard.of(rt.config.download or DownloadConfig())
+            for name, rt in gateway.providers.items()
+            if rt.config.kind == "download"
+        }
 
     async def forward(
-        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str
+        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str,
+        policy: RouteConfig, request_id: str,
     ) -> web.StreamResponse:
-        """Count the request in the provider's metrics around the actual download."""
-        t0 = self._gw.clock()
-        rt.inflight += 1
-        code = 500
-        try:
-            resp = await self._download(request, rt, rest)
-            code = resp.status
-            return resp
-        finally:
-            rt.inflight -= 1
-            rt.metrics.operation("other").observe(code, self._gw.clock() - t0)
-
-    async def _download(self, request: web.Request, rt: ProviderRuntime, rest: str) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+        """Check the request, fetch the file; a refusal is answered as JSON with the request id."""
         try:
             if request.method not in ("GET", "HEAD"):
                 raise SidecarError("method_not_allowed", "downloads are GET or HEAD",
@@ -135,18 +126,12 @@ class DownloadHandler:
                 raise SidecarError("bad_request", "downloads take no path, only ?url=",
                                    provider=rt.name)
             url = parse_download_url(request.query.getall("url", []))
-            return await self._fetch(request, rt, url, request_id)
+            return await self._fetch(request, rt, url, policy, request_id)
         except SidecarError as err:
             err.provider = rt.name
             resp = to_response(err)
             resp.headers[REQUEST_ID] = request_id
             return resp
-
-    def _guard(self, rt: ProviderRuntime) -> DownloadGuard:
-        guard = self._guards.get(rt.name)
-        if guard is None:
-            guard = self._guards[rt.name] = DownloadGuard.of(rt.config.download or DownloadConfig())
-        return guard
 
     def _refuse(self, rt: ProviderRuntime, url: URL, reason: str, hop: int) -> SidecarError:
         self._log.warning("download_refused", provider=rt.name, host=url.raw_host, hop=hop,
@@ -154,21 +139,23 @@ class DownloadHandler:
         return SidecarError("forbidden_target", reason, provider=rt.name)
 
     async def _fetch(
-        self, request: web.Request, rt: ProviderRuntime, url: URL, request_id: str
+        self, request: web.Request, rt: ProviderRuntime, url: URL, policy: RouteConfig,
+        request_id: str,
     ) -> web.StreamResponse:
         """Follow redirects hop by hop, each one checked and sent under its host's breaker."""
         cfg = rt.config.download or DownloadConfig()
         hosts = rt.hosts
         assert isinstance(hosts, HostBreakers), "a download provider has per-host breakers"
+        guard = self._guards[rt.name]
         headers = CIMultiDict((h, v) for h in FORWARD for v in request.headers.getall(h, ()))
-        deadline = self._gw.clock() + rt.default_policy.timeouts.total
+        deadline = self._gw.clock() + policy.timeouts.total
         attempts = 0
         for hop in range(cfg.max_redirects + 1):
-            reason = self._guard(rt).check(url)
+            reason = guard.check(url)
             if reason is not None:
                 raise self._refuse(rt, url, reason, hop)
             out = Outbound(request.method, url, headers, None,
-                           self._policy(rt.default_policy, deadline), retryable=True)
+                           self._policy(policy, deadline), retryable=True)
             target = hosts.target(host_key(url), rt.budget, rt.session)
             try:
                 exchange = await self._loop.run(target, out)

@@ -14,19 +14,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import RouteConfig
-from .errors import SidecarError, error_response, to_response
-from .gateway import Gateway, ProviderRuntime
+from .errors import SidecarError, to_response
+from .gateway import ProviderRuntime
 from .h1client import H1Response
 from .headers import (
     ATTEMPTS,
     IDEMPOTENCY_KEY,
-    OPERATION,
     REQUEST_DROP,
     REQUEST_ID,
     RESPONSE_DROP,
     filter_headers,
 )
-from .logs import get_logger
 from .retry import request_is_retryable
 from .upstream import AttemptLoop, Body, Outbound
 
@@ -136,59 +134,16 @@ async def _read_body(
 class ProxyHandler:
     """Forwards one client request through its provider's breaker and retry policy."""
 
-    def __init__(self, gateway: Gateway, loop: AttemptLoop) -> None:
-        self._gw = gateway
+    def __init__(self, loop: AttemptLoop) -> None:
         self._loop = loop
-        self._log = get_logger("proxy")
-        self._access_log = gateway.config.server.access_log
 
     async def forward(
-        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str
+        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str,
+        policy: RouteConfig, request_id: str,
     ) -> web.StreamResponse:
-        gw = self._gw
-        t0 = gw.clock()
-        method = request.method
-        policy = rt.policy_for(method, rest or "/")
-        op = rt.metrics.operation(policy.name)
-        rt.inflight += 1
-        code = 500
-        try:
-            resp = await self._forward(request, rt, rest, query, policy)
-            code = resp.status
-            return resp
-        finally:
-            rt.inflight -= 1
-            op.observe(code, gw.clock() - t0)
-            if self._access_log:
-                self._log.info(
-                    "request",
-                    provider=rt.name,
-                    operation=policy.name,
-                    method=method,
-                    status=code,
-                    caller_operation=request.headers.get(OPERATION),
-                    duration_ms=round((gw.clock() - t0) * 1000, 1),
-                )
-
-    async def _forward(
-        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str, policy: RouteConfig
-    ) -> web.StreamResponse:
-        cfg = rt.config
-        if not cfg.configured:
-            return error_response(
-                "provider_unconfigured", f"provider {rt.name} has no upstream", provider=rt.name
-            )
-        if cfg.max_concurrent is not None and rt.inflight > cfg.max_concurrent:
-            return error_response(
-                "provider_overloaded",
-                f"{cfg.max_concurrent} requests already in flight to {rt.name}",
-                provider=rt.name,
-            )
+        """Build the outbound request, send it through the attempt loop, and relay the answer."""
         headers = filter_headers(request.headers, REQUEST_DROP)
-        request_id = headers.get(REQUEST_ID)
-        if request_id is None:
-            # Unique, not secret: a PRNG draw avoids uuid4's urandom syscall per request.
-            request_id = headers[REQUEST_ID] = f"{self._gw.rng.getrandbits(128):032x}"
+        headers[REQUEST_ID] = request_id
         for name, value in rt.auth_headers:
             if name not in headers:
                 headers[name] = value
@@ -221,7 +176,7 @@ class ProxyHandler:
             if isinstance(body, _LimitedStream) and body.exceeded:
                 err = SidecarError(
                     "body_too_large",
-                    f"request body exceeds {cfg.max_request_body} bytes",
+                    f"request body exceeds {rt.config.max_request_body} bytes",
                     provider=rt.name,
                     attempts=exchange.attempts,
                 )

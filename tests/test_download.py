@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ from structlog.testing import capture_logs
 
 from sidecar.app import GATEWAY
 from sidecar.breaker import BreakerState, Outcome, Permit
-from sidecar.config import BreakerConfig, DownloadConfig, RetryConfig
+from sidecar.config import BreakerConfig, DownloadConfig, RetryConfig, ServerConfig
+from sidecar.download import DownloadGuard
 from sidecar.gateway import ProviderRuntime, new_session
 from sidecar.hostbreakers import HostBreakers
 from sidecar.metrics import Metrics
@@ -270,6 +273,58 @@ async def test_admin_actions_apply_to_every_host(fake: FakeProvider, sidecar) ->
     hosts.reset()
     assert (await client.get(path_for(f"{fake.url}/a"))).status == 200
     assert hosts.state is BreakerState.CLOSED and len(fake.seen) == 2
+
+
+async def test_bulkhead_refuses_downloads_over_max_concurrent(fake: FakeProvider, sidecar) -> None:
+    """With max_concurrent 1 and a download in flight, the next is 503 provider_overloaded, unsent."""
+    fake.then(Reply(delay=0.5, body=b"file"))
+    cfg = download_config()
+    client = await sidecar(sidecar_config(dataclasses.replace(cfg.providers[NAME], max_concurrent=1)))
+    slow = asyncio.ensure_future(client.get(path_for(f"{fake.url}/slow")))
+    for _ in range(200):
+        if fake.inflight:
+            break
+        await asyncio.sleep(0.01)
+    resp = await client.get(path_for(f"{fake.url}/fast"), headers={"X-Request-Id": "r-2"})
+    assert resp.status == 503 and (await resp.json())["error"] == "provider_overloaded"
+    assert resp.headers["X-Request-Id"] == "r-2" and "Retry-After" not in resp.headers
+    assert (await slow).status == 200 and len(fake.seen) == 1
+    assert metric(client, "sidecar_requests_total", provider=NAME, code="503") == 1
+
+
+async def test_downloads_get_request_ids_and_access_log_as_proxied_calls(
+    fake: FakeProvider, sidecar
+) -> None:
+    """A download's request id comes from the gateway's seeded PRNG and it gets an access log line."""
+    cfg = dataclasses.replace(download_config(), server=ServerConfig(access_log=True))
+    client = await sidecar(cfg, rng=random.Random(3))
+    with capture_logs() as logs:
+        resp = await client.get(path_for(f"{fake.url}/f"))
+    assert resp.status == 200
+    assert resp.headers["X-Request-Id"] == f"{random.Random(3).getrandbits(128):032x}"
+    lines = [e for e in logs if e["event"] == "request"]
+    assert len(lines) == 1
+    assert lines[0]["provider"] == NAME and lines[0]["status"] == 200
+    assert lines[0]["request_id"] == resp.headers["X-Request-Id"]
+
+
+async def test_download_guards_are_built_once_at_start(
+    fake: FakeProvider, sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each download provider's URL guard is built with the app, never again on the request path."""
+    built: list[DownloadConfig] = []
+    real = DownloadGuard.of.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[DownloadGuard], cfg: DownloadConfig) -> DownloadGuard:
+        built.append(cfg)
+        return real(cls, cfg)
+
+    monkeypatch.setattr(DownloadGuard, "of", classmethod(counting))
+    client = await sidecar(download_config())
+    assert len(built) == 1
+    fake.then(Reply(status=302, headers={"Location": f"{fake.url}/b"}), Reply(body=b"file"))
+    assert (await client.get(path_for(f"{fake.url}/a"))).status == 200
+    assert len(built) == 1 and len(fake.seen) == 2
 
 
 def test_host_table_evicts_closed_hosts_first(clock: FakeClock) -> None:
