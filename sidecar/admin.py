@@ -50,7 +50,13 @@ def token_matches(header: str | None, token: str) -> bool:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape (and so does os.environ), so any
+    # bytes at all come back as the bytes that were sent instead of raising.
+    return hmac.compare_digest(_raw(given.strip()), _raw(token))
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 class AdminHandlers:

@@ -12,7 +12,7 @@ from sidecar.app import GATEWAY
 from sidecar.gateway import Gateway
 from sidecar.metrics import Metrics
 
-from .conftest import provider, sidecar_config
+from .conftest import provider, raw_http, sidecar_config
 from .fake_provider import FakeProvider, Reply
 from .test_resilience import metric
 
@@ -105,6 +105,18 @@ async def test_admin_token_required_accepted_rejected(fake: FakeProvider, sideca
     resp = await client.get("/admin/breakers", headers={"Authorization": f"Bearer {TOKEN}"})
     assert resp.status == 200
     assert TOKEN not in await resp.text()
+
+
+async def test_non_ascii_authorization_is_401_not_500(fake: FakeProvider, sidecar) -> None:
+    """Undecodable Authorization bytes are a wrong token (401); a UTF-8 token sent as UTF-8 matches."""
+    client = await sidecar(
+        sidecar_config(provider("p", fake.url)), environ={"SIDECAR_ADMIN_TOKEN": "tök-1"}
+    )
+    head = b"GET /admin/breakers HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer "
+    for token, status in ((b"\xff\xfe", b"401"), ("tök-1".encode(), b"200")):
+        answer = await raw_http(client.port, head + token + b"\r\n\r\n")
+        assert answer.split(b" ", 2)[1] == status, answer[:200]
+    assert not token_matches("Bearer \udcff\udcfe", TOKEN)
 
 
 async def test_admin_token_is_read_once(fake: FakeProvider, sidecar, monkeypatch) -> None:
