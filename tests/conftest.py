@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import settings
 from yarl import URL
 
 from sidecar.app import create_app, runner_kwargs
@@ -122,6 +124,7 @@ async def sidecar(sleep: RecordingSleep) -> AsyncIterator[Callable[..., Any]]:
 
     async def start(config: SidecarConfig, **kwargs: Any) -> SidecarClient:
         kwargs.setdefault("sleep", sleep)
+        kwargs.setdefault("environ", {})  # e.g. SIDECAR_ADMIN_TOKEN on the test machine never leaks in
         kwargs.setdefault("rng", random.Random(7))
         client = await start_listener(create_app(config, **kwargs), config)
         clients.append(client)
@@ -150,3 +153,10 @@ async def raw_get(port: int, target: str) -> tuple[int, bytes]:
     )
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+# Property tests: in CI the same examples every run (a new random counterexample must not decide
+# whether a submission lands), and no example database written into the checkout.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")

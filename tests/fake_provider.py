@@ -23,6 +23,7 @@ class Reply:
     body: bytes = b'{"ok": true}'
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
     delay: float = 0.0  # seconds before the headers
+    hold: asyncio.Event | None = None  # wait for the test to set it before answering
     reset: bool = False  # drop the connection instead of answering
     stream_bytes: int = 0  # > 0: stream this many bytes (chunked unless content_length)
     content_length: bool = True
@@ -100,6 +101,8 @@ class FakeProvider:
             await self._record(request)
             if reply.delay:
                 await asyncio.sleep(reply.delay)
+            if reply.hold is not None:
+                await reply.hold.wait()
             if reply.reset:
                 assert request.transport is not None
                 request.transport.abort()

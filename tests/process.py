@@ -16,6 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+_NOT_INHERITED = (
+    "SIDECAR_", "CB_", "REPLICATE_", "SUPABASE_", "ELEVENLABS_", "SYNC_LABS_", "BFL_", "HF_TOKEN",
+)
+
 
 @dataclass
 class Sidecar:
@@ -98,7 +102,8 @@ async def start_sidecar(
         path = tmp / "sidecar.yaml"
         path.write_text(config_yaml)
         argv += ["--config", str(path)]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "CB_"))}
+    # No sidecar settings and no real provider keys leak in from the machine running the tests.
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
     full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full_env,

@@ -218,17 +218,16 @@ async def test_half_open_admits_one_trial_at_a_time(
     fake: FakeProvider, sidecar, clock: FakeClock
 ) -> None:
     """While one trial is in flight, another request is short-circuited with Retry-After: 1."""
-    fake.then(*[Reply(status=500)] * 3, Reply(delay=0.5))
+    release = asyncio.Event()
+    fake.then(*[Reply(status=500)] * 3, Reply(hold=release))
     client = await sidecar(sidecar_config(provider("p", fake.url)), clock=clock)
     await (await client.get("/p/x")).read()
     clock.advance(10.0)
     trial = asyncio.ensure_future(client.get("/p/trial"))
-    for _ in range(200):
-        if fake.inflight:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: fake.inflight == 1)
     resp = await client.get("/p/other")
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    release.set()
     assert (await trial).status == 200
 
 

@@ -43,7 +43,7 @@ providers:
     health: {{method: GET, path: /v1/account, interval: 200ms, timeout: 300ms}}
     breaker: {{failure_threshold: 3, recovery_timeout: 30s, minimum_calls: 0}}
     retry: {{max_attempts: 2, base_delay: 10ms, max_delay: 50ms}}
-    timeouts: {{connect: 300ms, attempt: 300ms, total: 1s}}
+    timeouts: {{connect: 1s, attempt: 1s, total: 3s}}
   elevenlabs:
     upstream: "{dead}"
     auth: {{header: xi-api-key, env: ELEVENLABS_API_KEY}}
@@ -78,7 +78,7 @@ async def test_no_secret_in_logs_metrics_bodies_or_dumps(tmp_path: Path) -> None
             await call("GET", f"{sc.proxy}/replicate/v1/unauthorized")
             await call("POST", f"{sc.proxy}/replicate/v1/predictions", data=b"{}")
             assert await call("GET", f"{sc.proxy}/elevenlabs/v1/tts") == 502  # connection refused
-            up.then(*[Fault("ok", delay=1.0, path="/v1/slow")] * 2)
+            up.then(*[Fault("ok", delay=2.5, path="/v1/slow")] * 2)
             assert await call("GET", f"{sc.proxy}/replicate/v1/slow") == 504  # timeouts
             up.then(*[Fault("status", status=500, path="/v1/fail")] * 4)
             for _ in range(3):
@@ -133,8 +133,8 @@ def test_check_config_never_prints_a_secret(tmp_path: Path) -> None:
     assert_clean("check-config stderr", run.stderr)
     bad = tmp_path / "bad.yaml"
     bad.write_text(_config("http://127.0.0.1:1", "http://127.0.0.1:2").replace(
-        "timeouts: {connect: 300ms, attempt: 300ms, total: 1s}\n  elevenlabs",
-        "timeouts: {connect: \"${REPLICATE_API_TOKEN}\", attempt: 300ms, total: 1s}\n  elevenlabs"))
+        "timeouts: {connect: 1s, attempt: 1s, total: 3s}\n  elevenlabs",
+        "timeouts: {connect: \"${REPLICATE_API_TOKEN}\", attempt: 1s, total: 3s}\n  elevenlabs"))
     run = subprocess.run([sys.executable, "-m", "sidecar", "check-config", str(bad)],
                          capture_output=True, text=True, env=env, timeout=30)
     assert run.returncode == 2
