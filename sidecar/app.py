@@ -11,13 +11,13 @@ from typing import Any, Literal, Protocol
 from aiohttp import web
 
 from . import __version__
-from .config import RESERVED_NAMES, RouteConfig, SidecarConfig
+from .config import OWN_ENDPOINTS, UNKNOWN_PROVIDER, RouteConfig, SidecarConfig
 from .download import DownloadHandler
 from .errors import error_response
 from .gateway import Gateway, ProviderRuntime
 from .headers import OPERATION, REQUEST_ID
 from .logs import get_logger
-from .metrics import Metrics
+from .metrics import Metrics, OperationMetrics
 from .own_endpoints import add_own_routes
 from .proxy import ProxyHandler, split_target
 from .routing import CatchAllResource
@@ -104,7 +104,8 @@ def _proxy_dispatch(
     }
     serve = _ProviderCalls(gw)
     providers = gw.providers
-    unknown = gw.metrics.provider("unknown").operation("other")
+    # Only the request series: a provider that doesn't exist has no breaker, attempts or retries.
+    unknown = OperationMetrics(gw.metrics, UNKNOWN_PROVIDER, "other")
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         raw = request.raw_path
@@ -115,7 +116,7 @@ def _proxy_dispatch(
             rt = providers.get(name)
             if rt is not None:
                 return await serve(handlers[rt.config.kind], request, rt, rest, query)
-            if name in RESERVED_NAMES:
+            if name in OWN_ENDPOINTS:
                 resp = error_response("not_found", f"no such endpoint: /{name}{rest}")
             else:
                 resp = error_response(

@@ -134,4 +134,8 @@ class SidecarConfig:
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
 
 
-RESERVED_NAMES = frozenset({"health", "metrics", "admin"})
+# The first path segments of the sidecar's own endpoints: never a provider name.
+OWN_ENDPOINTS = frozenset({"health", "metrics", "admin"})
+# The provider label of requests that name no provider (metrics): never a provider name either.
+UNKNOWN_PROVIDER = "unknown"
+RESERVED_NAMES = OWN_ENDPOINTS | {UNKNOWN_PROVIDER}

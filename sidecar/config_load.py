@@ -19,6 +19,7 @@ import yaml
 
 from . import config_schema as s
 from .config import (
+    OWN_ENDPOINTS,
     RESERVED_NAMES,
     AuthHeader,
     BreakerConfig,
@@ -213,7 +214,9 @@ def _providers(problems: s.Problems, raw: object, defaults: Policies,
         if not s.PROVIDER_NAME.fullmatch(name):
             problems.add(path, "a provider name must match [a-z0-9][a-z0-9_-]*")
         elif name in RESERVED_NAMES:
-            problems.add(path, f"{name!r} is reserved for the sidecar's own endpoints")
+            problems.add(path, f"{name!r} is reserved " + (
+                "for the sidecar's own endpoints" if name in OWN_ENDPOINTS
+                else "as the metrics label of requests that name no provider"))
         else:
             provider = _provider(problems, name, body, defaults, environ)
             if provider is not None:

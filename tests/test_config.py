@@ -74,6 +74,7 @@ def provider(**block: Any) -> dict[str, Any]:
         ({"providers": {"Bad!": {}}}, "providers.Bad!: a provider name must match"),
         ({"providers": {"metrics": {}}}, "providers.metrics: 'metrics' is reserved"),
         ({"providers": {"admin": {}}}, "providers.admin: 'admin' is reserved"),
+        ({"providers": {"unknown": {}}}, "providers.unknown: 'unknown' is reserved as the metrics label"),
         ({"providers": []}, "providers: must be a mapping, got a list"),
         ([1, 2], "(top level): must be a mapping, got a list"),
     ],

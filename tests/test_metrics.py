@@ -149,6 +149,23 @@ async def test_breaker_state_has_every_state_with_exactly_one_set(
     await check("disabled")
 
 
+async def test_requests_to_no_provider_export_only_request_series(
+    fake: FakeProvider, sidecar
+) -> None:
+    """provider="unknown" has request counts and durations but no breaker, attempt or other series."""
+    client = await sidecar(sidecar_config(provider("p", fake.url)))
+    assert (await client.get("/nope/x")).status == 404
+    assert (await client.get("/unknown/x")).status == 404
+    families = {
+        s.name for fam in text_string_to_metric_families(await scrape(client))
+        for s in fam.samples if s.labels.get("provider") == "unknown"
+    }
+    assert families == {
+        "sidecar_requests_total", "sidecar_requests_created",
+        *(f"sidecar_request_duration_seconds{end}" for end in ("_bucket", "_count", "_sum", "_created")),
+    }
+
+
 async def test_promtool_finds_nothing_to_fix(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
     """`promtool check metrics` (the real binary) accepts a /metrics page taken after real traffic."""
     promtool = shutil.which("promtool")
