@@ -185,7 +185,7 @@ class Gateway:
         self.metrics.inflight.labels(cfg.name).set_function(lambda: rt.inflight)
         if cfg.kind == "download":
             rt.hosts = HostBreakers(cfg.name, cfg.breaker, clock=self.clock, metrics=pm)
-            rt.hosts.export_state(self.metrics.breaker_state)
+        pm.export_state(lambda: rt.control.state.value)
         return rt
 
     async def start(self) -> None:

@@ -19,12 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client import Gauge
 
 from .breaker import BreakerState, CircuitBreaker, Transition
 from .config import BreakerConfig
 from .logs import get_logger
-from .metrics import BREAKER_STATES, ProviderMetrics
+from .metrics import ProviderMetrics
 from .retry import RetryBudget
 
 DEFAULT_CAPACITY = 256
@@ -139,14 +138,6 @@ class HostBreakers:
             "hosts": hosts,
             "config": dataclasses.asdict(self.config),
         }
-
-    def export_state(self, family: Gauge) -> None:
-        """Make ``sidecar_breaker_state{provider}`` read the aggregate state at each scrape."""
-        for value in BREAKER_STATES:
-            family.labels(self.provider, value).set_function(self._state_is(value))
-
-    def _state_is(self, value: str) -> Callable[[], float]:
-        return lambda: 1.0 if self.state.value == value else 0.0
 
     def _new_breaker(self, host: str) -> CircuitBreaker:
         def on_transition(t: Transition) -> None:

@@ -6,7 +6,7 @@ children are resolved once per provider and operation, so the request path only 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -145,12 +145,9 @@ class ProviderMetrics:
         self.retries = metrics.retries.labels(name)
         self.budget_exhausted = metrics.budget_exhausted.labels(name)
         self.short_circuited = metrics.short_circuited.labels(name)
-        self.inflight = metrics.inflight.labels(name)
-        self._states = {s: metrics.breaker_state.labels(name, s) for s in BREAKER_STATES}
         self._operations: dict[str, OperationMetrics] = {}
         for op in (*operations, "other"):
             self.operation(op)
-        self.set_state("closed")
 
     def operation(self, name: str) -> OperationMetrics:
         om = self._operations.get(name)
@@ -158,14 +155,19 @@ class ProviderMetrics:
             om = self._operations[name] = OperationMetrics(self._metrics, self.name, name)
         return om
 
-    def set_state(self, state: str) -> None:
-        for s, gauge in self._states.items():
-            gauge.set(1 if s == state else 0)
+    def export_state(self, current: Callable[[], str]) -> None:
+        """Make ``sidecar_breaker_state`` read ``current()`` at each scrape: reading the state is
+        what applies a breaker's lazy OPEN -> HALF_OPEN, so the gauge is never stale."""
+        for state in BREAKER_STATES:
+            self._metrics.breaker_state.labels(self.name, state).set_function(_is(current, state))
 
     def transition(self, from_state: str, to_state: str) -> None:
         self._metrics.transitions.labels(self.name, from_state, to_state).inc()
-        self.set_state(to_state)
 
     def probe(self, up: bool, seconds: float) -> None:
         self._metrics.probe_up.labels(self.name).set(1 if up else 0)
         self._metrics.probe_duration.labels(self.name).set(seconds)
+
+
+def _is(current: Callable[[], str], state: str) -> Callable[[], float]:
+    return lambda: 1.0 if current() == state else 0.0

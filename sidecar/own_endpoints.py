@@ -32,8 +32,6 @@ def add_own_routes(
     admin.add_routes(app)
 
     async def metrics(request: web.Request) -> web.Response:
-        for rt in gw.providers.values():
-            _ = rt.breaker.state  # OPEN -> HALF_OPEN happens lazily; let the gauge see it
         return web.Response(body=gw.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/metrics", metrics)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.app import GATEWAY
-from sidecar.config import RouteConfig
-from sidecar.metrics import BREAKER_STATES
+from sidecar.breaker import Outcome, Permit
+from sidecar.config import DownloadConfig, RouteConfig
+from sidecar.gateway import Gateway
+from sidecar.metrics import BREAKER_STATES, Metrics
 
 from .conftest import provider, sidecar_config
 from .fake_provider import FakeProvider, Reply
@@ -164,6 +167,28 @@ async def test_requests_to_no_provider_export_only_request_series(
         "sidecar_requests_total", "sidecar_requests_created",
         *(f"sidecar_request_duration_seconds{end}" for end in ("_bucket", "_count", "_sum", "_created")),
     }
+
+
+@pytest.mark.parametrize("kind", ["proxy", "download"])
+def test_any_render_applies_the_lazy_half_open(clock: FakeClock, kind: str) -> None:
+    """Rendering the registry, with no request and no /metrics handler, shows OPEN turn HALF_OPEN."""
+    download = DownloadConfig() if kind == "download" else None
+    cfg = sidecar_config(provider("p", "http://127.0.0.1:9", kind=kind, download=download))
+    gw = Gateway(cfg, metrics=Metrics("t"), clock=clock)
+    rt = gw.providers["p"]
+    breaker = rt.breaker if rt.hosts is None else rt.hosts.target("h:80", rt.budget, None).breaker  # type: ignore[arg-type]
+    for _ in range(3):
+        permit = breaker.acquire()
+        assert isinstance(permit, Permit)
+        breaker.record(permit, Outcome.FAILURE)
+    assert value(samples(gw.metrics.render().decode()), "sidecar_breaker_state", provider="p",
+                 state="open") == 1
+    clock.advance(10.0)
+    t = samples(gw.metrics.render().decode())
+    states = {s: value(t, "sidecar_breaker_state", provider="p", state=s) for s in BREAKER_STATES}
+    assert states == {s: float(s == "half_open") for s in BREAKER_STATES}
+    assert value(t, "sidecar_breaker_transitions_total", provider="p",
+                 from_state="open", to_state="half_open") == 1
 
 
 async def test_promtool_finds_nothing_to_fix(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
