@@ -28,6 +28,8 @@ import math
 
 from aiohttp import web
 
+from .headers import ATTEMPTS, RETRY_AFTER, SIDECAR_ERROR
+
 STATUS: dict[str, int] = {
     "circuit_open": 503,
     "provider_unconfigured": 503,
@@ -82,10 +84,10 @@ def error_response(
     body: dict[str, object] = {"error": code, "provider": provider, "detail": detail}
     if extra:
         body.update(extra)
-    headers = {"X-Sidecar-Error": code}
+    headers = {SIDECAR_ERROR: code}
     if retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    headers["X-Sidecar-Attempts"] = str(attempts)
+        headers[RETRY_AFTER] = str(max(1, math.ceil(retry_after)))
+    headers[ATTEMPTS] = str(attempts)
     return web.Response(
         status=STATUS[code],
         text=json.dumps(body),

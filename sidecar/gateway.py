@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from multidict import istr
@@ -24,6 +25,9 @@ from .metrics import Metrics, ProviderMetrics
 from .retry import RetryBudget
 from .routes import RouteTable
 from .ssrf import guarded_connector
+
+if TYPE_CHECKING:
+    from .probes import ProbeRunner
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -99,10 +103,9 @@ def new_pool(cfg: ProviderConfig) -> H1Pool:
     )
 
 
-def new_session(
-    cfg: ProviderConfig, connector: aiohttp.BaseConnector | None = None
-) -> aiohttp.ClientSession:
-    """A pooled, keep-alive session that forwards bytes as they are.
+def new_session(cfg: ProviderConfig, connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
+    """A keep-alive session on ``connector`` (the download provider's SSRF-guarded one) that
+    forwards bytes as they are.
 
     No auto headers (the upstream sees what the bot sent), no decompression, no cookies, no
     environment proxies, and no silent re-send of idempotent requests on a dropped keep-alive
@@ -110,10 +113,7 @@ def new_session(
     """
     timeouts = cfg.timeouts
     session = aiohttp.ClientSession(
-        connector=connector
-        or aiohttp.TCPConnector(
-            limit=cfg.max_concurrent or 256, ttl_dns_cache=60, keepalive_timeout=15
-        ),
+        connector=connector,
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -149,6 +149,7 @@ class Gateway:
         self.rng = rng or random.Random()
         self.started_at = clock()
         self.draining = False
+        self.probes: ProbeRunner | None = None  # from start() to close()
         self.providers: dict[str, ProviderRuntime] = {
             name: self._runtime(pc) for name, pc in config.providers.items()
         }
@@ -198,12 +199,12 @@ class Gateway:
                 rt._session = new_session(rt.config, connector)
         from .probes import ProbeRunner  # here, not at the top: probes imports this module
 
-        if getattr(self, "probes", None) is None:
-            self.probes: ProbeRunner | None = ProbeRunner(self)
+        if self.probes is None:
+            self.probes = ProbeRunner(self)
             self.probes.start()
 
     async def close(self) -> None:
-        probes = getattr(self, "probes", None)
+        probes = self.probes
         if probes is not None:
             self.probes = None
             await probes.close()

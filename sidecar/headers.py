@@ -6,8 +6,6 @@ dropped in both directions, along with any header the sender named in its own ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 # Lower-case names: header names are case-insensitive and clients send any case ("connection",
@@ -67,7 +65,3 @@ def filter_headers(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMu
             continue
         add(name, value)
     return out
-
-
-def contains_any(headers: CIMultiDict[str] | CIMultiDictProxy[str], names: Iterable[str]) -> bool:
-    return any(n in headers for n in names)

@@ -24,8 +24,6 @@ from .gateway import Gateway
 from .logs import get_logger
 from .metrics import Metrics
 
-# A request head (request line + headers) must arrive within this long of its first byte.
-HEADER_READ_TIMEOUT = 10.0
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -91,19 +89,13 @@ class SidecarRunner(web.AppRunner):
     __slots__ = ("_head_timeout",)
 
     def __init__(
-        self, app: web.Application, *, header_read_timeout: float = HEADER_READ_TIMEOUT, **kwargs: Any
+        self, app: web.Application, *, header_read_timeout: float, **kwargs: Any
     ) -> None:
         super().__init__(app, **kwargs)
         self._head_timeout = header_read_timeout
 
     async def _make_server(self) -> web.Server:
         return _HeadTimeoutServer(await super()._make_server(), self._head_timeout)
-
-
-def header_read_timeout(config: SidecarConfig) -> float:
-    """``server.header_read_timeout`` once the config model has it; the default until then."""
-    value = getattr(config.server, "header_read_timeout", None)
-    return HEADER_READ_TIMEOUT if value is None else float(value)
 
 
 async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> None:
@@ -125,7 +117,7 @@ async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> 
         for role, host, port in listeners:
             runner = SidecarRunner(
                 create_app(config, role=role, gateway=gw),
-                header_read_timeout=header_read_timeout(config), **runner_kwargs(config),
+                header_read_timeout=srv.header_read_timeout, **runner_kwargs(config),
             )
             await runner.setup()
             runners.append(runner)
