@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import RouteConfig
-from .errors import SidecarError, to_response
+from .errors import RequestBodyError, SidecarError, to_response
 from .gateway import ProviderRuntime
 from .h1client import H1Response
 from .headers import (
@@ -35,20 +35,19 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _CLIENT_GONE = (OSError, asyncio.IncompleteReadError, aiohttp.ClientError)
 
 
-class BodyTooLarge(Exception):
-    """The client sent more than ``max_request_body`` while its body was being streamed."""
-
-
 class _LimitedStream:
-    """A request body streamed upstream once, cut at the provider's limit."""
+    """A request body streamed upstream once, cut at the provider's limit.
 
-    __slots__ = ("_content", "_limit", "_prefix", "exceeded")
+    Going over it raises ``RequestBodyError``, which ends the attempt as the client's fault: the
+    client gets 413 and the provider's breaker hears nothing of it.
+    """
+
+    __slots__ = ("_content", "_limit", "_prefix")
 
     def __init__(self, prefix: bytes, content: aiohttp.StreamReader, limit: int) -> None:
         self._prefix = prefix
         self._content = content
         self._limit = limit
-        self.exceeded = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iter()
@@ -60,8 +59,7 @@ class _LimitedStream:
         async for chunk in self._content.iter_any():
             total += len(chunk)
             if total > self._limit:
-                self.exceeded = True
-                raise BodyTooLarge
+                raise RequestBodyError("body_too_large", f"request body exceeds {self._limit} bytes")
             yield chunk
 
 
@@ -172,15 +170,7 @@ class ProxyHandler:
         exchange = await self._loop.run_pooled(rt, pool, out)
         if exchange.response is None:
             assert exchange.error is not None
-            err = exchange.error
-            if isinstance(body, _LimitedStream) and body.exceeded:
-                err = SidecarError(
-                    "body_too_large",
-                    f"request body exceeds {rt.config.max_request_body} bytes",
-                    provider=rt.name,
-                    attempts=exchange.attempts,
-                )
-            return _with_request_id(to_response(err), request_id)
+            return _with_request_id(to_response(exchange.error), request_id)
         return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
 
 

@@ -230,18 +230,21 @@ async def test_mid_body_reset_is_visible_to_the_client(fake: FakeProvider, sidec
 
 async def test_bulkhead_refuses_over_max_concurrent(fake: FakeProvider, sidecar) -> None:
     """With max_concurrent 1 and one request in flight, the next is 503 provider_overloaded."""
-    fake.then(Reply(delay=0.5))
+    release = asyncio.Event()
+    fake.then(Reply(hold=release))
     client = await sidecar(sidecar_config(provider("p", fake.url, max_concurrent=1)))
     slow = asyncio.ensure_future(client.get("/p/slow"))
-    for _ in range(200):
-        if fake.inflight:
-            break
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 10
+    while not fake.inflight:
+        assert loop.time() < end, "the first request never reached the provider"
         await asyncio.sleep(0.01)
     resp = await client.get("/p/fast")
     assert resp.status == 503
     body = await resp.json()
     assert body["error"] == "provider_overloaded"
     assert "Retry-After" not in resp.headers
+    release.set()
     assert (await slow).status == 200
 
 
