@@ -72,6 +72,11 @@ def split_target(raw_path: str) -> tuple[str, str, str]:
     return path[1:slash], path[slash:], query
 
 
+def upstream_target(prefix: str, rest: str, query: str) -> str:
+    """The origin-form target sent upstream: the upstream's path prefix, then the rest as received."""
+    return prefix + (rest or "/") + ("?" + query if query else "")
+
+
 async def read_body(
     request: web.Request, rt: ProviderRuntime, buffer_limit: int, want_replay: bool, wait: float
 ) -> tuple[Body, bool]:
@@ -165,7 +170,7 @@ class ProxyHandler:
             body=body,
             policy=policy,
             retryable=eligible and replayable,
-            target=pool.prefix + (rest or "/") + ("?" + query if query else ""),
+            target=upstream_target(pool.prefix, rest, query),
         )
         exchange = await self._loop.run_pooled(rt, pool, out)
         if exchange.response is None:

@@ -17,7 +17,6 @@ from structlog.testing import capture_logs
 from sidecar.app import GATEWAY
 from sidecar.breaker import BreakerState, Outcome, Permit
 from sidecar.config import BreakerConfig, DownloadConfig, RetryConfig, ServerConfig
-from sidecar.download import DownloadGuard
 from sidecar.gateway import ProviderRuntime, new_session
 from sidecar.hostbreakers import HostBreakers
 from sidecar.metrics import Metrics
@@ -306,25 +305,6 @@ async def test_downloads_get_request_ids_and_access_log_as_proxied_calls(
     assert len(lines) == 1
     assert lines[0]["provider"] == NAME and lines[0]["status"] == 200
     assert lines[0]["request_id"] == resp.headers["X-Request-Id"]
-
-
-async def test_download_guards_are_built_once_at_start(
-    fake: FakeProvider, sidecar, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each download provider's URL guard is built with the app, never again on the request path."""
-    built: list[DownloadConfig] = []
-    real = DownloadGuard.of.__func__  # type: ignore[attr-defined]
-
-    def counting(cls: type[DownloadGuard], cfg: DownloadConfig) -> DownloadGuard:
-        built.append(cfg)
-        return real(cls, cfg)
-
-    monkeypatch.setattr(DownloadGuard, "of", classmethod(counting))
-    client = await sidecar(download_config())
-    assert len(built) == 1
-    fake.then(Reply(status=302, headers={"Location": f"{fake.url}/b"}), Reply(body=b"file"))
-    assert (await client.get(path_for(f"{fake.url}/a"))).status == 200
-    assert len(built) == 1 and len(fake.seen) == 2
 
 
 def test_host_table_evicts_closed_hosts_first(clock: FakeClock) -> None:
