@@ -157,10 +157,31 @@ async def test_connection_refused_is_an_os_error() -> None:
 
 
 async def test_pool_limit_queues_callers_in_order(fake: FakeProvider) -> None:
-    """With limit 2, four slow requests use two connections; the last two wait their turn."""
-    fake.default = Reply(delay=0.2)
+    """With limit 2, four requests use two connections, and the two that wait are sent in arrival order."""
+    gates = [asyncio.Event() for _ in range(4)]
+    fake.then(*(Reply(hold=gate) for gate in gates))  # the i-th request to arrive waits on gates[i]
     pool = _pool(fake, limit=2)
-    results = await asyncio.gather(*(_get(pool) for _ in range(4)))
+    calls = []
+    for i in range(4):
+        calls.append(asyncio.ensure_future(_get(pool, f"/{i}")))
+        await asyncio.sleep(0)  # each caller queues before the next one starts
+
+    async def seen(n: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5
+        while len(fake.seen) < n:
+            assert loop.time() < end, f"only {len(fake.seen)} requests reached the provider"
+            await asyncio.sleep(0.01)
+        return [s.raw_path for s in fake.seen]
+
+    assert sorted(await seen(2)) == ["/0", "/1"]
+    gates[0].set()
+    assert (await seen(3))[2] == "/2"
+    gates[1].set()
+    assert (await seen(4))[3] == "/3"
+    for gate in gates:
+        gate.set()
+    results = await asyncio.gather(*calls)
     assert [status for status, _ in results] == [200] * 4
     assert pool.open_connections == 2
     await pool.close()
