@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from aiohttp import web
 
@@ -72,39 +73,24 @@ class SidecarError(Exception):
         self.extra = extra
 
 
-def error_response(
-    code: str,
-    detail: str,
-    *,
-    provider: str | None = None,
-    retry_after: float | None = None,
-    attempts: int = 0,
-    extra: dict[str, object] | None = None,
-) -> web.Response:
-    body: dict[str, object] = {"error": code, "provider": provider, "detail": detail}
-    if extra:
-        body.update(extra)
-    headers = {SIDECAR_ERROR: code}
-    if retry_after is not None:
-        headers[RETRY_AFTER] = str(max(1, math.ceil(retry_after)))
-    headers[ATTEMPTS] = str(attempts)
+def to_response(err: SidecarError) -> web.Response:
+    body: dict[str, object] = {"error": err.code, "provider": err.provider, "detail": err.detail}
+    if err.extra:
+        body.update(err.extra)
+    headers = {SIDECAR_ERROR: err.code, ATTEMPTS: str(err.attempts)}
+    if err.retry_after is not None:
+        headers[RETRY_AFTER] = str(max(1, math.ceil(err.retry_after)))
     return web.Response(
-        status=STATUS[code],
+        status=err.status,
         text=json.dumps(body),
         content_type="application/json",
         headers=headers,
     )
 
 
-def to_response(err: SidecarError) -> web.Response:
-    return error_response(
-        err.code,
-        err.detail,
-        provider=err.provider,
-        retry_after=err.retry_after,
-        attempts=err.attempts,
-        extra=err.extra,
-    )
+def error_response(code: str, detail: str, **fields: Any) -> web.Response:
+    """Answer at once with ``SidecarError(code, detail, **fields)``."""
+    return to_response(SidecarError(code, detail, **fields))
 
 
 class RequestBodyError(SidecarError):
