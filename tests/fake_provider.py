@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -24,6 +25,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
     delay: float = 0.0  # seconds before the headers
     hold: asyncio.Event | None = None  # wait for the test to set it before answering
+    before: Callable[[], None] | None = None  # run on arrival (e.g. move a fake clock)
     reset: bool = False  # drop the connection instead of answering
     stream_bytes: int = 0  # > 0: stream this many bytes (chunked unless content_length)
     content_length: bool = True
@@ -103,6 +105,8 @@ class FakeProvider:
                 await asyncio.sleep(reply.delay)
             if reply.hold is not None:
                 await reply.hold.wait()
+            if reply.before is not None:
+                reply.before()
             if reply.reset:
                 assert request.transport is not None
                 request.transport.abort()

@@ -268,15 +268,15 @@ async def test_retry_budget_caps_retries(fake: FakeProvider, sidecar) -> None:
     assert metric(client, "sidecar_retry_budget_exhausted_total", provider="p") == 1
 
 
-async def test_slow_calls_count_as_failures(fake: FakeProvider, sidecar) -> None:
+async def test_slow_calls_count_as_failures(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
     """With slow_call_duration set, slow successes open the breaker."""
-    fake.default = Reply(delay=0.06)
+    fake.default = Reply(before=lambda: clock.advance(0.06))  # each call takes 60 ms on the clock
     p = provider(
         "p",
         fake.url,
         breaker=BreakerConfig(failure_threshold=2, minimum_calls=0, slow_call_duration=0.05),
     )
-    client = await sidecar(sidecar_config(p))
+    client = await sidecar(sidecar_config(p), clock=clock)
     for _ in range(2):
         assert (await client.get("/p/x")).status == 200
     resp = await client.get("/p/x")
