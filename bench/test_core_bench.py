@@ -12,12 +12,12 @@ import time
 from multidict import CIMultiDict, CIMultiDictProxy
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from sidecar.breaker import CircuitBreaker, Outcome, Permit
 from sidecar.config import BreakerConfig, RetryConfig, RouteConfig
-from sidecar.h1client import H1Pool
 from sidecar.headers import REQUEST_DROP, filter_headers
-from sidecar.retry import RetryBudget, retry_delay
-from sidecar.routes import RouteTable
+from sidecar.policy.breaker import CircuitBreaker, Outcome, Permit
+from sidecar.policy.retry import RetryBudget, retry_delay
+from sidecar.policy.routes import RouteTable
+from sidecar.upstream.h1pool import H1Pool
 
 ROUTES = [
     RouteConfig(name="create_prediction", method="POST", path="/v1/predictions"),

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import SidecarConfig
-from .config_load import ConfigError, dump_effective, load_config
+from .config.load import ConfigError, dump_effective, load_config
 from .logs import configure_logging
 
 
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prometheus_client import disable_created_metrics
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    from .server import serve
+    from .web.server import serve
 
     _run(serve(config))
     return 0

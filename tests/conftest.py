@@ -15,7 +15,6 @@ from aiohttp import web
 from hypothesis import settings
 from yarl import URL
 
-from sidecar.app import create_app, runner_kwargs
 from sidecar.config import (
     AuthHeader,
     BreakerConfig,
@@ -25,9 +24,10 @@ from sidecar.config import (
     SidecarConfig,
     Timeouts,
 )
+from sidecar.web.app import create_app, runner_kwargs
 
-from .fake_provider import FakeProvider
-from .fakes import FakeClock
+from .support.fake_provider import FakeProvider
+from .support.fakes import FakeClock
 
 
 class RecordingSleep:

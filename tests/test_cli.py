@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import yaml
 
-from .process import start_sidecar
+from .support.process import start_sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 

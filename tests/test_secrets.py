@@ -16,8 +16,8 @@ from pathlib import Path
 
 import aiohttp
 
-from .process import start_sidecar
 from .reliability.faults import Fault, FaultProvider
+from .support.process import start_sidecar
 
 REPLICATE_KEY = "r8_FAKE_SECRET_1234567890abcdefABCDEF"
 ELEVEN_KEY = "el_FAKE_SECRET_0987654321zyxw"

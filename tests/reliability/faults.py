@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from sidecar.routing import CatchAllResource
+from sidecar.web.catch_all import CatchAllResource
 
 KINDS = (
     "ok", "status", "rate_limit", "reset", "reset_mid_body", "stall", "short_body", "trickle",

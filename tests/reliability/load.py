@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.errors import STATUS
 
-from ..process import Sidecar, start_sidecar
+from ..support.process import Sidecar, start_sidecar
 from .faults import OK_BODY, FaultMix, FaultProvider, mix
 
 MiB = 1024 * 1024

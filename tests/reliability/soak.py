@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sidecar.units import parse_duration
+from sidecar.config.units import parse_duration
 
 from .load import Spec, run_on_uvloop
 

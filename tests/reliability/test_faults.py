@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from sidecar.app import GATEWAY
 from sidecar.config import Timeouts
+from sidecar.web.app import GATEWAY
 
 from ..conftest import provider, sidecar_config
 from .faults import OK_BODY, Fault, FaultProvider

@@ -1,0 +1,346 @@
+"""Load, validate and dump the sidecar configuration (SPEC section 3).
+
+``load_config`` reads YAML, ``parse_config`` turns already-parsed YAML into the frozen model of
+``sidecar.config``: ``${VAR}`` expanded, environment overrides applied, defaults merged into each
+provider and each provider into its routes key by key. Every problem is collected and reported
+at once as ``dotted.key: message`` lines in a ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from . import schema as s
+from .dump import POLICY_KEYS, dump_effective
+from .model import (
+    OWN_ENDPOINTS,
+    RESERVED_NAMES,
+    AuthHeader,
+    BreakerConfig,
+    DownloadConfig,
+    HealthConfig,
+    MiB,
+    ProviderConfig,
+    RetryConfig,
+    RouteConfig,
+    ServerConfig,
+    SidecarConfig,
+    Timeouts,
+)
+from .units import format_duration
+
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses")
+PROXY_KEYS = ("upstream", "auth", "health", "routes")
+PROVIDER_KEYS = ("kind", "critical", *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
+ENV_BREAKER = (("CB_FAILURE_THRESHOLD", "failure_threshold"),
+               ("CB_RECOVERY_TIMEOUT", "recovery_timeout"),
+               ("CB_MONITORING_PERIOD", "monitoring_period"))
+EMBEDDED = "<embedded default.yaml>"
+__all__ = ["ConfigError", "dump_effective", "load_config", "parse_config"]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` holds one ``dotted.key: message`` per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """The policy keys shared by ``defaults``, a provider and (partly) a route."""
+
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    failure_statuses: frozenset[int] = frozenset({500, 502, 503, 504})
+    max_request_body: int = 100 * MiB
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_concurrent: int | None = None
+
+
+def load_config(path: str | None, environ: Mapping[str, str]) -> SidecarConfig:
+    """Load ``path``, else ``$SIDECAR_CONFIG``, else the embedded ``default.yaml``."""
+    source = path or environ.get("SIDECAR_CONFIG") or None
+    if source is None:
+        text = resources.files("sidecar.config").joinpath("default.yaml").read_text(encoding="utf-8")
+        return parse_config(_parse_yaml(text, EMBEDDED), environ)
+    try:
+        with open(source, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError([f"{source}: cannot read the configuration file: {reason}"]) from None
+    return parse_config(_parse_yaml(text, source), environ)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Hashable] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, Hashable) and not isinstance(key, list | dict):
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def _parse_yaml(text: str, source: str) -> object:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary tags
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {' '.join(str(exc).split())}"]) from None
+
+
+def parse_config(data: object, environ: Mapping[str, str]) -> SidecarConfig:
+    """Validate already-parsed YAML; raises ConfigError listing every problem found."""
+    problems = s.Problems()
+    raw = data
+    try:
+        data = _expand(data, environ)
+    except RecursionError:
+        raise ConfigError(["(top level): nested too deeply"]) from None
+    root = s.as_mapping(problems, "", data)
+    if root is None:
+        raise ConfigError(_unexpand(problems.items, raw, environ))
+    s.check_keys(problems, "", root, ("server", "defaults", "providers"))
+    server = _server(problems, root.get("server"))
+    defaults = _defaults(problems, root.get("defaults"), environ)
+    providers = _providers(problems, root.get("providers"), defaults, environ)
+    if problems.items:
+        raise ConfigError(_unexpand(problems.items, raw, environ))
+    return SidecarConfig(server=server, providers=MappingProxyType(providers))
+
+
+def _expand(value: object, environ: Mapping[str, str]) -> object:
+    """Replace ``${VAR}`` in every string value (not keys); unset variables become ""."""
+    if isinstance(value, str):
+        return ENV_REFERENCE.sub(lambda m: environ.get(m.group(1), ""), value)
+    if isinstance(value, Mapping):
+        return {key: _expand(item, environ) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, environ) for item in value]
+    return value
+
+
+def _unexpand(lines: list[str], raw: object, environ: Mapping[str, str]) -> list[str]:
+    """Problem lines quote bad values; one that came from ``${VAR}`` may be a secret: name VAR instead."""
+    for name in set(ENV_REFERENCE.findall(repr(raw))):
+        value = environ.get(name, "")
+        if len(value) >= 4:  # s.show() cuts a long repr to 56 characters of the value
+            ref = f"${{{name}}}"
+            lines = [line.replace(value, ref).replace(value[:56], ref) for line in lines]
+    return lines
+
+
+def _pick(block: Mapping[str, object], keys: tuple[str, ...]) -> dict[str, object]:
+    return {key: block[key] for key in keys if key in block}
+
+
+def _server(problems: s.Problems, raw: object) -> ServerConfig:
+    server = ServerConfig(**s.parse_fields(problems, "server", raw, s.SERVER_FIELDS))
+    if server.port and server.port == server.ops_port and server.host == server.ops_host:
+        problems.add("server.ops_port", f"must differ from server.port, got {server.port}")
+    return server
+
+
+def _policies(problems: s.Problems, path: str, block: Mapping[str, object],
+              base: Policies) -> Policies:
+    """``base`` with each key present in ``block`` overridden, nested blocks key by key."""
+    nested = (("breaker", s.BREAKER_FIELDS), ("retry", s.RETRY_FIELDS),
+              ("timeouts", s.TIMEOUT_FIELDS))
+    changes: dict[str, Any] = {}
+    for key, spec in nested:
+        if key in block:
+            values = s.parse_fields(problems, s.join(path, key), block[key], spec)
+            changes[key] = replace(getattr(base, key), **values)
+    scalars = _pick(block, tuple(s.POLICY_SCALARS))
+    changes.update(s.parse_fields(problems, path, scalars, s.POLICY_SCALARS))
+    return replace(base, **changes)
+
+
+def _check_breaker(problems: s.Problems, path: str, breaker: BreakerConfig) -> None:
+    ceiling = breaker.max_recovery_timeout
+    if ceiling is not None and ceiling < breaker.recovery_timeout:
+        problems.add(f"{path}.max_recovery_timeout",
+                     f"must be >= recovery_timeout ({format_duration(breaker.recovery_timeout)}),"
+                     f" got {format_duration(ceiling)}")
+
+
+def _defaults(problems: s.Problems, raw: object, environ: Mapping[str, str]) -> Policies:
+    block = s.as_mapping(problems, "defaults", raw) or {}
+    s.check_keys(problems, "defaults", block, POLICY_KEYS)
+    policies = _policies(problems, "defaults", block, Policies())
+    breaker = replace(policies.breaker, **_env_breaker(problems, environ))
+    _check_breaker(problems, "defaults.breaker", breaker)
+    return replace(policies, breaker=breaker)
+
+
+def _env_breaker(problems: s.Problems, environ: Mapping[str, str]) -> dict[str, Any]:
+    """``CB_*`` variables as breaker fields; times are integer milliseconds (or '30s')."""
+    values: dict[str, Any] = {}
+    for var, key in ENV_BREAKER:
+        raw = environ.get(var, "").strip()
+        if not raw:
+            continue
+        value: object = int(raw) if re.fullmatch(r"[0-9]{1,15}", raw) else raw
+        ok, result = s.convert(problems, var, value, s.BREAKER_FIELDS[key])
+        if ok:
+            values[key] = result
+    return values
+
+
+def _providers(problems: s.Problems, raw: object, defaults: Policies,
+               environ: Mapping[str, str]) -> dict[str, ProviderConfig]:
+    providers: dict[str, ProviderConfig] = {}
+    for name, body in (s.as_mapping(problems, "providers", raw) or {}).items():
+        path = s.join("providers", name)
+        if not s.PROVIDER_NAME.fullmatch(name):
+            problems.add(path, "a provider name must match [a-z0-9][a-z0-9_-]*")
+        elif name in RESERVED_NAMES:
+            problems.add(path, f"{name!r} is reserved " + (
+                "for the sidecar's own endpoints" if name in OWN_ENDPOINTS
+                else "as the metrics label of requests that name no provider"))
+        else:
+            provider = _provider(problems, name, body, defaults, environ)
+            if provider is not None:
+                providers[name] = provider
+    return providers
+
+
+def _provider(problems: s.Problems, name: str, raw: object, defaults: Policies,
+              environ: Mapping[str, str]) -> ProviderConfig | None:
+    path = s.join("providers", name)
+    block = s.as_mapping(problems, path, raw)
+    if block is None:
+        return None
+    s.check_keys(problems, path, block, PROVIDER_KEYS)
+    head = s.parse_fields(problems, path, _pick(block, ("kind", "critical")),
+                          {"kind": s.one_of("proxy", "download"), "critical": s.boolean})
+    policies = _policies(problems, path, _pick(block, POLICY_KEYS), defaults)
+    own_breaker = block.get("breaker")
+    if isinstance(own_breaker, Mapping) and {"recovery_timeout", "max_recovery_timeout"} & set(
+            own_breaker):
+        _check_breaker(problems, f"{path}.breaker", policies.breaker)
+    if block.get("kind") == "download":
+        parts = _download_parts(problems, name, path, block, environ)
+    else:
+        parts = _proxy_parts(problems, name, path, block, policies, environ)
+    inherited = {f.name: getattr(policies, f.name) for f in fields(Policies)}
+    return ProviderConfig(name=name, **head, **inherited, **parts)
+
+
+def _refuse(problems: s.Problems, path: str, block: Mapping[str, object],
+            keys: tuple[str, ...], why: str) -> None:
+    for key in keys:
+        if key in block:
+            problems.add(s.join(path, key), why)
+
+
+def _upstream_var(name: str) -> str:
+    return f"SIDECAR_{name.upper().replace('-', '_')}_UPSTREAM"
+
+
+def _download_parts(problems: s.Problems, name: str, path: str, block: Mapping[str, object],
+                    environ: Mapping[str, str]) -> dict[str, Any]:
+    _refuse(problems, path, block, PROXY_KEYS, "is not used by kind: download")
+    if environ.get(_upstream_var(name), "").strip():
+        problems.add(_upstream_var(name), f"provider {name} is kind: download: no upstream")
+    values = s.parse_fields(problems, path, _pick(block, tuple(s.DOWNLOAD_FIELDS)),
+                            s.DOWNLOAD_FIELDS)
+    return {"download": DownloadConfig(**values)}
+
+
+def _proxy_parts(problems: s.Problems, name: str, path: str, block: Mapping[str, object],
+                 policies: Policies, environ: Mapping[str, str]) -> dict[str, Any]:
+    _refuse(problems, path, block, tuple(s.DOWNLOAD_FIELDS), "is only for kind: download")
+    var = _upstream_var(name)
+    override = environ.get(var, "").strip()
+    where, raw = (var, override) if override else (f"{path}.upstream", block.get("upstream"))
+    ok, upstream = s.convert(problems, where, raw or "", s.upstream_url)
+    health = None
+    if block.get("health") is not None:
+        values = s.parse_fields(problems, f"{path}.health", block["health"], s.HEALTH_FIELDS)
+        health = HealthConfig(**values)
+    return {
+        "upstream": upstream if ok else "",
+        "auth": _auth(problems, f"{path}.auth", block.get("auth"), environ),
+        "health": health,
+        "routes": _routes(problems, f"{path}.routes", block.get("routes"), policies),
+    }
+
+
+def _auth(problems: s.Problems, path: str, raw: object,
+          environ: Mapping[str, str]) -> tuple[AuthHeader, ...]:
+    """One ``{header, prefix, env}`` mapping or a list of them; secrets come from ``environ``."""
+    if raw is None:
+        return ()
+    if isinstance(raw, Mapping):
+        entries = [(path, raw)]
+    elif isinstance(raw, list):
+        entries = [(s.join(path, index), entry) for index, entry in enumerate(raw)]
+    else:
+        problems.add(path, f"must be a mapping {{header, prefix, env}} or a list of them, "
+                           f"got {s.type_name(raw)}")
+        return ()
+    headers: list[AuthHeader] = []
+    for where, entry in entries:
+        values = s.parse_fields(problems, where, entry, s.AUTH_FIELDS, required=("header", "env"))
+        values.pop("value", None)
+        if "header" not in values or "env" not in values:
+            continue
+        if values["header"].lower() in {h.header.lower() for h in headers}:
+            problems.add(f"{where}.header", f"duplicate header {values['header']!r}")
+        secret = environ.get(values["env"], "").strip() or None
+        if secret is not None and ("\r" in secret or "\n" in secret):
+            problems.add(values["env"], "contains a line break (the value is not shown)")
+        headers.append(AuthHeader(**values, value=secret))
+    return tuple(headers)
+
+
+def _routes(problems: s.Problems, path: str, raw: object,
+            policies: Policies) -> tuple[RouteConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.add(path, f"must be a list of routes, got {s.type_name(raw)}")
+        return ()
+    routes: list[RouteConfig] = []
+    for index, entry in enumerate(raw):
+        route = _route(problems, s.join(path, index), entry, policies)
+        if route is not None:
+            if route.name in {r.name for r in routes}:
+                problems.add(s.join(path, index) + ".name", f"duplicate route {route.name!r}")
+            routes.append(route)
+    return tuple(routes)
+
+
+def _route(problems: s.Problems, path: str, raw: object, policies: Policies) -> RouteConfig | None:
+    block = s.as_mapping(problems, path, raw)
+    if block is None:
+        return None
+    s.check_keys(problems, path, block, (*s.ROUTE_FIELDS, *ROUTE_POLICY_KEYS))
+    before = len(problems.items)
+    values = s.parse_fields(problems, path, _pick(block, tuple(s.ROUTE_FIELDS)), s.ROUTE_FIELDS,
+                            required=("name", "path"))
+    merged = _policies(problems, path, _pick(block, ROUTE_POLICY_KEYS), policies)
+    if len(problems.items) != before:
+        return None
+    return RouteConfig(**values, retry=merged.retry, timeouts=merged.timeouts,
+                       failure_statuses=merged.failure_statuses)

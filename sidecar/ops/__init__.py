@@ -1,0 +1,1 @@
+"""The sidecar's own endpoints: health, probes, local checks, admin and metrics."""

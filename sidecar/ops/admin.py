@@ -1,0 +1,122 @@
+"""``/admin``: inspect breakers and override them (reset, force-open, disable).
+
+Access: when ``SIDECAR_ADMIN_TOKEN`` is set, every ``/admin`` request needs
+``Authorization: Bearer <token>`` (compared in constant time). When it is not set, ``/admin``
+answers only on connections that arrived on a loopback address of this host, i.e. from the pod
+itself (``kubectl exec``/``port-forward``), never from the cluster through the ops listener.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from ..errors import error_response
+from ..logs import get_logger
+from ..providers.registry import Gateway
+
+__all__ = ["TOKEN_ENV", "AdminHandlers", "is_loopback", "token_matches"]
+
+TOKEN_ENV = "SIDECAR_ADMIN_TOKEN"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_loopback(sockname: object) -> bool:
+    """True for an IPv4/IPv6 socket address on loopback (IPv4-mapped IPv6 included).
+
+    ``sockname`` is what ``transport.get_extra_info("sockname")`` returns: a (host, port[, ...])
+    tuple for TCP, a path string for a Unix socket (not loopback: its reach depends on file
+    permissions we don't control), or None.
+    """
+    if not isinstance(sockname, tuple) or not sockname or not isinstance(sockname[0], str):
+        return False
+    host = sockname[0].split("%", 1)[0]  # drop an IPv6 zone id
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    """``header`` is ``Bearer <token>`` (scheme case-insensitive); constant-time comparison."""
+    if not header:
+        return False
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape (and so does os.environ), so any
+    # bytes at all come back as the bytes that were sent instead of raising.
+    return hmac.compare_digest(_raw(given.strip()), _raw(token))
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+class AdminHandlers:
+    def __init__(self, gw: Gateway, environ: Mapping[str, str]) -> None:
+        self.gw = gw
+        self.token = environ.get(TOKEN_ENV) or None  # read once: changing env later changes nothing
+        self._log = get_logger("admin")
+        self._actions: dict[str, Callable[[str], None]] = {
+            "reset": lambda name: gw.providers[name].control.reset(),
+            "force-open": lambda name: gw.providers[name].control.force_open(),
+            "disable": lambda name: gw.providers[name].control.disable(),
+        }
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/admin/breakers", self._guard(self.breakers))
+        app.router.add_post("/admin/breakers/{provider}/{action}", self._guard(self.action))
+
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if self.token is not None:
+                if not token_matches(request.headers.get("Authorization"), self.token):
+                    resp = error_response("unauthorized", "admin requires Authorization: Bearer <token>")
+                    resp.headers["WWW-Authenticate"] = 'Bearer realm="sidecar-admin"'
+                    return resp
+            elif request.transport is None or not is_loopback(
+                request.transport.get_extra_info("sockname")
+            ):
+                return error_response(
+                    "forbidden",
+                    f"admin without {TOKEN_ENV} answers only on a loopback address",
+                )
+            return await handler(request)
+
+        return guarded
+
+    async def breakers(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"breakers": {name: rt.control.snapshot() for name, rt in self.gw.providers.items()}}
+        )
+
+    async def action(self, request: web.Request) -> web.Response:
+        name = request.match_info["provider"]
+        action = request.match_info["action"]
+        if name not in self.gw.providers:
+            return error_response(
+                "unknown_provider", "no such provider", provider=name,
+                extra={"known_providers": self.gw.known},
+            )
+        act = self._actions.get(action)
+        if act is None:
+            return error_response(
+                "bad_request", f"unknown action {action!r}; one of: {', '.join(self._actions)}",
+                provider=name,
+            )
+        breaker = self.gw.providers[name].control
+        before = breaker.state.value
+        act(name)
+        snapshot = breaker.snapshot()
+        self._log.warning(
+            "admin_action", provider=name, action=action, from_state=before,
+            state=snapshot["state"], remote=request.remote,
+        )
+        return web.json_response({"provider": name, **snapshot})

@@ -1,0 +1,241 @@
+"""The request handler for ``/<provider>/<rest>``: route, build the outbound request, stream back.
+
+The provider is taken from the raw (still percent-encoded) request target, and the upstream URL is
+the configured base plus the rest *as received*: nothing the client sends can change the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..config import RouteConfig
+from ..errors import RequestBodyError, SidecarError, to_response
+from ..headers import (
+    ATTEMPTS,
+    IDEMPOTENCY_KEY,
+    REQUEST_DROP,
+    REQUEST_ID,
+    RESPONSE_DROP,
+    filter_headers,
+)
+from ..policy.retry import request_is_retryable
+from ..upstream.attempts import AttemptLoop, Body, Outbound
+from ..upstream.h1pool import H1Response
+from .registry import ProviderRuntime
+
+# Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
+_SMALL_BODY = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+# What reading a request body raises when the client disconnects before sending all of it.
+_CLIENT_GONE = (OSError, asyncio.IncompleteReadError, aiohttp.ClientError)
+
+
+class _LimitedStream:
+    """A request body streamed upstream once, cut at the provider's limit.
+
+    Going over it raises ``RequestBodyError``, which ends the attempt as the client's fault: the
+    client gets 413 and the provider's breaker hears nothing of it.
+    """
+
+    __slots__ = ("_content", "_limit", "_prefix")
+
+    def __init__(self, prefix: bytes, content: aiohttp.StreamReader, limit: int) -> None:
+        self._prefix = prefix
+        self._content = content
+        self._limit = limit
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        total = len(self._prefix)
+        if self._prefix:
+            yield self._prefix
+        async for chunk in self._content.iter_any():
+            total += len(chunk)
+            if total > self._limit:
+                raise RequestBodyError("body_too_large", f"request body exceeds {self._limit} bytes")
+            yield chunk
+
+
+def split_target(raw_path: str) -> tuple[str, str, str]:
+    """``/name/rest?q`` -> (name, "/rest", "q"); the rest stays percent-encoded."""
+    path, _, query = raw_path.partition("?")
+    slash = path.find("/", 1)
+    if slash < 0:
+        return path[1:], "", query
+    return path[1:slash], path[slash:], query
+
+
+def upstream_target(prefix: str, rest: str, query: str) -> str:
+    """The origin-form target sent upstream: the upstream's path prefix, then the rest as received."""
+    return prefix + (rest or "/") + ("?" + query if query else "")
+
+
+async def read_body(
+    request: web.Request, rt: ProviderRuntime, buffer_limit: int, want_replay: bool, wait: float
+) -> tuple[Body, bool]:
+    """The body to send and whether it can be sent again (only what was kept in memory).
+
+    Keeping a body means waiting for all of it: a client that trickles it gets ``wait`` seconds (the
+    request's total timeout), then 408, so it cannot hold the handler forever. (A streamed body is
+    bounded by the attempt's own timeout instead.)
+    """
+    if not request.body_exists:
+        return None, True
+    try:
+        if request.content.is_eof():  # the common case: it came whole with the head; no timer
+            return await _read_body(request, rt, buffer_limit, want_replay)
+        async with asyncio.timeout(wait):
+            return await _read_body(request, rt, buffer_limit, want_replay)
+    except TimeoutError:
+        raise SidecarError(
+            "request_timeout", f"request body not received within {wait:.3g}s", provider=rt.name
+        ) from None
+    except _CLIENT_GONE:
+        # The client's fault (it went away mid-body), never the provider's: a 400 that it will
+        # most likely not read, but that the metrics and the breaker see as a client error.
+        raise SidecarError("bad_request", "request body incomplete", provider=rt.name) from None
+
+
+async def _read_body(
+    request: web.Request, rt: ProviderRuntime, buffer_limit: int, want_replay: bool
+) -> tuple[Body, bool]:
+    limit = rt.config.max_request_body
+    length = request.content_length
+    if length is not None and length > limit:
+        raise SidecarError(
+            "body_too_large", f"request body of {length} bytes exceeds {limit}", provider=rt.name
+        )
+    # Never keep more than the limit: a chunked body that ends below the buffering threshold but
+    # above max_request_body must still be refused.
+    keep = min(buffer_limit if want_replay else _SMALL_BODY, limit)
+    if length is not None:
+        if length <= keep:
+            return await request.content.readexactly(length), True
+        return _LimitedStream(b"", request.content, limit), False
+    chunks: list[bytes] = []
+    size = 0
+    while size <= keep:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise SidecarError(
+            "body_too_large", f"request body exceeds {limit} bytes", provider=rt.name
+        )
+    return _LimitedStream(b"".join(chunks), request.content, limit), False
+
+
+class ProxyHandler:
+    """Forwards one client request through its provider's breaker and retry policy."""
+
+    def __init__(self, loop: AttemptLoop) -> None:
+        self._loop = loop
+
+    async def forward(
+        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str,
+        policy: RouteConfig, request_id: str,
+    ) -> web.StreamResponse:
+        """Build the outbound request, send it through the attempt loop, and relay the answer."""
+        headers = filter_headers(request.headers, REQUEST_DROP)
+        headers[REQUEST_ID] = request_id
+        for name, value in rt.auth_headers:
+            if name not in headers:
+                headers[name] = value
+        eligible = (
+            request_is_retryable(request.method, IDEMPOTENCY_KEY in headers, policy.idempotent)
+            and policy.retry.max_attempts > 1
+        )
+        try:
+            body, replayable = await read_body(
+                request, rt, policy.retry.max_buffered_body, eligible, policy.timeouts.total
+            )
+        except SidecarError as refused:
+            return _with_request_id(to_response(refused), request_id)
+        pool = rt.pool
+        if pool is None:
+            raise RuntimeError(f"provider {rt.name}: gateway not started")
+        out = Outbound(
+            method=request.method,
+            url=None,
+            headers=headers,
+            body=body,
+            policy=policy,
+            retryable=eligible and replayable,
+            target=upstream_target(pool.prefix, rest, query),
+        )
+        exchange = await self._loop.run_pooled(rt, pool, out)
+        if exchange.response is None:
+            assert exchange.error is not None
+            return _with_request_id(to_response(exchange.error), request_id)
+        return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
+
+
+def _with_request_id(resp: web.Response, request_id: str) -> web.Response:
+    resp.headers[REQUEST_ID] = request_id
+    return resp
+
+
+async def relay(
+    request: web.Request,
+    up: H1Response,
+    attempts: int,
+    request_id: str,
+    provider: str,
+) -> web.StreamResponse:
+    """Send the upstream's answer back: small bodies in one write, larger ones streamed."""
+    headers = filter_headers(up.headers, RESPONSE_DROP)
+    headers[ATTEMPTS] = str(attempts)
+    headers[REQUEST_ID] = request_id
+    length = up.content_length
+    try:
+        if request.method == "HEAD" or up.status in _NO_BODY_STATUSES:
+            up.release()
+            resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
+            if length is not None:
+                resp.content_length = length
+            return resp
+        if length is not None and length <= _SMALL_BODY:
+            body = await up.read()
+            up.release()
+            return web.Response(status=up.status, reason=up.reason, headers=headers, body=body)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        up.close()
+        err = SidecarError(
+            "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_unreachable",
+            f"response body failed: {type(exc).__name__}",
+            provider=provider,
+            attempts=attempts,
+        )
+        return _with_request_id(to_response(err), request_id)
+    return await _stream(request, up, headers, length)
+
+
+async def _stream(
+    request: web.Request, up: H1Response, headers: CIMultiDict[str], length: int | None
+) -> web.StreamResponse:
+    resp = web.StreamResponse(status=up.status, reason=up.reason, headers=headers)
+    if length is not None:
+        resp.content_length = length
+    try:
+        await resp.prepare(request)
+        async for chunk in up.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        # The upstream died mid-body or the client went away: abort the client's connection so a
+        # truncated body can never look complete (aiohttp's final write_eof then fails quietly).
+        up.close()
+        if request.transport is not None:
+            request.transport.abort()
+    finally:
+        up.release()
+    return resp

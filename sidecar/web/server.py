@@ -1,0 +1,151 @@
+"""Run both listeners, and shut down the way a sidecar must.
+
+On SIGTERM/SIGINT readiness turns 503 at once, but both listeners keep serving for
+``server.drain_time`` (the bot beside us is shutting down too and still makes its last calls);
+then they stop accepting, in-flight requests get ``server.shutdown_grace``, and the process exits 0.
+
+Both listeners also bound how long a client may take to send a request head (slowloris): aiohttp
+only has an idle timeout, so ``SidecarRunner`` makes connections whose head must be complete within
+``header_read_timeout`` of its first byte, or they get a 408 and are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..config import SidecarConfig
+from ..logs import get_logger
+from ..ops.metrics import Metrics
+from ..providers.registry import Gateway
+from .app import Role, create_app, runner_kwargs
+
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _HeadTimeoutHandler(web.RequestHandler):
+    """aiohttp's protocol, plus a deadline from the first byte of a request head to its end."""
+
+    __slots__ = ("_head_count", "_head_timeout", "_head_timer")
+
+    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_count = 0
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes while no request is queued or being handled start a head.
+        idle = not self._request_in_progress and not self._messages
+        starts = bool(data) and self._head_timer is None and idle
+        count = self._request_count
+        super().data_received(data)
+        if self._head_timer is not None:
+            if self._request_count != self._head_count:
+                self._head_timer.cancel()  # a whole request was parsed
+                self._head_timer = None
+        elif starts and self._request_count == count and self.transport is not None:
+            # Time only a head that this read left incomplete: a request usually arrives whole, and
+            # a timer armed and cancelled per request was ~3% of the CPU under load.
+            self._head_count = count
+            self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        # Body bytes of a request already being handled are not a slow head.
+        if self._request_count != self._head_count or self._request_in_progress or self._messages:
+            return
+        if self.transport is not None:
+            self.transport.write(_REQUEST_TIMEOUT)
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+
+class _HeadTimeoutServer(web.Server):
+    def __init__(self, base: web.Server, head_timeout: float) -> None:
+        # aiohttp builds its Server inside the app; rebuild it with the same settings.
+        super().__init__(
+            base.request_handler, request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation, loop=base._loop, **base._kwargs,
+        )
+        self._head_timeout = head_timeout
+
+    def __call__(self) -> web.RequestHandler:
+        return _HeadTimeoutHandler(self, loop=self._loop, head_timeout=self._head_timeout, **self._kwargs)
+
+
+class SidecarRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections time out a slow request head (``header_read_timeout``)."""
+
+    __slots__ = ("_head_timeout",)
+
+    def __init__(
+        self, app: web.Application, *, header_read_timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._head_timeout = header_read_timeout
+
+    async def _make_server(self) -> web.Server:
+        return _HeadTimeoutServer(await super()._make_server(), self._head_timeout)
+
+
+async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> None:
+    log = get_logger("server")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gw = Gateway(config, metrics=Metrics(__version__))
+    await gw.start()
+    srv = config.server
+    runners: list[web.AppRunner] = []
+    try:
+        bound: dict[str, str] = {}
+        listeners: tuple[tuple[Role, str, int], ...] = (
+            ("proxy", srv.host, srv.port),
+            ("ops", srv.ops_host, srv.ops_port),
+        )
+        for role, host, port in listeners:
+            runner = SidecarRunner(
+                create_app(config, role=role, gateway=gw),
+                header_read_timeout=srv.header_read_timeout, **runner_kwargs(config),
+            )
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+            await site.start()
+            bound[role] = _address(runner)
+        log.info(
+            "listening",
+            version=__version__,
+            proxy=bound["proxy"],
+            ops=bound["ops"],
+            providers=gw.known,
+        )
+        await stop.wait()
+        gw.draining = True
+        log.warning("draining", drain_time=srv.drain_time, shutdown_grace=srv.shutdown_grace)
+        await asyncio.sleep(srv.drain_time)
+        log.warning("stopping", inflight=sum(rt.inflight for rt in gw.providers.values()))
+    finally:
+        # cleanup() closes the listening sockets, then waits up to shutdown_grace for handlers.
+        await asyncio.gather(*(r.cleanup() for r in runners))
+        await gw.close()
+        log.info("stopped")
+
+
+def _address(runner: web.AppRunner) -> str:
+    addrs = runner.addresses
+    if not addrs:
+        return "?"
+    host, port = addrs[0][0], addrs[0][1]
+    return f"{host}:{port}"

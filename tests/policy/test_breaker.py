@@ -1,0 +1,443 @@
+"""The circuit breaker: the original system's 11 tests as behaviours, then one test per old bug."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar.config import BreakerConfig
+from sidecar.policy.breaker import (
+    LEGAL_TRANSITIONS,
+    BreakerState,
+    CircuitBreaker,
+    Outcome,
+    Permit,
+    Rejection,
+    Transition,
+)
+from sidecar.policy.window import SlidingCounter
+from tests.support.fakes import FakeClock
+
+S = BreakerState
+START = 1000.0
+# The original test suite's breaker: 3 failures, 1 s recovery, 5 s window, 2 successes to close.
+ORIGINAL = BreakerConfig(
+    failure_threshold=3, recovery_timeout=1.0, monitoring_period=5.0, success_threshold=2
+)
+# Only the rate rule can open this one.
+RATE_ONLY = BreakerConfig(
+    failure_threshold=1000, monitoring_period=60.0, failure_rate_threshold=0.5, minimum_calls=10
+)
+
+
+class Rig:
+    """A breaker on a fake clock, with every transition it emits collected in order."""
+
+    def __init__(self, config: BreakerConfig = ORIGINAL) -> None:
+        self.clock = FakeClock(START)
+        self.events: list[Transition] = []
+        self.breaker = CircuitBreaker(
+            "test-service", config, clock=self.clock, on_transition=self.events.append
+        )
+
+    def permit(self) -> Permit:
+        got = self.breaker.acquire()
+        assert isinstance(got, Permit), got
+        return got
+
+    def call(self, outcome: Outcome, times: int = 1, duration: float | None = None) -> None:
+        for _ in range(times):
+            self.breaker.record(self.permit(), outcome, duration)
+
+    def fail(self, times: int = 1) -> None:
+        self.call(Outcome.FAILURE, times)
+
+    def succeed(self, times: int = 1) -> None:
+        self.call(Outcome.SUCCESS, times)
+
+    def stat(self, key: str) -> object:
+        return self.breaker.snapshot()[key]
+
+    def open_it(self) -> None:
+        self.fail(self.breaker.config.failure_threshold)
+        assert self.breaker.state is S.OPEN
+
+
+def t(source: S, target: S, reason: str, at: float) -> Transition:
+    return Transition("test-service", source, target, reason, at)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return Rig()
+
+
+# --- the original system's 11 tests, as behaviours of the new breaker -----------------------
+
+
+def test_starts_closed_with_empty_counters(rig: Rig) -> None:
+    """A new breaker is CLOSED, has counted nothing and has emitted no transition."""
+    assert rig.breaker.state is S.CLOSED
+    assert rig.stat("consecutive_failures") == 0
+    assert rig.stat("half_open_successes") == 0
+    assert rig.stat("total_calls") == 0
+    assert rig.events == []
+
+
+def test_success_when_closed_is_admitted_and_counted(rig: Rig) -> None:
+    """A successful call goes through CLOSED and is counted once in totals and the window."""
+    rig.succeed()
+    assert rig.breaker.state is S.CLOSED
+    assert (rig.stat("total_calls"), rig.stat("total_successes")) == (1, 1)
+    assert rig.stat("window_calls") == 1
+
+
+def test_success_resets_the_failure_run(rig: Rig) -> None:
+    """A success between failures starts the consecutive-failure count again."""
+    rig.fail()
+    assert rig.stat("consecutive_failures") == 1
+    rig.succeed()
+    assert rig.stat("consecutive_failures") == 0
+    rig.fail(2)
+    assert rig.breaker.state is S.CLOSED
+
+
+def test_failures_below_threshold_stay_closed(rig: Rig) -> None:
+    """Two failures against a threshold of three leave the breaker CLOSED."""
+    rig.fail(2)
+    assert rig.breaker.state is S.CLOSED
+    assert (rig.stat("consecutive_failures"), rig.stat("total_failures")) == (2, 2)
+    assert rig.events == []
+
+
+def test_threshold_failures_open_the_breaker(rig: Rig) -> None:
+    """The third consecutive failure opens it, and that is reported as one transition."""
+    rig.fail(3)
+    assert rig.events == [t(S.CLOSED, S.OPEN, "consecutive_failures", START)]
+    assert rig.stat("consecutive_failures") == 3
+    assert rig.stat("opened_count") == 1
+
+
+def test_open_breaker_rejects_without_admitting_a_call(rig: Rig) -> None:
+    """While OPEN, acquire returns a Rejection saying when trials start, not a Permit."""
+    rig.open_it()
+    assert rig.breaker.acquire() == Rejection(S.OPEN, 1.0)
+    assert rig.stat("total_rejected") == 1
+    assert rig.stat("total_calls") == 3
+
+
+def test_recovery_timeout_moves_to_half_open(rig: Rig) -> None:
+    """Once recovery_timeout has passed the breaker is HALF_OPEN; one success is not enough."""
+    rig.open_it()
+    rig.clock.advance(1.0)
+    assert rig.breaker.state is S.HALF_OPEN
+    rig.succeed()
+    assert rig.breaker.state is S.HALF_OPEN
+    assert rig.stat("half_open_successes") == 1
+    assert rig.events == [
+        t(S.CLOSED, S.OPEN, "consecutive_failures", START),
+        t(S.OPEN, S.HALF_OPEN, "recovery_timeout_elapsed", START + 1.0),
+    ]
+
+
+def test_success_threshold_trials_close_it(rig: Rig) -> None:
+    """Two consecutive trial successes close the breaker with fresh counters."""
+    rig.open_it()
+    rig.clock.advance(1.0)
+    rig.succeed(2)
+    assert rig.breaker.state is S.CLOSED
+    assert rig.stat("consecutive_failures") == 0
+    assert rig.stat("window_calls") == 0
+    assert [e.reason for e in rig.events] == [
+        "consecutive_failures",
+        "recovery_timeout_elapsed",
+        "trials_succeeded",
+    ]
+
+
+def test_trial_failure_reopens(rig: Rig) -> None:
+    """A failed trial sends the breaker straight back to OPEN."""
+    rig.open_it()
+    rig.clock.advance(1.0)
+    rig.fail()
+    assert rig.breaker.state is S.OPEN
+    assert rig.events[-1] == t(S.HALF_OPEN, S.OPEN, "trial_failed", START + 1.0)
+    assert rig.stat("opened_count") == 2
+
+
+def test_statistics_track_every_outcome(rig: Rig) -> None:
+    """Totals count every recorded call; the run of failures reflects only the latest calls."""
+    rig.succeed()
+    rig.fail()
+    rig.succeed()
+    snap = rig.breaker.snapshot()
+    assert (snap["total_calls"], snap["total_successes"], snap["total_failures"]) == (3, 2, 1)
+    assert (snap["window_calls"], snap["window_failures"], snap["failure_rate"]) == (3, 1, 0.3333)
+    assert snap["consecutive_failures"] == 0
+
+
+def test_reset_returns_to_closed_with_fresh_counters(rig: Rig) -> None:
+    """reset() closes an open breaker, clears its counters and keeps the lifetime totals."""
+    rig.open_it()
+    rig.breaker.reset()
+    assert rig.breaker.state is S.CLOSED
+    assert rig.events[-1] == t(S.OPEN, S.CLOSED, "admin_reset", START)
+    assert (rig.stat("consecutive_failures"), rig.stat("window_calls")) == (0, 0)
+    assert rig.stat("total_failures") == 3
+    rig.fail(2)
+    assert rig.breaker.state is S.CLOSED
+
+
+# --- regressions: one per bug of the original breaker ----------------------------------------
+
+
+def test_failures_spread_wider_than_monitoring_period_do_not_open(rig: Rig) -> None:
+    """Three failures spanning more than the 5 s window don't open it; three within it do."""
+    rig.fail()
+    rig.clock.advance(3.0)
+    rig.fail()
+    rig.clock.advance(3.0)
+    rig.fail()
+    assert rig.breaker.state is S.CLOSED
+    rig.clock.advance(1.0)
+    rig.fail()  # the last three now span 4 s
+    assert rig.events == [t(S.CLOSED, S.OPEN, "consecutive_failures", START + 7.0)]
+
+
+def test_half_open_admits_only_max_calls_trials_at_once() -> None:
+    """HALF_OPEN hands out half_open_max_calls trial permits; the rest are told to retry in 1 s."""
+    rig = Rig(BreakerConfig(failure_threshold=1, recovery_timeout=1.0, half_open_max_calls=2))
+    rig.open_it()
+    rig.clock.advance(1.0)
+    first, second = rig.permit(), rig.permit()
+    assert first.trial and second.trial
+    assert rig.breaker.acquire() == Rejection(S.HALF_OPEN, 1.0)
+    assert rig.stat("half_open_in_flight") == 2
+    rig.breaker.record(first, Outcome.SUCCESS)
+    assert rig.permit().trial
+
+
+def test_late_failure_from_before_opening_does_not_extend_open_period(rig: Rig) -> None:
+    """A call admitted while CLOSED that fails after the breaker opened changes nothing."""
+    late = rig.permit()
+    rig.open_it()
+    rig.clock.advance(0.5)
+    rig.breaker.record(late, Outcome.FAILURE)
+    assert rig.breaker.acquire() == Rejection(S.OPEN, 0.5)
+    rig.clock.advance(0.5)
+    assert rig.breaker.state is S.HALF_OPEN
+    assert len(rig.events) == 2
+    assert rig.stat("total_failures") == 4
+
+
+def test_late_closed_success_is_not_a_trial(rig: Rig) -> None:
+    """A CLOSED-era success landing in HALF_OPEN neither counts as a trial nor frees a slot."""
+    late = rig.permit()
+    rig.open_it()
+    rig.clock.advance(1.0)
+    trial = rig.permit()
+    rig.breaker.record(late, Outcome.SUCCESS)
+    assert rig.stat("half_open_successes") == 0
+    assert rig.stat("half_open_in_flight") == 1
+    rig.breaker.record(trial, Outcome.SUCCESS)
+    assert rig.stat("half_open_successes") == 1
+
+
+def test_trial_outcome_after_reopening_is_ignored() -> None:
+    """When one trial re-opens the breaker, a sibling trial's late success doesn't close it."""
+    rig = Rig(BreakerConfig(failure_threshold=1, success_threshold=1, half_open_max_calls=2))
+    rig.open_it()
+    rig.clock.advance(30.0)
+    first, second = rig.permit(), rig.permit()
+    rig.breaker.record(first, Outcome.FAILURE)
+    rig.breaker.record(second, Outcome.SUCCESS)
+    assert rig.breaker.state is S.OPEN
+    assert [e.reason for e in rig.events][-1] == "trial_failed"
+
+
+def test_failure_rate_opens_it() -> None:
+    """Half the calls in the window failing, with minimum_calls reached, opens it."""
+    rig = Rig(RATE_ONLY)
+    for _ in range(4):
+        rig.succeed()
+        rig.fail()
+    rig.succeed()
+    assert rig.breaker.state is S.CLOSED  # 4 of 9: too few calls and too low a rate
+    rig.fail()
+    assert rig.events == [t(S.CLOSED, S.OPEN, "failure_rate", START)]
+
+
+def test_failure_rate_forgets_calls_older_than_the_window() -> None:
+    """Failures that slid out of monitoring_period no longer weigh on the rate."""
+    rig = Rig(RATE_ONLY)
+    rig.fail(9)
+    rig.clock.advance(61.0)
+    rig.succeed(9)
+    rig.fail()
+    assert rig.breaker.state is S.CLOSED
+    assert (rig.stat("window_calls"), rig.stat("window_failures")) == (10, 1)
+
+
+def test_minimum_calls_zero_disables_the_rate_rule() -> None:
+    """With minimum_calls 0 even a 50 % failure rate over many calls never opens it."""
+    rig = Rig(BreakerConfig(failure_threshold=1000, failure_rate_threshold=0.5, minimum_calls=0))
+    for _ in range(100):
+        rig.fail()
+        rig.succeed()
+    assert rig.breaker.state is S.CLOSED
+    assert rig.events == []
+
+
+def test_open_time_doubles_up_to_the_cap_and_returns_to_base_on_close() -> None:
+    """Each trial failure doubles the open time up to max_recovery_timeout; closing restores it."""
+    rig = Rig(BreakerConfig(failure_threshold=1, recovery_timeout=1.0, max_recovery_timeout=3.0))
+    rig.open_it()
+    seen = []
+    for _ in range(3):
+        seen.append(rig.stat("current_recovery_timeout_seconds"))
+        rig.clock.advance(rig.stat("retry_after_seconds"))  # type: ignore[arg-type]
+        rig.fail()
+    assert seen == [1.0, 2.0, 3.0]
+    assert rig.breaker.acquire() == Rejection(S.OPEN, 3.0)
+    rig.clock.advance(3.0)
+    rig.succeed(2)
+    rig.fail()
+    assert rig.breaker.acquire() == Rejection(S.OPEN, 1.0)
+
+
+def test_open_time_stays_at_recovery_timeout_without_a_cap(rig: Rig) -> None:
+    """Without max_recovery_timeout every re-open lasts exactly recovery_timeout."""
+    rig.open_it()
+    rig.clock.advance(1.0)
+    rig.fail()
+    assert rig.breaker.acquire() == Rejection(S.OPEN, 1.0)
+
+
+def test_forced_open_rejects_until_reset(rig: Rig) -> None:
+    """force_open() rejects with no retry time, whatever the clock does, until reset()."""
+    rig.breaker.force_open()
+    rig.clock.advance(3600.0)
+    assert rig.breaker.acquire() == Rejection(S.FORCED_OPEN, None)
+    assert rig.stat("retry_after_seconds") is None
+    rig.breaker.reset()
+    assert rig.events == [
+        t(S.CLOSED, S.FORCED_OPEN, "admin_force_open", START),
+        t(S.FORCED_OPEN, S.CLOSED, "admin_reset", START + 3600.0),
+    ]
+
+
+def test_disabled_admits_everything_and_never_trips(rig: Rig) -> None:
+    """A disabled breaker lets every call through and still counts them."""
+    rig.breaker.disable()
+    rig.fail(10)
+    assert rig.breaker.state is S.DISABLED
+    assert (rig.stat("total_failures"), rig.stat("window_failures")) == (10, 10)
+    rig.breaker.reset()
+    assert [(e.to_state, e.reason) for e in rig.events] == [
+        (S.DISABLED, "admin_disable"),
+        (S.CLOSED, "admin_reset"),
+    ]
+
+
+def test_admin_actions_already_in_effect_emit_nothing(rig: Rig) -> None:
+    """Resetting a closed breaker or repeating force_open/disable is not a state transition."""
+    rig.fail(2)
+    rig.breaker.reset()
+    assert rig.stat("consecutive_failures") == 0
+    rig.breaker.force_open()
+    rig.breaker.force_open()
+    rig.breaker.disable()
+    rig.breaker.disable()
+    assert [e.reason for e in rig.events] == ["admin_force_open", "admin_disable"]
+
+
+def test_slow_successes_count_as_failures() -> None:
+    """A success slower than slow_call_duration is a failure; exactly at the limit it is not."""
+    rig = Rig(BreakerConfig(failure_threshold=2, slow_call_duration=2.0))
+    rig.call(Outcome.SUCCESS, duration=2.0)
+    assert rig.stat("window_failures") == 0
+    rig.call(Outcome.SUCCESS, duration=2.5)
+    permit = rig.permit()
+    rig.clock.advance(3.0)
+    rig.breaker.record(permit, Outcome.SUCCESS)  # no duration given: measured from the permit
+    assert rig.events == [t(S.CLOSED, S.OPEN, "consecutive_failures", START + 3.0)]
+
+
+def test_ignored_outcomes_count_nowhere(rig: Rig) -> None:
+    """IGNORED neither breaks a failure run nor counts as a call."""
+    rig.fail(2)
+    rig.call(Outcome.IGNORED, times=5)
+    assert rig.stat("total_calls") == 2
+    rig.fail()
+    assert rig.breaker.state is S.OPEN
+
+
+def test_ignored_trial_frees_its_slot(rig: Rig) -> None:
+    """A cancelled trial gives its HALF_OPEN slot back without counting as a success."""
+    rig.open_it()
+    rig.clock.advance(1.0)
+    trial = rig.permit()
+    assert isinstance(rig.breaker.acquire(), Rejection)
+    rig.breaker.record(trial, Outcome.IGNORED)
+    assert rig.stat("half_open_successes") == 0
+    assert rig.permit().trial
+
+
+def test_retry_after_counts_down_to_the_trials(rig: Rig) -> None:
+    """OPEN rejections and the snapshot say how long until trials; other states say null."""
+    assert rig.stat("retry_after_seconds") is None
+    rig.open_it()
+    rig.clock.advance(0.25)
+    assert rig.breaker.acquire() == Rejection(S.OPEN, 0.75)
+    assert rig.stat("retry_after_seconds") == 0.75
+    rig.clock.advance(0.75)
+    assert rig.stat("retry_after_seconds") is None
+
+
+def test_snapshot_has_the_design_keys_and_is_json() -> None:
+    """snapshot() returns exactly the documented keys and survives json.dumps."""
+    rig = Rig()
+    rig.fail()
+    snap = rig.breaker.snapshot()
+    assert set(snap) == {
+        "state", "consecutive_failures", "window_calls", "window_failures", "failure_rate",
+        "half_open_in_flight", "half_open_successes", "current_recovery_timeout_seconds",
+        "retry_after_seconds", "opened_count", "total_calls", "total_successes",
+        "total_failures", "total_rejected", "config",
+    }  # fmt: skip
+    assert json.loads(json.dumps(snap))["config"]["failure_threshold"] == 3
+    assert snap["state"] == "closed"
+
+
+def test_transition_callback_sees_the_new_state(rig: Rig) -> None:
+    """on_transition runs after the change, so a listener reading the breaker sees the new state."""
+    seen: list[object] = []
+    breaker = CircuitBreaker(
+        "x", ORIGINAL, clock=rig.clock, on_transition=lambda _: seen.append(breaker.snapshot())
+    )
+    for _ in range(3):
+        permit = breaker.acquire()
+        assert isinstance(permit, Permit)
+        breaker.record(permit, Outcome.FAILURE)
+    assert seen[0]["state"] == "open"  # type: ignore[index]
+    assert seen[0]["retry_after_seconds"] == 1.0  # type: ignore[index]
+
+
+def test_legal_transition_table() -> None:
+    """Automatic edges follow the state diagram; admins may move any state to their target."""
+    assert (S.CLOSED, S.HALF_OPEN) not in LEGAL_TRANSITIONS
+    assert LEGAL_TRANSITIONS[(S.OPEN, S.CLOSED)] == {"admin_reset"}
+    assert LEGAL_TRANSITIONS[(S.CLOSED, S.OPEN)] == {"consecutive_failures", "failure_rate"}
+    assert LEGAL_TRANSITIONS[(S.FORCED_OPEN, S.DISABLED)] == {"admin_disable"}
+    assert (S.FORCED_OPEN, S.FORCED_OPEN) not in LEGAL_TRANSITIONS
+
+
+def test_sliding_counter_granularity() -> None:
+    """Events are kept for at least period minus one bucket and forgotten after the full period."""
+    counter = SlidingCounter(period=60.0, buckets=60)
+    counter.add(1000.0, 5)
+    assert counter.total(1058.9) == 5
+    assert counter.total(1060.0) == 0
+    counter.add(2000.5)
+    assert counter.total(1_000_000.0) == 0  # a long idle empties it in bounded work
