@@ -18,8 +18,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..upstream.observer import ATTEMPT_RESULTS
+
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
-ATTEMPT_RESULTS = ("success", "failure", "timeout", "connect_error")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "OperationMetrics", "ProviderMetrics"]

@@ -20,10 +20,10 @@ from yarl import URL
 from ..config import RetryConfig, RouteConfig
 from ..errors import RequestBodyError, SidecarError
 from ..headers import RETRY_AFTER
-from ..ops.metrics import ProviderMetrics
 from ..policy.breaker import BreakerState, CircuitBreaker, Outcome, Permit, Rejection
 from ..policy.retry import RetryBudget, parse_retry_after, retry_delay
 from .h1pool import H1Pool, H1Response, PoolTimeout
+from .observer import AttemptMetrics
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -45,7 +45,9 @@ class Target(Protocol):
 
     breaker: CircuitBreaker
     budget: RetryBudget
-    metrics: ProviderMetrics
+
+    @property
+    def metrics(self) -> AttemptMetrics: ...
 
     @property
     def name(self) -> str: ...
