@@ -5,6 +5,10 @@ breaker, created on first use and kept in an LRU of bounded size. Retry budget, 
 client session stay the provider's; metric labels stay ``provider=<name>``, so cardinality is
 bounded whatever hosts the bot downloads from.
 
+Pure like ``breaker``: no I/O, no metrics, no logging. Whoever builds the set listens to it:
+``on_transition(host, transition)`` for every host breaker's state change and ``on_evict(host)``
+when a host leaves the table.
+
 The provider's own state (``sidecar_breaker_state``, /admin) is the admin mode when one is set
 (``forced_open``/``disabled``), else the worst state among its hosts (open > half_open > closed),
 where a host counts while it is OPEN or was used within ``monitoring_period``. Admin actions on
@@ -18,28 +22,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-
 from ..config import BreakerConfig
-from ..logs import get_logger
-from ..ops.metrics import ProviderMetrics
 from .breaker import BreakerState, CircuitBreaker, Transition
-from .retry import RetryBudget
 
 DEFAULT_CAPACITY = 256
 _RANK = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-
-
-@dataclass(slots=True)
-class HostTarget:
-    """One download host as the attempt loop sees it (``upstream.Target``)."""
-
-    name: str
-    host: str
-    breaker: CircuitBreaker
-    budget: RetryBudget
-    metrics: ProviderMetrics
-    session: aiohttp.ClientSession
 
 
 @dataclass(slots=True)
@@ -57,21 +44,22 @@ class HostBreakers:
         config: BreakerConfig,
         *,
         clock: Callable[[], float],
-        metrics: ProviderMetrics,
+        on_transition: Callable[[str, Transition], None] | None = None,
+        on_evict: Callable[[str], None] | None = None,
         capacity: int = DEFAULT_CAPACITY,
     ) -> None:
         self.provider = provider
         self.config = config
         self.capacity = capacity
         self._clock = clock
-        self._metrics = metrics
+        self._on_transition = on_transition
+        self._on_evict = on_evict
         self._hosts: OrderedDict[str, _Entry] = OrderedDict()
         self._mode: BreakerState | None = None  # FORCED_OPEN or DISABLED, set by admin
-        self._log = get_logger("breaker")
         self.evicted = 0
 
-    def target(self, host: str, budget: RetryBudget, session: aiohttp.ClientSession) -> HostTarget:
-        """The host's breaker (created on first use) with the provider's budget, metrics, session."""
+    def breaker(self, host: str) -> CircuitBreaker:
+        """The host's breaker, created on first use; using it makes the host the most recent."""
         entry = self._hosts.get(host)
         if entry is None:
             entry = self._hosts[host] = _Entry(self._new_breaker(host), self._clock())
@@ -79,7 +67,7 @@ class HostBreakers:
         else:
             self._hosts.move_to_end(host)
             entry.last_used = self._clock()
-        return HostTarget(self.provider, host, entry.breaker, budget, self._metrics, session)
+        return entry.breaker
 
     def host_state(self, host: str) -> BreakerState | None:
         entry = self._hosts.get(host)
@@ -140,13 +128,8 @@ class HostBreakers:
         }
 
     def _new_breaker(self, host: str) -> CircuitBreaker:
-        def on_transition(t: Transition) -> None:
-            self._metrics.transition(t.from_state.value, t.to_state.value)
-            self._log.warning(
-                "breaker_transition", provider=self.provider, host=host,
-                from_state=t.from_state.value, to_state=t.to_state.value, reason=t.reason,
-            )
-
+        listener = self._on_transition
+        on_transition = None if listener is None else lambda t: listener(host, t)
         breaker = CircuitBreaker(self.provider, self.config, clock=self._clock,
                                  on_transition=on_transition)
         if self._mode is BreakerState.FORCED_OPEN:
@@ -165,4 +148,5 @@ class HostBreakers:
             )
             del self._hosts[victim]
             self.evicted += 1
-            self._log.info("download_host_evicted", provider=self.provider, host=victim)
+            if self._on_evict is not None:
+                self._on_evict(victim)

@@ -3,7 +3,7 @@
 Every hop (the first URL and each redirect, at most ``max_redirects``) is checked against the
 scheme and host allow-lists and the address rules of ``ssrf`` before it is sent, and again by the
 session's resolver and socket factory when it connects. Each hop goes through the attempt loop with
-its host's own breaker (``hostbreakers``), so retries happen only before the first byte reaches the
+its host's own breaker (``policy.host_breakers``), so retries happen only before the first byte reaches the
 client. A refused target is never a breaker call. ``max_download_size`` is enforced from
 Content-Length before anything is sent (413) and while streaming (the client connection is cut).
 """
@@ -22,8 +22,11 @@ from ..config import DownloadConfig, RouteConfig
 from ..errors import SidecarError, to_response
 from ..headers import ATTEMPTS, REQUEST_ID
 from ..logs import get_logger
+from ..policy.breaker import CircuitBreaker
 from ..policy.host_breakers import HostBreakers
+from ..policy.retry import RetryBudget
 from ..upstream.attempts import AttemptLoop, Outbound
+from ..upstream.observer import AttemptMetrics
 from ..upstream.ssrf import ForbiddenTarget, HostAllowList, canonical_host, parse_ip, refusal
 from .registry import Gateway, ProviderRuntime
 
@@ -41,6 +44,19 @@ PASS: tuple[istr, ...] = tuple(istr(h) for h in (
 ))
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NO_BODY = frozenset({204, 304})
+
+
+@dataclasses.dataclass(slots=True)
+class HostTarget:
+    """One download host as the attempt loop sees it (``upstream.attempts.Target``): the host's
+    own breaker with the provider's budget, metrics and session."""
+
+    name: str
+    host: str
+    breaker: CircuitBreaker
+    budget: RetryBudget
+    metrics: AttemptMetrics
+    session: aiohttp.ClientSession
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -156,7 +172,8 @@ class DownloadHandler:
                 raise self._refuse(rt, url, reason, hop)
             out = Outbound(request.method, url, headers, None,
                            self._policy(policy, deadline), retryable=True)
-            target = hosts.target(host_key(url), rt.budget, rt.session)
+            key = host_key(url)
+            target = HostTarget(rt.name, key, hosts.breaker(key), rt.budget, rt.metrics, rt.session)
             try:
                 exchange = await self._loop.run(target, out)
             except ForbiddenTarget as exc:

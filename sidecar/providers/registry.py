@@ -130,6 +130,29 @@ def new_session(cfg: ProviderConfig, connector: aiohttp.BaseConnector) -> aiohtt
     return session
 
 
+def _host_transition_listener(pm: ProviderMetrics) -> Callable[[str, Transition], None]:
+    """Count and log a download host's breaker transition under its provider's name."""
+    log = get_logger("breaker")
+
+    def on_transition(host: str, t: Transition) -> None:
+        pm.transition(t.from_state.value, t.to_state.value)
+        log.warning(
+            "breaker_transition", provider=t.provider, host=host,
+            from_state=t.from_state.value, to_state=t.to_state.value, reason=t.reason,
+        )
+
+    return on_transition
+
+
+def _host_evict_listener(provider: str) -> Callable[[str], None]:
+    log = get_logger("breaker")
+
+    def on_evict(host: str) -> None:
+        log.info("download_host_evicted", provider=provider, host=host)
+
+    return on_evict
+
+
 class Gateway:
     """Per-provider runtime plus process-wide state (draining, start time)."""
 
@@ -185,7 +208,10 @@ class Gateway:
         )
         self.metrics.inflight.labels(cfg.name).set_function(lambda: rt.inflight)
         if cfg.kind == "download":
-            rt.hosts = HostBreakers(cfg.name, cfg.breaker, clock=self.clock, metrics=pm)
+            rt.hosts = HostBreakers(
+                cfg.name, cfg.breaker, clock=self.clock,
+                on_transition=_host_transition_listener(pm), on_evict=_host_evict_listener(cfg.name),
+            )
         pm.export_state(lambda: rt.control.state.value)
         return rt
 

@@ -176,7 +176,7 @@ def test_any_render_applies_the_lazy_half_open(clock: FakeClock, kind: str) -> N
     cfg = sidecar_config(provider("p", "http://127.0.0.1:9", kind=kind, download=download))
     gw = Gateway(cfg, metrics=Metrics("t"), clock=clock)
     rt = gw.providers["p"]
-    breaker = rt.breaker if rt.hosts is None else rt.hosts.target("h:80", rt.budget, None).breaker  # type: ignore[arg-type]
+    breaker = rt.breaker if rt.hosts is None else rt.hosts.breaker("h:80")
     for _ in range(3):
         permit = breaker.acquire()
         assert isinstance(permit, Permit)

@@ -14,9 +14,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from sidecar.config import BreakerConfig, DownloadConfig, RetryConfig, ServerConfig
-from sidecar.ops.metrics import Metrics
-from sidecar.policy.breaker import BreakerState, Outcome, Permit
+from sidecar.config import DownloadConfig, RetryConfig, ServerConfig
+from sidecar.policy.breaker import BreakerState
 from sidecar.policy.host_breakers import HostBreakers
 from sidecar.providers.registry import ProviderRuntime, new_session
 from sidecar.upstream.ssrf import guarded_connector
@@ -240,11 +239,16 @@ async def test_only_allowed_resolved_addresses_are_connected(fake: FakeProvider,
 
 
 async def test_dead_host_opens_only_its_own_breaker(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
-    """Connection refused opens the dead host's breaker; another host still downloads."""
+    """Connection refused opens the dead host's breaker (logged with its host); another host still
+    downloads."""
     dead = f"http://127.0.0.1:{dead_port()}/f"
     client = await sidecar(download_config(), clock=clock)
-    resp = await client.get(path_for(dead))
+    with capture_logs() as logs:
+        resp = await client.get(path_for(dead))
     assert resp.status == 502 and resp.headers["X-Sidecar-Attempts"] == "3"
+    opened = [e for e in logs if e["event"] == "breaker_transition"]
+    assert [(e["provider"], e["host"], e["to_state"]) for e in opened] == [
+        (NAME, dead.split("/")[2], "open")]
     resp = await client.get(path_for(dead))
     assert resp.status == 503 and resp.headers["X-Sidecar-Error"] == "circuit_open"
     assert resp.headers["Retry-After"] == "10"
@@ -305,39 +309,6 @@ async def test_downloads_get_request_ids_and_access_log_as_proxied_calls(
     assert len(lines) == 1
     assert lines[0]["provider"] == NAME and lines[0]["status"] == 200
     assert lines[0]["request_id"] == resp.headers["X-Request-Id"]
-
-
-def test_host_table_evicts_closed_hosts_first(clock: FakeClock) -> None:
-    """Over capacity the least recently used closed host goes; an open one is kept."""
-    cfg = BreakerConfig(failure_threshold=1, minimum_calls=0)
-    hosts = HostBreakers(NAME, cfg, clock=clock, metrics=Metrics("t").provider(NAME), capacity=2)
-    budget: Any = object()
-    session: Any = object()
-    sick = hosts.target("sick:443", budget, session).breaker
-    permit = sick.acquire()
-    assert isinstance(permit, Permit)
-    sick.record(permit, Outcome.FAILURE)
-    hosts.target("a:443", budget, session)
-    hosts.target("b:443", budget, session)
-    assert hosts.host_state("sick:443") is BreakerState.OPEN
-    assert hosts.host_state("a:443") is None and hosts.host_state("b:443") is BreakerState.CLOSED
-    assert hosts.evicted == 1
-
-
-def test_idle_half_open_host_stops_counting(clock: FakeClock) -> None:
-    """A host left half-open and unused for a monitoring period no longer colours the provider."""
-    cfg = BreakerConfig(failure_threshold=1, minimum_calls=0, recovery_timeout=5.0,
-                        monitoring_period=15.0)
-    hosts = HostBreakers(NAME, cfg, clock=clock, metrics=Metrics("t").provider(NAME))
-    breaker = hosts.target("h:443", object(), object()).breaker  # type: ignore[arg-type]
-    permit = breaker.acquire()
-    assert isinstance(permit, Permit)
-    breaker.record(permit, Outcome.FAILURE)
-    assert hosts.state is BreakerState.OPEN
-    clock.advance(6.0)
-    assert hosts.state is BreakerState.HALF_OPEN
-    clock.advance(10.0)
-    assert hosts.state is BreakerState.CLOSED
 
 
 async def test_retries_share_the_provider_budget(sidecar) -> None:
