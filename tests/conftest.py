@@ -31,13 +31,21 @@ from .support.fakes import FakeClock
 
 
 class RecordingSleep:
-    """Returns at once and remembers each requested delay."""
+    """Remembers each requested delay; a short one returns at once, a long one never returns.
 
-    def __init__(self) -> None:
+    The app's one injected sleep serves the retry waits (fractions of a second in tests: returned at
+    once) and the probe loops (an interval of an hour in tests: parked until the app closes, so a
+    background loop never spins).
+    """
+
+    def __init__(self, park_from: float = 60.0) -> None:
         self.delays: list[float] = []
+        self.park_from = park_from
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
+        if delay >= self.park_from:
+            await asyncio.Event().wait()
 
 
 def provider(name: str, upstream: str, **overrides: Any) -> ProviderConfig:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..errors import error_response
 from ..logs import get_logger
-from ..providers.registry import Gateway
+from ..providers.registry import ProviderRegistry
 
 __all__ = ["TOKEN_ENV", "AdminHandlers", "is_loopback", "token_matches"]
 
@@ -60,14 +60,14 @@ def _raw(text: str) -> bytes:
 
 
 class AdminHandlers:
-    def __init__(self, gw: Gateway, environ: Mapping[str, str]) -> None:
-        self.gw = gw
+    def __init__(self, registry: ProviderRegistry, environ: Mapping[str, str]) -> None:
+        self.registry = registry
         self.token = environ.get(TOKEN_ENV) or None  # read once: changing env later changes nothing
         self._log = get_logger("admin")
         self._actions: dict[str, Callable[[str], None]] = {
-            "reset": lambda name: gw.providers[name].control.reset(),
-            "force-open": lambda name: gw.providers[name].control.force_open(),
-            "disable": lambda name: gw.providers[name].control.disable(),
+            "reset": lambda name: registry.providers[name].control.reset(),
+            "force-open": lambda name: registry.providers[name].control.force_open(),
+            "disable": lambda name: registry.providers[name].control.disable(),
         }
 
     def add_routes(self, app: web.Application) -> None:
@@ -94,16 +94,16 @@ class AdminHandlers:
 
     async def breakers(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"breakers": {name: rt.control.snapshot() for name, rt in self.gw.providers.items()}}
+            {"breakers": {name: rt.control.snapshot() for name, rt in self.registry.providers.items()}}
         )
 
     async def action(self, request: web.Request) -> web.Response:
         name = request.match_info["provider"]
         action = request.match_info["action"]
-        if name not in self.gw.providers:
+        if name not in self.registry.providers:
             return error_response(
                 "unknown_provider", "no such provider", provider=name,
-                extra={"known_providers": self.gw.known},
+                extra={"known_providers": self.registry.known},
             )
         act = self._actions.get(action)
         if act is None:
@@ -111,7 +111,7 @@ class AdminHandlers:
                 "bad_request", f"unknown action {action!r}; one of: {', '.join(self._actions)}",
                 provider=name,
             )
-        breaker = self.gw.providers[name].control
+        breaker = self.registry.providers[name].control
         before = breaker.state.value
         act(name)
         snapshot = breaker.snapshot()

@@ -7,11 +7,12 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from ..providers.registry import Gateway
+from ..providers.registry import ProviderRegistry
 from .admin import AdminHandlers
 from .checks import LocalChecks
-from .health import HealthHandlers
-from .metrics import CONTENT_TYPE_LATEST
+from .health import HealthHandlers, ProcessStatus
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .probes import ProbeRunner
 
 __all__ = ["ADMIN", "CHECKS", "add_own_routes"]
 
@@ -21,17 +22,23 @@ ADMIN = web.AppKey("admin", AdminHandlers)
 
 
 def add_own_routes(
-    app: web.Application, gw: Gateway, environ: Mapping[str, str] | None = None
+    app: web.Application,
+    *,
+    registry: ProviderRegistry,
+    probes: ProbeRunner,
+    metrics: Metrics,
+    status: ProcessStatus,
+    environ: Mapping[str, str] | None = None,
 ) -> None:
     """Add the own endpoints; ``environ`` (default ``os.environ``) is read once, here."""
-    checks = LocalChecks(gw.clock)
-    admin = AdminHandlers(gw, os.environ if environ is None else environ)
+    checks = LocalChecks(registry.clock)
+    admin = AdminHandlers(registry, os.environ if environ is None else environ)
     app[CHECKS] = checks
     app[ADMIN] = admin
-    HealthHandlers(gw, checks).add_routes(app)
+    HealthHandlers(registry, probes, checks, status).add_routes(app)
     admin.add_routes(app)
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=gw.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def render(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", render)

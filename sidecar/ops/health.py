@@ -1,37 +1,58 @@
 """``/health``, ``/health/live``, ``/health/ready`` and ``/health/detailed`` (SPEC section 6).
 
 Nothing here sends traffic upstream: provider state comes from the breakers and from the results
-the background probes (``probes``) left on each ``ProviderRuntime``. The decisions are pure
-functions of that state, so tests check them without a server.
+the background probes (``ProbeRunner``) keep. The decisions are pure functions of that state, so
+tests check them without a server.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from aiohttp import web
 
 from .. import __version__
 from ..policy.breaker import BreakerState
-from ..providers.registry import Gateway, ProviderRuntime
+from ..providers.registry import ProviderRegistry, ProviderRuntime
 from .checks import Check, LocalChecks
+from .probes import ProbeResult, ProbeRunner
 
-__all__ = ["HealthHandlers", "overall_status", "provider_fault", "readiness_problems"]
+__all__ = [
+    "HealthHandlers",
+    "ProcessStatus",
+    "overall_status",
+    "provider_fault",
+    "readiness_problems",
+]
 
 Status = Literal["healthy", "degraded", "unhealthy"]
 _NOT_READY_STATES = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
 
 
-def provider_fault(rt: ProviderRuntime, state: BreakerState) -> str | None:
+class ProcessStatus:
+    """What health says of the process itself: how long it has run, and whether it is draining."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.started_at = clock()
+        self.draining = False
+
+    def uptime(self) -> float:
+        return self._clock() - self.started_at
+
+
+def provider_fault(
+    rt: ProviderRuntime, state: BreakerState, probe: ProbeResult | None
+) -> str | None:
     """Why a configured provider counts against health (breaker not closed, last probe failed)."""
     if not rt.config.configured:
         return None
     if state is not BreakerState.CLOSED:
         return f"breaker {state.value}"
-    if rt.probe is not None and not rt.probe.ok:
-        return f"probe failed: {rt.probe.error}"
+    if probe is not None and not probe.ok:
+        return f"probe failed: {probe.error}"
     return None
 
 
@@ -48,22 +69,27 @@ def overall_status(
     return "healthy"
 
 
-def readiness_problems(gw: Gateway) -> list[str]:
+def readiness_problems(
+    status: ProcessStatus, registry: ProviderRegistry, probes: ProbeRunner
+) -> list[str]:
     """Empty when ready. Only draining and *critical* providers count; half_open does not."""
-    problems = ["draining"] if gw.draining else []
-    for rt in gw.providers.values():
+    problems = ["draining"] if status.draining else []
+    for rt in registry.providers.values():
         cfg = rt.config
         if not cfg.critical or not cfg.configured:
             continue  # an unconfigured provider never fails readiness (SPEC section 3)
         state = rt.control.state
+        probe = probes.result(rt.name)
         if state in _NOT_READY_STATES:
             problems.append(f"{rt.name}: breaker {state.value}")
-        elif rt.probe is not None and not rt.probe.ok:
-            problems.append(f"{rt.name}: probe failed ({rt.probe.error})")
+        elif probe is not None and not probe.ok:
+            problems.append(f"{rt.name}: probe failed ({probe.error})")
     return problems
 
 
-def _provider_view(rt: ProviderRuntime) -> tuple[dict[str, object], str | None]:
+def _provider_view(
+    rt: ProviderRuntime, probe: ProbeResult | None
+) -> tuple[dict[str, object], str | None]:
     snapshot = rt.control.snapshot()  # applies OPEN -> HALF_OPEN when due, like a request would
     state = BreakerState(str(snapshot["state"]))
     view: dict[str, object] = {
@@ -71,15 +97,23 @@ def _provider_view(rt: ProviderRuntime) -> tuple[dict[str, object], str | None]:
         "critical": rt.config.critical,
         "state": state.value,
         "breaker": snapshot,
-        "probe": dataclasses.asdict(rt.probe) if rt.probe is not None else None,
+        "probe": dataclasses.asdict(probe) if probe is not None else None,
     }
-    return view, provider_fault(rt, state)
+    return view, provider_fault(rt, state, probe)
 
 
 class HealthHandlers:
-    def __init__(self, gw: Gateway, checks: LocalChecks) -> None:
-        self.gw = gw
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        probes: ProbeRunner,
+        checks: LocalChecks,
+        status: ProcessStatus,
+    ) -> None:
+        self.registry = registry
+        self.probes = probes
         self.checks = checks
+        self.status = status
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/health", self.health)
@@ -88,7 +122,7 @@ class HealthHandlers:
         app.router.add_get("/health/detailed", self.detailed)
 
     def _base(self) -> dict[str, object]:
-        return {"version": __version__, "uptime_seconds": round(self.gw.uptime(), 3)}
+        return {"version": __version__, "uptime_seconds": round(self.status.uptime(), 3)}
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", **self._base()})
@@ -98,7 +132,7 @@ class HealthHandlers:
         return web.json_response({"status": "alive"})
 
     async def ready(self, request: web.Request) -> web.Response:
-        problems = readiness_problems(self.gw)
+        problems = readiness_problems(self.status, self.registry, self.probes)
         if problems:
             return web.json_response({"status": "not_ready", "reasons": problems}, status=503)
         return web.json_response({"status": "ready"})
@@ -106,8 +140,8 @@ class HealthHandlers:
     async def detailed(self, request: web.Request) -> web.Response:
         providers: dict[str, object] = {}
         faults: dict[str, tuple[bool, str | None]] = {}
-        for name, rt in self.gw.providers.items():
-            providers[name], fault = _provider_view(rt)
+        for name, rt in self.registry.providers.items():
+            providers[name], fault = _provider_view(rt, self.probes.result(name))
             faults[name] = (rt.config.critical, fault)
         checks = await self.checks.run()
         status = overall_status(faults, checks)

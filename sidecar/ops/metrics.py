@@ -162,6 +162,10 @@ class ProviderMetrics:
         for state in BREAKER_STATES:
             self._metrics.breaker_state.labels(self.name, state).set_function(_is(current, state))
 
+    def export_inflight(self, current: Callable[[], float]) -> None:
+        """Make ``sidecar_inflight_requests`` read ``current()`` at each scrape."""
+        self._metrics.inflight.labels(self.name).set_function(current)
+
     def transition(self, from_state: str, to_state: str) -> None:
         self._metrics.transitions.labels(self.name, from_state, to_state).inc()
 

@@ -1,35 +1,44 @@
-"""Background health probes: one task per probed provider, results kept on its ``ProviderRuntime``.
+"""Background health probes: one task per probed provider; the runner keeps each one's last result.
 
 A probe is *not* a breaker call (SPEC section 5): it uses a small session of its own, never asks
 the breaker for a permit and never records an outcome, so a failing probe cannot open a breaker and
 an open breaker does not stop the probe that would show the provider is back. ``/health/detailed``
 only reads what the probes left behind, so calling it never sends traffic upstream.
 
-The first probe of each provider waits a random 0..interval (the gateway's rng) so that pods started
+The first probe of each provider waits a random 0..interval (the injected rng) so that pods started
 together don't probe in lockstep; then one probe every ``health.interval`` after the previous ended.
+Every wait goes through the injected ``sleep``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import aiohttp
 from yarl import URL
 
 from .. import __version__
 from ..logs import get_logger
-from ..providers.registry import ProbeResult
+from ..providers.registry import ProviderRegistry, ProviderRuntime
+from .metrics import Metrics
 
-if TYPE_CHECKING:
-    from ..providers.registry import Gateway, ProviderRuntime
-
-__all__ = ["ProbeRunner", "classify_status", "is_probed", "probe_once"]
+__all__ = ["ProbeResult", "ProbeRunner", "classify_status", "is_probed", "probe_once"]
 
 _MAX_ERROR = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    ok: bool
+    status: int | None
+    latency_ms: float
+    checked_at: str
+    error: str | None
 
 
 def is_probed(rt: ProviderRuntime) -> bool:
@@ -98,23 +107,39 @@ async def probe_once(
 
 
 class ProbeRunner:
-    """Owns the probe session and tasks of one gateway; ``start()`` then ``close()``."""
+    """Owns the probe session, tasks and results of one registry; ``start()`` then ``close()``."""
 
     def __init__(
-        self, gw: Gateway, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self,
+        registry: ProviderRegistry,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        rng: random.Random,
     ) -> None:
-        self._gw = gw
+        self._registry = registry
+        self._metrics = metrics
+        self._clock = clock
+        self._wall = wall
         self._sleep = sleep
+        self._rng = rng
+        self._results: dict[str, ProbeResult] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._log = get_logger("probe")
 
     @property
     def probed(self) -> list[str]:
-        return [rt.name for rt in self._gw.providers.values() if is_probed(rt)]
+        return [rt.name for rt in self._registry.providers.values() if is_probed(rt)]
+
+    def result(self, provider: str) -> ProbeResult | None:
+        """The provider's last probe result; None before its first probe or when it is not probed."""
+        return self._results.get(provider)
 
     def start(self) -> None:
-        targets = [rt for rt in self._gw.providers.values() if is_probed(rt)]
+        targets = [rt for rt in self._registry.providers.values() if is_probed(rt)]
         if not targets or self._tasks:
             return
         self._session = new_probe_session()
@@ -135,10 +160,10 @@ class ProbeRunner:
     async def run_once(self, rt: ProviderRuntime) -> ProbeResult:
         """Probe one provider now and record the result (the loop's step; also for tests)."""
         assert self._session is not None, "probe runner not started"
-        gw = self._gw
-        result = await probe_once(rt, self._session, clock=gw.clock, wall=gw.wall)
-        previous, rt.probe = rt.probe, result
-        rt.metrics.probe(result.ok, result.latency_ms / 1000)
+        result = await probe_once(rt, self._session, clock=self._clock, wall=self._wall)
+        previous = self._results.get(rt.name)
+        self._results[rt.name] = result
+        self._metrics.provider(rt.name).probe(result.ok, result.latency_ms / 1000)
         if not result.ok and (previous is None or previous.ok):
             self._log.warning("probe_failed", provider=rt.name, status=result.status,
                               error=result.error)
@@ -149,7 +174,7 @@ class ProbeRunner:
     async def _loop(self, rt: ProviderRuntime) -> None:
         hc = rt.config.health
         assert hc is not None
-        await self._sleep(self._gw.rng.uniform(0, hc.interval))
+        await self._sleep(self._rng.uniform(0, hc.interval))
         while True:
             try:
                 await self.run_once(rt)

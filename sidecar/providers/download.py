@@ -28,7 +28,7 @@ from ..policy.retry import RetryBudget
 from ..upstream.attempts import AttemptLoop, Outbound
 from ..upstream.observer import AttemptMetrics
 from ..upstream.ssrf import ForbiddenTarget, HostAllowList, canonical_host, parse_ip, refusal
-from .registry import Gateway, ProviderRuntime
+from .registry import ProviderRegistry, ProviderRuntime
 
 # Request headers worth sending to a file host; nothing else of the bot's (no cookies, no
 # credentials, no Accept-Encoding: the bot wants the file's bytes, not a compressed transfer).
@@ -119,13 +119,13 @@ def host_key(url: URL) -> str:
 class DownloadHandler:
     """Serves the download providers (``kind: download``)."""
 
-    def __init__(self, gateway: Gateway, loop: AttemptLoop) -> None:
-        self._gw = gateway
+    def __init__(self, registry: ProviderRegistry, loop: AttemptLoop) -> None:
+        self._clock = registry.clock
         self._loop = loop
         self._log = get_logger("download")
         self._guards = {  # built once: every hop of every download is checked against these
             name: DownloadGuard.of(rt.config.download or DownloadConfig())
-            for name, rt in gateway.providers.items()
+            for name, rt in registry.providers.items()
             if rt.config.kind == "download"
         }
 
@@ -164,7 +164,7 @@ class DownloadHandler:
         assert isinstance(hosts, HostBreakers), "a download provider has per-host breakers"
         guard = self._guards[rt.name]
         headers = CIMultiDict((h, v) for h in FORWARD for v in request.headers.getall(h, ()))
-        deadline = self._gw.clock() + policy.timeouts.total
+        deadline = self._clock() + policy.timeouts.total
         attempts = 0
         for hop in range(cfg.max_redirects + 1):
             reason = guard.check(url)
@@ -194,7 +194,7 @@ class DownloadHandler:
 
     def _policy(self, policy: RouteConfig, deadline: float) -> RouteConfig:
         """The provider's policy with ``timeouts.total`` shrunk to what is left for later hops."""
-        remaining = deadline - self._gw.clock()
+        remaining = deadline - self._clock()
         if remaining <= 0:
             raise SidecarError("upstream_timeout", "redirects used up timeouts.total")
         return dataclasses.replace(

@@ -162,7 +162,7 @@ class ProxyHandler:
             return _with_request_id(to_response(refused), request_id)
         pool = rt.pool
         if pool is None:
-            raise RuntimeError(f"provider {rt.name}: gateway not started")
+            raise RuntimeError(f"provider {rt.name}: registry not started")
         out = Outbound(
             method=request.method,
             url=None,

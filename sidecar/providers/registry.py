@@ -1,46 +1,30 @@
-"""The sidecar's runtime state: one ``ProviderRuntime`` per configured provider, built once.
+"""The provider registry: one ``ProviderRuntime`` per configured provider, built once.
 
 Everything a request needs that can be computed at start-up (the upstream base, the auth headers,
 the compiled route table, metric children, the provider-wide policy) is computed here, so the
-request path only looks things up.
+request path only looks things up. ``start()`` opens the upstream connections, ``close()`` closes them.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import aiohttp
 from multidict import istr
 
 from ..config import ProviderConfig, RouteConfig, SidecarConfig
 from ..logs import get_logger
-from ..ops.metrics import Metrics, ProviderMetrics
 from ..policy.breaker import CircuitBreaker, Transition
 from ..policy.host_breakers import HostBreakers
 from ..policy.retry import RetryBudget
 from ..policy.routes import RouteTable
 from ..upstream.h1pool import H1Pool
 from ..upstream.ssrf import guarded_connector
-
-if TYPE_CHECKING:
-    from ..ops.probes import ProbeRunner
+from .observer import MetricsSource, ProviderMetrics
 
 Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class ProbeResult:
-    ok: bool
-    status: int | None
-    latency_ms: float
-    checked_at: str
-    error: str | None
-
 
 @dataclass(slots=True)
 class ProviderRuntime:
@@ -53,7 +37,6 @@ class ProviderRuntime:
     auth_headers: tuple[tuple[istr, str], ...]
     base_url: str
     inflight: int = 0
-    probe: ProbeResult | None = None
     hosts: HostBreakers | None = None  # kind: download: per-host breakers (admin acts on these)
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
     pool: H1Pool | None = field(default=None, repr=False)  # kind: proxy: the lean upstream client
@@ -70,7 +53,7 @@ class ProviderRuntime:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError(f"provider {self.name}: gateway not started")
+            raise RuntimeError(f"provider {self.name}: registry not started")
         return self._session
 
     def policy_for(self, method: str, path: str) -> RouteConfig:
@@ -153,26 +136,15 @@ def _host_evict_listener(provider: str) -> Callable[[str], None]:
     return on_evict
 
 
-class Gateway:
-    """Per-provider runtime plus process-wide state (draining, start time)."""
+class ProviderRegistry:
+    """The runtime of every configured provider, by name."""
 
     def __init__(
-        self,
-        config: SidecarConfig,
-        *,
-        metrics: Metrics,
-        clock: Clock = time.monotonic,
-        wall: Clock = time.time,
-        rng: random.Random | None = None,
+        self, config: SidecarConfig, *, metrics: MetricsSource, clock: Clock = time.monotonic
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        self.wall = wall
-        self.rng = rng or random.Random()
-        self.started_at = clock()
-        self.draining = False
-        self.probes: ProbeRunner | None = None  # from start() to close()
         self.providers: dict[str, ProviderRuntime] = {
             name: self._runtime(pc) for name, pc in config.providers.items()
         }
@@ -206,7 +178,7 @@ class Gateway:
             auth_headers=tuple((istr(a.header), a.prefix + a.value) for a in cfg.auth if a.value),
             base_url=cfg.upstream.rstrip("/"),
         )
-        self.metrics.inflight.labels(cfg.name).set_function(lambda: rt.inflight)
+        pm.export_inflight(lambda: rt.inflight)
         if cfg.kind == "download":
             rt.hosts = HostBreakers(
                 cfg.name, cfg.breaker, clock=self.clock,
@@ -223,17 +195,8 @@ class Gateway:
                 private = rt.config.download is not None and rt.config.download.allow_private_networks
                 connector = guarded_connector(private, limit=rt.config.max_concurrent or 256)
                 rt._session = new_session(rt.config, connector)
-        from ..ops.probes import ProbeRunner  # here, not at the top: probes imports this module
-
-        if self.probes is None:
-            self.probes = ProbeRunner(self)
-            self.probes.start()
 
     async def close(self) -> None:
-        probes = self.probes
-        if probes is not None:
-            self.probes = None
-            await probes.close()
         for rt in self.providers.values():
             if rt.pool is not None:
                 await rt.pool.close()
@@ -241,6 +204,3 @@ class Gateway:
             if rt._session is not None:
                 await rt._session.close()
                 rt._session = None
-
-    def uptime(self) -> float:
-        return self.clock() - self.started_at

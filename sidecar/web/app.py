@@ -1,4 +1,4 @@
-"""The app factory: one aiohttp application per listener, sharing one ``Gateway``."""
+"""The app factory: one aiohttp application per listener, sharing one ``Services``."""
 
 from __future__ import annotations
 
@@ -10,21 +10,20 @@ from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
-from .. import __version__
 from ..config import OWN_ENDPOINTS, UNKNOWN_PROVIDER, RouteConfig, SidecarConfig
 from ..errors import error_response
 from ..headers import OPERATION, REQUEST_ID
 from ..logs import get_logger
 from ..ops.endpoints import add_own_routes
-from ..ops.metrics import Metrics, OperationMetrics
+from ..ops.metrics import OperationMetrics
 from ..providers.download import DownloadHandler
 from ..providers.proxy import ProxyHandler, split_target
-from ..providers.registry import Gateway, ProviderRuntime
-from ..upstream.attempts import AttemptLoop
+from ..providers.registry import ProviderRuntime
 from .catch_all import CatchAllResource
+from .services import Services
 
 Role = Literal["proxy", "ops"]
-GATEWAY = web.AppKey("gateway", Gateway)
+SERVICES = web.AppKey("services", Services)
 
 
 def runner_kwargs(config: SidecarConfig) -> dict[str, Any]:
@@ -48,36 +47,38 @@ def create_app(
     config: SidecarConfig,
     *,
     role: Role = "proxy",
-    gateway: Gateway | None = None,
+    services: Services | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> web.Application:
-    """Build the app for one listener; without a ``gateway`` it owns a new one for its lifetime."""
-    owns = gateway is None
-    gw = gateway or Gateway(config, metrics=Metrics(__version__), clock=clock, wall=wall, rng=rng)
+    """Build the app for one listener.
+
+    Without ``services`` it builds its own from the other arguments and runs them for its lifetime
+    (``cleanup_ctx``); with ``services`` the caller runs them (``async with services.running()``)
+    and the other arguments are unused.
+    """
+    owns = services is None
+    svc = services or Services(config, clock=clock, wall=wall, sleep=sleep, rng=rng, environ=environ)
     app = web.Application()
-    app[GATEWAY] = gw
-    add_own_routes(app, gw, environ)  # environ: SIDECAR_ADMIN_TOKEN, read once
-    if role == "proxy":
-        handler = _proxy_dispatch(
-            gw, AttemptLoop(clock=gw.clock, sleep=sleep, rng=gw.rng, wall=gw.wall)
-        )
-    else:
-        handler = _not_found
+    app[SERVICES] = svc
+    add_own_routes(
+        app, registry=svc.registry, probes=svc.probes, metrics=svc.metrics, status=svc.status,
+        environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
+    )
+    handler = _proxy_dispatch(svc) if role == "proxy" else _not_found
     app.router.register_resource(CatchAllResource(handler))
     if owns:
-        app.cleanup_ctx.append(_gateway_lifetime(gw))
+        app.cleanup_ctx.append(_lifetime(svc))
     return app
 
 
-def _gateway_lifetime(gw: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:
+def _lifetime(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        await gw.start()
-        yield
-        await gw.close()
+        async with svc.running():
+            yield
 
     return lifetime
 
@@ -95,17 +96,17 @@ class Handler(Protocol):
     ) -> web.StreamResponse: ...
 
 
-def _proxy_dispatch(
-    gw: Gateway, loop: AttemptLoop
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    registry = svc.registry
     handlers: dict[str, Handler] = {
-        "proxy": ProxyHandler(loop),
-        "download": DownloadHandler(gw, loop),
+        "proxy": ProxyHandler(svc.attempts),
+        "download": DownloadHandler(registry, svc.attempts),
     }
-    serve = _ProviderCalls(gw)
-    providers = gw.providers
+    serve = _ProviderCalls(svc)
+    providers = registry.providers
+    known = registry.known
     # Only the request series: a provider that doesn't exist has no breaker, attempts or retries.
-    unknown = OperationMetrics(gw.metrics, UNKNOWN_PROVIDER, "other")
+    unknown = OperationMetrics(svc.metrics, UNKNOWN_PROVIDER, "other")
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         raw = request.raw_path
@@ -123,7 +124,7 @@ def _proxy_dispatch(
                     "unknown_provider",
                     "no such provider",
                     provider=None,
-                    extra={"known_providers": gw.known},
+                    extra={"known_providers": known},
                 )
         unknown.observe(resp.status, 0.0)
         return resp
@@ -135,18 +136,19 @@ class _ProviderCalls:
     """What every request to a provider gets, whatever its kind: a request id, the in-flight count
     and its bulkhead, the request metrics and the access log line."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self._gw = gw
-        self._log = get_logger("access") if gw.config.server.access_log else None
+    def __init__(self, svc: Services) -> None:
+        self._clock = svc.clock
+        self._rng = svc.rng
+        self._metrics = {name: svc.metrics.provider(name) for name in svc.registry.providers}
+        self._log = get_logger("access") if svc.config.server.access_log else None
 
     async def __call__(
         self, handler: Handler, request: web.Request, rt: ProviderRuntime, rest: str, query: str
     ) -> web.StreamResponse:
-        gw = self._gw
-        t0 = gw.clock()
+        t0 = self._clock()
         policy = rt.policy_for(request.method, rest or "/")
         # Unique, not secret: a PRNG draw avoids uuid4's urandom syscall per request.
-        request_id = request.headers.get(REQUEST_ID) or f"{gw.rng.getrandbits(128):032x}"
+        request_id = request.headers.get(REQUEST_ID) or f"{self._rng.getrandbits(128):032x}"
         rt.inflight += 1
         code = 500
         try:
@@ -161,8 +163,8 @@ class _ProviderCalls:
             return resp
         finally:
             rt.inflight -= 1
-            elapsed = gw.clock() - t0
-            rt.metrics.operation(policy.name).observe(code, elapsed)
+            elapsed = self._clock() - t0
+            self._metrics[rt.name].operation(policy.name).observe(code, elapsed)
             if self._log is not None:
                 self._log.info(
                     "request", provider=rt.name, operation=policy.name, method=request.method,

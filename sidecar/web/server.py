@@ -20,9 +20,8 @@ from aiohttp import web
 from .. import __version__
 from ..config import SidecarConfig
 from ..logs import get_logger
-from ..ops.metrics import Metrics
-from ..providers.registry import Gateway
 from .app import Role, create_app, runner_kwargs
+from .services import Services
 
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -99,13 +98,21 @@ class SidecarRunner(web.AppRunner):
 
 
 async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> None:
-    log = get_logger("server")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gw = Gateway(config, metrics=Metrics(__version__))
-    await gw.start()
+    try:
+        async with Services(config).running() as services:
+            await _listen(services, stop)
+    finally:
+        get_logger("server").info("stopped")
+
+
+async def _listen(services: Services, stop: asyncio.Event) -> None:
+    """Serve both listeners until ``stop``, then drain and stop them (the services outlive them)."""
+    log = get_logger("server")
+    config = services.config
     srv = config.server
     runners: list[web.AppRunner] = []
     try:
@@ -116,7 +123,7 @@ async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> 
         )
         for role, host, port in listeners:
             runner = SidecarRunner(
-                create_app(config, role=role, gateway=gw),
+                create_app(config, role=role, services=services),
                 header_read_timeout=srv.header_read_timeout, **runner_kwargs(config),
             )
             await runner.setup()
@@ -129,18 +136,17 @@ async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> 
             version=__version__,
             proxy=bound["proxy"],
             ops=bound["ops"],
-            providers=gw.known,
+            providers=services.registry.known,
         )
         await stop.wait()
-        gw.draining = True
+        services.status.draining = True
         log.warning("draining", drain_time=srv.drain_time, shutdown_grace=srv.shutdown_grace)
         await asyncio.sleep(srv.drain_time)
-        log.warning("stopping", inflight=sum(rt.inflight for rt in gw.providers.values()))
+        inflight = sum(rt.inflight for rt in services.registry.providers.values())
+        log.warning("stopping", inflight=inflight)
     finally:
         # cleanup() closes the listening sockets, then waits up to shutdown_grace for handlers.
         await asyncio.gather(*(r.cleanup() for r in runners))
-        await gw.close()
-        log.info("stopped")
 
 
 def _address(runner: web.AppRunner) -> str:

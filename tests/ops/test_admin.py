@@ -9,8 +9,8 @@ from structlog.testing import capture_logs
 
 from sidecar.ops.admin import AdminHandlers, is_loopback, token_matches
 from sidecar.ops.metrics import Metrics
-from sidecar.providers.registry import Gateway
-from sidecar.web.app import GATEWAY
+from sidecar.providers.registry import ProviderRegistry
+from sidecar.web.app import SERVICES
 
 from ..conftest import provider, raw_http, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
@@ -65,8 +65,8 @@ def test_token_matches() -> None:
 
 async def test_admin_without_token_is_forbidden_off_loopback() -> None:
     """Without SIDECAR_ADMIN_TOKEN a request that arrived on a non-loopback address gets 403 forbidden."""
-    gw = Gateway(sidecar_config(provider("p", "http://127.0.0.1:1")), metrics=Metrics("t"))
-    admin = AdminHandlers(gw, environ={})
+    registry = ProviderRegistry(sidecar_config(provider("p", "http://127.0.0.1:1")), metrics=Metrics("t"))
+    admin = AdminHandlers(registry, environ={})
     app = web.Application()
     admin.add_routes(app)
     for sockname, status in ((("10.0.0.5", 9901), 403), (("127.0.0.1", 9901), 200)):
@@ -101,7 +101,7 @@ async def test_admin_token_required_accepted_rejected(fake: FakeProvider, sideca
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     resp = await client.post("/admin/breakers/p/reset", headers={"Authorization": "Bearer nope"})
     assert resp.status == 401
-    assert client.app[GATEWAY].providers["p"].breaker.snapshot()["state"] == "closed"
+    assert client.app[SERVICES].registry.providers["p"].breaker.snapshot()["state"] == "closed"
     resp = await client.get("/admin/breakers", headers={"Authorization": f"Bearer {TOKEN}"})
     assert resp.status == 200
     assert TOKEN not in await resp.text()

@@ -13,7 +13,7 @@ from sidecar.config import HealthConfig
 from sidecar.ops.checks import LocalChecks, filesystem_check, memory_check, memory_limit, read_rss
 from sidecar.ops.endpoints import CHECKS
 from sidecar.ops.health import overall_status
-from sidecar.web.app import GATEWAY, create_app
+from sidecar.web.app import SERVICES, create_app
 
 from ..conftest import provider, sidecar_config, start_listener
 from ..support.fake_provider import FakeProvider, Reply
@@ -32,7 +32,7 @@ async def open_breaker(client, fake: FakeProvider, name: str) -> None:
     """Three 500s (the test failure_threshold) through the proxy open the provider's breaker."""
     fake.then(*[Reply(status=500)] * 3)
     await (await client.get(f"/{name}/x")).read()
-    assert client.app[GATEWAY].providers[name].breaker.state.value == "open"
+    assert client.app[SERVICES].registry.providers[name].breaker.state.value == "open"
 
 
 async def test_health_and_live(fake: FakeProvider, sidecar) -> None:
@@ -59,10 +59,10 @@ async def test_own_endpoints_on_the_ops_listener(fake: FakeProvider) -> None:
 
 
 async def test_ready_until_draining(fake: FakeProvider, sidecar) -> None:
-    """/health/ready is 200, then 503 with reason "draining" once the gateway drains."""
+    """/health/ready is 200, then 503 with reason "draining" once the process drains."""
     client = await sidecar(sidecar_config(provider("p", fake.url)))
     assert await json_of(client, "/health/ready") == (200, {"status": "ready"})
-    client.app[GATEWAY].draining = True
+    client.app[SERVICES].status.draining = True
     assert await json_of(client, "/health/ready") == (503, {"status": "not_ready", "reasons": ["draining"]})
 
 
@@ -85,7 +85,7 @@ async def test_open_breaker_of_critical_provider_fails_readiness(
 async def test_forced_open_critical_provider_fails_readiness(fake: FakeProvider, sidecar) -> None:
     """FORCED_OPEN counts like OPEN for readiness; DISABLED does not."""
     client = await sidecar(sidecar_config(provider("c", fake.url, critical=True)))
-    breaker = client.app[GATEWAY].providers["c"].breaker
+    breaker = client.app[SERVICES].registry.providers["c"].breaker
     breaker.force_open()
     assert (await json_of(client, "/health/ready"))[1]["reasons"] == ["c: breaker forced_open"]
     breaker.disable()
@@ -110,12 +110,12 @@ async def test_failed_probe_of_critical_provider_fails_readiness(fake: FakeProvi
     """A critical provider whose last probe failed makes readiness 503 until a probe succeeds."""
     fake.then(Reply(status=500))
     client = await sidecar(sidecar_config(provider("c", fake.url, critical=True, health=QUIET)))
-    gw = client.app[GATEWAY]
-    await gw.probes.run_once(gw.providers["c"])
+    svc = client.app[SERVICES]
+    await svc.probes.run_once(svc.registry.providers["c"])
     status, body = await json_of(client, "/health/ready")
     assert status == 503 and body["reasons"] == ["c: probe failed (http_500)"]
     assert (await json_of(client, "/health/detailed"))[1]["status"] == "unhealthy"
-    await gw.probes.run_once(gw.providers["c"])
+    await svc.probes.run_once(svc.registry.providers["c"])
     assert (await client.get("/health/ready")).status == 200
 
 
@@ -123,8 +123,8 @@ async def test_failed_probe_of_non_critical_provider_keeps_ready(fake: FakeProvi
     """A non-critical provider's failed probe is degraded, never unready."""
     fake.then(Reply(status=401))
     client = await sidecar(sidecar_config(provider("n", fake.url, health=QUIET)))
-    gw = client.app[GATEWAY]
-    await gw.probes.run_once(gw.providers["n"])
+    svc = client.app[SERVICES]
+    await svc.probes.run_once(svc.registry.providers["n"])
     assert (await client.get("/health/ready")).status == 200
     status, body = await json_of(client, "/health/detailed")
     assert (status, body["status"]) == (200, "degraded")
@@ -166,7 +166,7 @@ async def test_detailed_sends_nothing_upstream(fake: FakeProvider, sidecar) -> N
     for _ in range(50):
         assert (await client.get("/health/detailed")).status == 200
     assert all(s.raw_path == "/probe" for s in fake.seen), [s.raw_path for s in fake.seen]
-    breaker = client.app[GATEWAY].providers["p"].breaker.snapshot()
+    breaker = client.app[SERVICES].registry.providers["p"].breaker.snapshot()
     assert breaker["total_calls"] == 0
 
 

@@ -9,10 +9,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import DownloadConfig, RouteConfig
-from sidecar.ops.metrics import BREAKER_STATES, Metrics
+from sidecar.ops.metrics import BREAKER_STATES
 from sidecar.policy.breaker import Outcome, Permit
-from sidecar.providers.registry import Gateway
-from sidecar.web.app import GATEWAY
+from sidecar.web.app import SERVICES
+from sidecar.web.services import Services
 
 from ..conftest import provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
@@ -80,9 +80,9 @@ async def test_metrics_after_traffic_match_what_happened(
     routes = (RouteConfig(name="get_thing", method="GET", path="/v1/things/{id}"),)
     client = await sidecar(sidecar_config(provider("p", fake.url, routes=routes, health=QUIET),
                                           provider("q", fake.url)), clock=clock)
-    gw = client.app[GATEWAY]
+    svc = client.app[SERVICES]
     await traffic(client, fake, clock)
-    await gw.probes.run_once(gw.providers["p"])
+    await svc.probes.run_once(svc.registry.providers["p"])
     t = samples(await scrape(client))
     req = "sidecar_requests_total"
     assert value(t, req, provider="p", operation="get_thing", code="200") == 1
@@ -109,9 +109,9 @@ async def test_every_contract_metric_has_its_type_and_labels(
 ) -> None:
     """Each SPEC metric family exists with its type and exact label set, plus the process metrics."""
     client = await sidecar(sidecar_config(provider("p", fake.url, health=QUIET)), clock=clock)
-    gw = client.app[GATEWAY]
+    svc = client.app[SERVICES]
     await traffic(client, fake, clock)
-    await gw.probes.run_once(gw.providers["p"])
+    await svc.probes.run_once(svc.registry.providers["p"])
     families = {f.name: f for f in text_string_to_metric_families(await scrape(client))}
     for name, (kind, labels) in CONTRACT.items():
         fam = families.get(name)
@@ -129,7 +129,7 @@ async def test_breaker_state_has_every_state_with_exactly_one_set(
 ) -> None:
     """For every provider all five states are exported and exactly one is 1, through each transition."""
     client = await sidecar(sidecar_config(provider("p", fake.url), provider("q", fake.url)), clock=clock)
-    gw = client.app[GATEWAY]
+    svc = client.app[SERVICES]
 
     async def check(expected_p: str) -> None:
         t = samples(await scrape(client))
@@ -146,9 +146,9 @@ async def test_breaker_state_has_every_state_with_exactly_one_set(
     await check("open")
     clock.advance(10.0)
     await check("half_open")  # no request needed: the scrape applies the lazy transition
-    gw.providers["p"].breaker.force_open()
+    svc.registry.providers["p"].breaker.force_open()
     await check("forced_open")
-    gw.providers["p"].breaker.disable()
+    svc.registry.providers["p"].breaker.disable()
     await check("disabled")
 
 
@@ -174,17 +174,17 @@ def test_any_render_applies_the_lazy_half_open(clock: FakeClock, kind: str) -> N
     """Rendering the registry, with no request and no /metrics handler, shows OPEN turn HALF_OPEN."""
     download = DownloadConfig() if kind == "download" else None
     cfg = sidecar_config(provider("p", "http://127.0.0.1:9", kind=kind, download=download))
-    gw = Gateway(cfg, metrics=Metrics("t"), clock=clock)
-    rt = gw.providers["p"]
+    svc = Services(cfg, clock=clock)
+    rt = svc.registry.providers["p"]
     breaker = rt.breaker if rt.hosts is None else rt.hosts.breaker("h:80")
     for _ in range(3):
         permit = breaker.acquire()
         assert isinstance(permit, Permit)
         breaker.record(permit, Outcome.FAILURE)
-    assert value(samples(gw.metrics.render().decode()), "sidecar_breaker_state", provider="p",
+    assert value(samples(svc.metrics.render().decode()), "sidecar_breaker_state", provider="p",
                  state="open") == 1
     clock.advance(10.0)
-    t = samples(gw.metrics.render().decode())
+    t = samples(svc.metrics.render().decode())
     states = {s: value(t, "sidecar_breaker_state", provider="p", state=s) for s in BREAKER_STATES}
     assert states == {s: float(s == "half_open") for s in BREAKER_STATES}
     assert value(t, "sidecar_breaker_transitions_total", provider="p",
@@ -196,9 +196,9 @@ async def test_promtool_finds_nothing_to_fix(fake: FakeProvider, sidecar, clock:
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool not on PATH: `make test` installs it"
     client = await sidecar(sidecar_config(provider("p", fake.url, health=QUIET)), clock=clock)
-    gw = client.app[GATEWAY]
+    svc = client.app[SERVICES]
     await traffic(client, fake, clock)
-    await gw.probes.run_once(gw.providers["p"])
+    await svc.probes.run_once(svc.registry.providers["p"])
     text = await scrape(client)
     proc = await asyncio.create_subprocess_exec(
         promtool, "check", "metrics", stdin=asyncio.subprocess.PIPE,

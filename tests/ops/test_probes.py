@@ -13,9 +13,10 @@ import pytest
 
 from sidecar.config import AuthHeader, HealthConfig
 from sidecar.ops.metrics import Metrics
-from sidecar.ops.probes import ProbeRunner, classify_status, is_probed
-from sidecar.providers.registry import Gateway
-from sidecar.web.app import GATEWAY
+from sidecar.ops.probes import classify_status, is_probed
+from sidecar.providers.registry import ProviderRegistry
+from sidecar.web.app import SERVICES
+from sidecar.web.services import Services
 
 from ..conftest import SECRET, keyed, provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
@@ -44,9 +45,8 @@ def closed_port() -> int:
 
 async def start(sidecar, *providers):
     client = await sidecar(sidecar_config(*providers))
-    gw: Gateway = client.app[GATEWAY]
-    assert gw.probes is not None
-    return client, gw, gw.probes
+    svc = client.app[SERVICES]
+    return client, svc.registry, svc.probes
 
 
 def test_classify_status() -> None:
@@ -58,7 +58,7 @@ def test_classify_status() -> None:
 
 def test_only_configured_providers_with_health_and_keys_are_probed() -> None:
     """No health block, a missing key, no upstream or a download provider: not probed."""
-    gw = Gateway(sidecar_config(
+    registry = ProviderRegistry(sidecar_config(
         keyed("ok", "http://127.0.0.1:1", health=QUIET),
         provider("nohealth", "http://127.0.0.1:1"),
         provider("nokey", "http://127.0.0.1:1", health=QUIET,
@@ -66,26 +66,26 @@ def test_only_configured_providers_with_health_and_keys_are_probed() -> None:
         provider("unconfigured", "", health=QUIET),
         provider("dl", "", kind="download", health=QUIET),
     ), metrics=Metrics("t"))
-    assert [n for n, rt in gw.providers.items() if is_probed(rt)] == ["ok"]
+    assert [n for n, rt in registry.providers.items() if is_probed(rt)] == ["ok"]
 
 
 async def test_successful_probe_is_recorded_with_auth(fake: FakeProvider, sidecar) -> None:
     """A 200 probe sends the configured method/path with the key and records ok, status and up=1."""
-    client, gw, runner = await start(sidecar, keyed("p", fake.url, health=QUIET))
-    result = await runner.run_once(gw.providers["p"])
+    client, registry, runner = await start(sidecar, keyed("p", fake.url, health=QUIET))
+    result = await runner.run_once(registry.providers["p"])
     assert result.ok and result.status == 200 and result.error is None
     assert result.checked_at.endswith("Z") and "T" in result.checked_at
     assert [(s.method, s.raw_path) for s in fake.seen] == [("GET", "/probe")]
     assert fake.seen[0].headers["Authorization"] == f"Bearer {SECRET}"
-    assert gw.providers["p"].probe == result
+    assert runner.result("p") == result
     assert metric(client, "sidecar_probe_up", provider="p") == 1
 
 
 async def test_probe_path_with_query_is_sent_as_configured(fake: FakeProvider, sidecar) -> None:
     """A health path with a query string (synclabs' /v2/generations?limit=1) reaches the provider intact."""
     hc = dataclasses.replace(QUIET, path="/v2/generations?limit=1", method="HEAD")
-    _, gw, runner = await start(sidecar, provider("p", fake.url, health=hc))
-    await runner.run_once(gw.providers["p"])
+    _, registry, runner = await start(sidecar, provider("p", fake.url, health=hc))
+    await runner.run_once(registry.providers["p"])
     assert [(s.method, s.raw_path) for s in fake.seen] == [("HEAD", "/v2/generations?limit=1")]
 
 
@@ -106,8 +106,8 @@ async def test_failing_probes_never_touch_the_breaker(
     """Five failing probes (over failure_threshold) are reported; the breaker stays closed, no calls."""
     fake.default = reply
     hc = dataclasses.replace(QUIET, timeout=0.2)
-    client, gw, runner = await start(sidecar, keyed("p", fake.url, health=hc))
-    rt = gw.providers["p"]
+    client, registry, runner = await start(sidecar, keyed("p", fake.url, health=hc))
+    rt = registry.providers["p"]
     for _ in range(5):
         result = await runner.run_once(rt)
     assert not result.ok and result.status == status
@@ -124,17 +124,18 @@ async def test_failing_probes_never_touch_the_breaker(
 
 async def test_connection_refused_fails_the_probe(sidecar) -> None:
     """A provider with nothing listening fails with connect_error, breaker untouched."""
-    _, gw, runner = await start(sidecar, provider("p", f"http://127.0.0.1:{closed_port()}", health=QUIET))
-    result = await runner.run_once(gw.providers["p"])
+    dead = provider("p", f"http://127.0.0.1:{closed_port()}", health=QUIET)
+    _, registry, runner = await start(sidecar, dead)
+    result = await runner.run_once(registry.providers["p"])
     assert not result.ok and result.status is None
     assert result.error is not None and result.error.startswith("connect_error: ")
-    assert gw.providers["p"].breaker.snapshot()["total_calls"] == 0
+    assert registry.providers["p"].breaker.snapshot()["total_calls"] == 0
 
 
 async def test_open_breaker_does_not_stop_probes(fake: FakeProvider, sidecar) -> None:
     """A forced-open breaker short-circuits requests, but the probe still reaches the provider."""
-    client, gw, runner = await start(sidecar, provider("p", fake.url, health=QUIET))
-    rt = gw.providers["p"]
+    client, registry, runner = await start(sidecar, provider("p", fake.url, health=QUIET))
+    rt = registry.providers["p"]
     rt.breaker.force_open()
     assert (await client.get("/p/x")).status == 503
     assert (await runner.run_once(rt)).ok
@@ -145,8 +146,8 @@ async def test_open_breaker_does_not_stop_probes(fake: FakeProvider, sidecar) ->
 async def test_probe_recovery_is_reflected(fake: FakeProvider, sidecar) -> None:
     """A failed probe followed by a good one turns /health/detailed and sidecar_probe_up back to up."""
     fake.then(Reply(status=502))
-    client, gw, runner = await start(sidecar, provider("p", fake.url, health=QUIET))
-    rt = gw.providers["p"]
+    client, registry, runner = await start(sidecar, provider("p", fake.url, health=QUIET))
+    rt = registry.providers["p"]
     await runner.run_once(rt)
     assert metric(client, "sidecar_probe_up", provider="p") == 0
     await runner.run_once(rt)
@@ -165,7 +166,7 @@ async def test_background_loop_probes_every_interval(fake: FakeProvider, sidecar
 
 
 async def test_first_probe_is_jittered_then_periodic(fake: FakeProvider) -> None:
-    """The first wait is rng.uniform(0, interval) from the gateway's rng, then each wait is the interval."""
+    """The first wait is rng.uniform(0, interval) from the injected rng, then each wait is the interval."""
     delays: list[float] = []
     parked = asyncio.Event()
 
@@ -176,9 +177,8 @@ async def test_first_probe_is_jittered_then_periodic(fake: FakeProvider) -> None
             await asyncio.Event().wait()  # park the loop for good after two probes
 
     hc = dataclasses.replace(QUIET, interval=30.0)
-    gw = Gateway(sidecar_config(provider("p", fake.url, health=hc)), metrics=Metrics("t"),
-                 rng=random.Random(42))
-    runner = ProbeRunner(gw, sleep=sleep)
+    runner = Services(sidecar_config(provider("p", fake.url, health=hc)), sleep=sleep,
+                      rng=random.Random(42)).probes
     runner.start()
     try:
         await asyncio.wait_for(parked.wait(), 5.0)
@@ -188,13 +188,24 @@ async def test_first_probe_is_jittered_then_periodic(fake: FakeProvider) -> None
     assert len(fake.seen) == 2
 
 
+async def test_the_apps_injected_sleep_and_rng_reach_the_probe_loop(
+    fake: FakeProvider, sidecar, sleep
+) -> None:
+    """The probe loop's first wait goes through create_app's sleep, drawn from its rng (seed 7)."""
+    await start(sidecar, provider("p", fake.url, health=QUIET))
+    await eventually(lambda: bool(sleep.delays))
+    assert sleep.delays == [random.Random(7).uniform(0, QUIET.interval)]
+    assert fake.seen == []  # an hour's wait parks the loop: nothing was probed
+
+
 async def test_unprobed_provider_has_null_probe_and_no_probe_metrics(fake: FakeProvider, sidecar) -> None:
     """Without a health block the provider shows "probe": null and has no sidecar_probe_* series."""
-    client, gw, runner = await start(sidecar, provider("p", fake.url), keyed("q", fake.url, health=QUIET))
-    await runner.run_once(gw.providers["q"])
+    client, registry, runner = await start(
+        sidecar, provider("p", fake.url), keyed("q", fake.url, health=QUIET))
+    await runner.run_once(registry.providers["q"])
     body = await (await client.get("/health/detailed")).json()
     assert body["providers"]["p"]["probe"] is None
-    text = gw.metrics.render().decode()
+    text = client.app[SERVICES].metrics.render().decode()
     assert 'sidecar_probe_up{provider="q"}' in text
     assert 'provider="p"' not in "".join(
         line for line in text.splitlines() if line.startswith("sidecar_probe_")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.web.app import GATEWAY
+from sidecar.web.app import SERVICES
 
 from ..conftest import SECRET, keyed, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
@@ -13,13 +13,13 @@ from .test_probes import QUIET
 async def test_key_never_appears_in_own_endpoints(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
     """After traffic, failed and good probes, an open breaker and admin actions, no output holds the key."""
     client = await sidecar(sidecar_config(keyed("p", fake.url, health=QUIET)), clock=clock)
-    gw = client.app[GATEWAY]
-    rt = gw.providers["p"]
+    svc = client.app[SERVICES]
+    rt = svc.registry.providers["p"]
     fake.then(Reply(status=401, body=SECRET.encode()))  # even a provider echoing the key back
-    await gw.probes.run_once(rt)
+    await svc.probes.run_once(rt)
     fake.then(*[Reply(status=500, body=SECRET.encode())] * 3)
     await (await client.get("/p/x")).read()
-    await gw.probes.run_once(rt)
+    await svc.probes.run_once(rt)
     assert fake.seen[0].headers["Authorization"] == f"Bearer {SECRET}"  # the key was really in play
     outputs = []
     for method, path in (

@@ -19,7 +19,7 @@ from sidecar.policy.breaker import BreakerState
 from sidecar.policy.host_breakers import HostBreakers
 from sidecar.providers.registry import ProviderRuntime, new_session
 from sidecar.upstream.ssrf import guarded_connector
-from sidecar.web.app import GATEWAY
+from sidecar.web.app import SERVICES
 
 from ..conftest import provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
@@ -46,7 +46,7 @@ def path_for(url: str) -> str:
 
 
 def runtime(client: Any) -> ProviderRuntime:
-    return client.app[GATEWAY].providers[NAME]
+    return client.app[SERVICES].registry.providers[NAME]
 
 
 def hosts_of(client: Any) -> HostBreakers:
@@ -298,7 +298,7 @@ async def test_bulkhead_refuses_downloads_over_max_concurrent(fake: FakeProvider
 async def test_downloads_get_request_ids_and_access_log_as_proxied_calls(
     fake: FakeProvider, sidecar
 ) -> None:
-    """A download's request id comes from the gateway's seeded PRNG and it gets an access log line."""
+    """A download's request id comes from the app's seeded PRNG and it gets an access log line."""
     cfg = dataclasses.replace(download_config(), server=ServerConfig(access_log=True))
     client = await sidecar(cfg, rng=random.Random(3))
     with capture_logs() as logs:

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from sidecar.config import Timeouts
-from sidecar.web.app import GATEWAY
+from sidecar.web.app import SERVICES
 
 from ..conftest import SECRET, keyed, provider, raw_get, raw_http, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
@@ -364,7 +364,7 @@ async def test_client_gone_mid_body_is_a_client_error(
     writer.write(b"POST /p/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n" + b"x" * 1000)
     await writer.drain()
     for _ in range(200):  # wait until the handler is reading the body, then vanish
-        if client.app[GATEWAY].providers["p"].inflight:
+        if client.app[SERVICES].registry.providers["p"].inflight:
             break
         await asyncio.sleep(0.01)
     writer.transport.abort()

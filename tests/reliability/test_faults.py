@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from sidecar.config import Timeouts
-from sidecar.web.app import GATEWAY
+from sidecar.web.app import SERVICES
 
 from ..conftest import provider, sidecar_config
 from .faults import OK_BODY, Fault, FaultProvider
@@ -25,7 +25,7 @@ async def _one(faulty: FaultProvider, sidecar, *faults: Fault, method: str = "GE
         "p", faulty.url, timeouts=Timeouts(connect=1.0, attempt=0.5, total=3.0))))
     resp = await client.request(method, "/p/x")
     body = await resp.read()
-    snap = client.app[GATEWAY].providers["p"].breaker.snapshot()
+    snap = client.app[SERVICES].registry.providers["p"].breaker.snapshot()
     return resp, body, snap
 
 

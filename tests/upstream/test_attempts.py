@@ -8,7 +8,7 @@ import dataclasses
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import BreakerConfig, RetryConfig, RouteConfig, Timeouts
-from sidecar.web.app import GATEWAY
+from sidecar.web.app import SERVICES
 
 from ..conftest import RecordingSleep, provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
@@ -17,7 +17,7 @@ from ..support.fakes import FakeClock
 
 def metric(client, name: str, **labels: str) -> float:
     """A sample's value from the app's own registry (0 when absent)."""
-    text = client.app[GATEWAY].metrics.render().decode()
+    text = client.app[SERVICES].metrics.render().decode()
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
@@ -287,7 +287,7 @@ UPLOAD_HEAD = b"POST /p/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\
 
 
 def breaker_of(client, name: str = "p") -> dict:
-    return client.app[GATEWAY].providers[name].breaker.snapshot()
+    return client.app[SERVICES].registry.providers[name].breaker.snapshot()
 
 
 async def wait_for(predicate, seconds: float = 5.0) -> None:
@@ -303,14 +303,14 @@ async def test_client_aborting_its_upload_is_not_a_provider_failure(fake: FakePr
     """Clients that drop a streamed upload halfway never count against the provider's breaker."""
     p = provider("p", fake.url, breaker=BreakerConfig(failure_threshold=2, minimum_calls=0))
     client = await sidecar(sidecar_config(p))
-    gw = client.app[GATEWAY]
+    svc = client.app[SERVICES]
     for _ in range(3):
         _reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
         writer.write(UPLOAD_HEAD + b"x" * 200_000)
         await writer.drain()
-        await wait_for(lambda: gw.providers["p"].inflight == 1)
+        await wait_for(lambda: svc.registry.providers["p"].inflight == 1)
         writer.transport.abort()
-        await wait_for(lambda: gw.providers["p"].inflight == 0)
+        await wait_for(lambda: svc.registry.providers["p"].inflight == 0)
     snap = breaker_of(client)
     assert snap["state"] == "closed" and snap["total_failures"] == 0
     assert metric(client, "sidecar_upstream_attempts_total", provider="p", result="connect_error") == 0

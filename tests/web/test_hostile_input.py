@@ -17,11 +17,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sidecar import __version__
-from sidecar.ops.metrics import Metrics
-from sidecar.providers.registry import Gateway
 from sidecar.web.app import create_app, runner_kwargs
 from sidecar.web.server import SidecarRunner
+from sidecar.web.services import Services
 
 from ..conftest import provider, raw_http, sidecar_config
 from ..support.fake_provider import FakeProvider
@@ -42,19 +40,17 @@ class Listeners:
 @pytest.fixture
 async def listeners(fake: FakeProvider) -> AsyncIterator[Listeners]:
     config = sidecar_config(provider("p", fake.url, max_request_body=1024))
-    gw = Gateway(config, metrics=Metrics(__version__))
-    await gw.start()
-    runners = []
-    for role in ("proxy", "ops"):
-        runner = SidecarRunner(create_app(config, role=role, gateway=gw),  # type: ignore[arg-type]
-                               header_read_timeout=HEAD_TIMEOUT, **runner_kwargs(config))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
-        runners.append(runner)
-    yield Listeners(runners[0].addresses[0][1], runners[1].addresses[0][1], fake)
-    for runner in runners:
-        await runner.cleanup()
-    await gw.close()
+    async with Services(config).running() as services:
+        runners = []
+        for role in ("proxy", "ops"):
+            runner = SidecarRunner(create_app(config, role=role, services=services),  # type: ignore[arg-type]
+                                   header_read_timeout=HEAD_TIMEOUT, **runner_kwargs(config))
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0, backlog=4096).start()
+            runners.append(runner)
+        yield Listeners(runners[0].addresses[0][1], runners[1].addresses[0][1], fake)
+        for runner in runners:
+            await runner.cleanup()
 
 
 async def assert_healthy(ls: Listeners) -> None:

@@ -1,0 +1,69 @@
+"""What both listeners share, built once per process: the single owner of start-up and shutdown.
+
+``running()`` is the one lifecycle: it opens the providers' upstream connections, then starts the
+probes, and closes them in the reverse order. ``create_app`` enters it through ``cleanup_ctx`` when
+the app owns its services (tests, a single listener); ``serve`` enters it around both listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+from .. import __version__
+from ..config import SidecarConfig
+from ..ops.health import ProcessStatus
+from ..ops.metrics import Metrics
+from ..ops.probes import ProbeRunner
+from ..providers.registry import ProviderRegistry
+from ..upstream.attempts import AttemptLoop
+
+__all__ = ["Services"]
+
+
+class Services:
+    """Metrics, the provider registry, the attempt loop, the probes and the process status.
+
+    ``clock`` (monotonic seconds), ``wall`` (epoch seconds), ``sleep`` and ``rng`` reach every part
+    that waits, times or draws, so tests can inject all of them in one place.
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        rng = rng or random.Random()
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.metrics = Metrics(__version__)
+        self.registry = ProviderRegistry(config, metrics=self.metrics, clock=clock)
+        self.attempts = AttemptLoop(clock=clock, sleep=sleep, rng=rng, wall=wall)
+        self.probes = ProbeRunner(
+            self.registry, self.metrics, clock=clock, wall=wall, sleep=sleep, rng=rng
+        )
+        self.status = ProcessStatus(clock)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Services]:
+        """Open the upstream connections and start the probes; close both on the way out."""
+        await self.registry.start()
+        try:
+            self.probes.start()
+            yield self
+        finally:
+            try:
+                await self.probes.close()
+            finally:
+                await self.registry.close()
