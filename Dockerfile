@@ -27,5 +27,5 @@ EXPOSE 8080 9901
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9901/health', timeout=2).status == 200 else 1)"]
 # Exec form: the sidecar itself is PID 1 (no shell in between), so SIGTERM reaches Python and
-# starts the drain (SPEC section 2).
+# starts the drain (readiness 503, keep serving for server.drain_time, then finish in-flight requests).
 ENTRYPOINT ["sidecar"]

@@ -6,12 +6,12 @@ PYTHON ?= python3
 TOOLS := .tools/bin
 export PATH := $(CURDIR)/$(TOOLS):$(PATH)
 
-.PHONY: run test lint typecheck bench bench-quick chart soak tools clean
+.PHONY: run test lint typecheck bench bench-quick chart soak tools docs docs-build clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,docs]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -24,6 +24,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed tools
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory docs-build
 	$(MAKE) --no-print-directory lint
 
 lint: $(VENV)/.installed
@@ -31,6 +32,16 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 typecheck: lint
+
+# The documentation site (mkdocs.yml, docs/): `docs` serves it on http://127.0.0.1:8000 with live
+# reload; `docs-build` writes it to site/ (git-ignored) and fails on any warning, a broken link or
+# anchor included. mkdocs-material >= 9.7 prints an end-of-life banner on every run: a notice about
+# the theme, not about these pages, so it is switched off to keep the build output to real warnings.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+docs-build: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --clean --site-dir site
 
 chart: $(VENV)/.installed tools
 	$(PY) -m pytest -q tests/chart
@@ -48,4 +59,4 @@ soak: $(VENV)/.installed
 	$(PY) -m tests.reliability.soak --duration $(DURATION)
 
 clean:
-	rm -rf $(VENV) .tools build dist *.egg-info
+	rm -rf $(VENV) .tools build dist site *.egg-info

@@ -128,7 +128,7 @@ backend be
 
 
 def sidecar(port: int, ops_port: int, upstream: str) -> str:
-    """SPEC §3 config: one provider `bench`, every default policy left on."""
+    """A sidecar configuration file: one provider `bench`, every default policy left on."""
     return f"""\
 server: {{host: 127.0.0.1, port: {port}, ops_host: 127.0.0.1, ops_port: {ops_port}}}
 providers:

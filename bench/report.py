@@ -1,6 +1,6 @@
 """Figures to medians and spreads, then to JSON (bench/results/last.json) and Markdown.
 
-The Markdown is meant to be pasted into README/PERFORMANCE as is, so it carries its own legend.
+The Markdown is meant to be pasted into docs/performance.md as is, so it carries its own legend.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _median(t: Mapping[str, Any] | None, key: str) -> float | None:
 
 
 def _goals_table(targets: Mapping[str, Any], stream: Mapping[str, Any]) -> list[str]:
-    """The sidecar against the goals of issue #6, as ratios within this run."""
+    """The sidecar against its performance goals (docs/performance.md), as ratios within this run."""
     side, bare, direct = targets.get("sidecar"), targets.get("bare"), targets.get("direct")
     if _median(side, "rps") is None:
         return []
@@ -180,7 +180,7 @@ def _goals_table(targets: Mapping[str, Any], stream: Mapping[str, Any]) -> list[
          False, "{:.1f}"),
         ("start→ready ms", _median(side, "ready_ms"), 1000.0, False, "{:.0f}"),
     ]
-    lines = ["Goals (issue #6) for the sidecar, from this run:", "",
+    lines = ["Goals for the sidecar (docs/performance.md), from this run:", "",
              "| goal | value | limit | met |", "|---|---:|---:|---|"]
     for title, value, limit, higher, fmt in rows:
         if value is None:

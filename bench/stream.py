@@ -1,4 +1,4 @@
-"""The sidecar's memory while a 1 GiB response streams through it (SPEC §4: a few MiB at most).
+"""The sidecar's memory while a 1 GiB response streams through it (it promises a few MiB at most).
 
 A proxy that buffers would grow by the whole body; one that streams without back-pressure grows by
 whatever the client is slower than the upstream. The client here reads as fast as it can and

@@ -100,7 +100,7 @@ def _bare(env: Env, upstream: str) -> Running:
 
 
 def _sidecar(env: Env, upstream: str) -> Running:
-    """`python -m sidecar` on a SPEC §3 config; ready means `/health/ready` 200 on the ops port."""
+    """`python -m sidecar` on its own config file; ready means `/health/ready` 200 on the ops port."""
     dir_, port, ops_port = _fresh_dir(env.workdir, "sidecar"), free_port(), free_port()
     conf = dir_ / "sidecar.yaml"
     conf.write_text(configs.sidecar(port, ops_port, upstream))
@@ -115,7 +115,8 @@ def _sidecar(env: Env, upstream: str) -> Running:
         "--ops-port",
         str(ops_port),
     ]
-    # SIGTERM starts a 5 s drain (SPEC §2) that the bench has no use for: cut it short.
+    # SIGTERM starts a 5 s drain (server.drain_time: readiness 503, still serving) that the bench has
+    # no use for: cut it short.
     proc = env.procs.spawn("sidecar", argv, cpu=env.proxy_cpu, cwd=env.repo, stop_grace=0.5)
     return _ready(env, proc, f"http://127.0.0.1:{port}/bench", ops_port, "/health/ready")
 

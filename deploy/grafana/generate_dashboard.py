@@ -1,7 +1,7 @@
 """Generate sidecar-dashboard.json (run: python deploy/grafana/generate_dashboard.py).
 
 The dashboard is code so that its panels stay consistent: every query uses the metric names of
-SPEC section 6 and filters ``provider=~"$provider"`` where the metric has that label. A test checks
+``GET /metrics`` (docs/endpoints.md) and filters ``provider=~"$provider"`` where the metric has that label. A test checks
 that the committed JSON equals this script's output and that the chart's copy equals both.
 """
 
@@ -189,7 +189,7 @@ def build() -> dict[str, object]:
     return {
         "title": "Egress sidecar",
         "uid": "egress-sidecar",
-        "description": "Breakers, retries, latency and probes of the egress sidecar (SPEC section 6).",
+        "description": "Breakers, retries, latency and probes of the egress sidecar.",
         "tags": ["sidecar", "egress", "circuit-breaker"],
         "editable": True,
         "graphTooltip": 1,

@@ -253,7 +253,7 @@ def test_scrape_annotations_without_pod_monitor() -> None:
 
 
 def test_prometheus_rule_renders_the_rule_file_groups() -> None:
-    """The PrometheusRule holds the rule file's groups, absolute runbooks and the job regex from values."""
+    """The PrometheusRule holds the rule file's groups, runbook URLs of docs pages, the values' job regex."""
     rule = one(render([ALL_BRANCHES]), "PrometheusRule")
     plain = yaml.safe_load((ROOT / "deploy" / "prometheus" / "sidecar-alerts.yaml").read_text())["groups"]
     rendered = rule["spec"]["groups"]
@@ -262,9 +262,10 @@ def test_prometheus_rule_renders_the_rule_file_groups() -> None:
         for pr, rr in zip(pg["rules"], rg["rules"], strict=True):
             assert rr["alert"] == pr["alert"]
             assert rr.get("for") == pr.get("for")
-            anchor = pr["annotations"]["runbook"].split("#", 1)[1]
-            assert rr["annotations"]["runbook"] == (
-                f"https://github.com/example/sidecar/blob/main/README.md#{anchor}")
+            page = f"runbooks/{pr['alert'].lower()}/"
+            assert pr["annotations"]["runbook"] == page
+            assert rr["annotations"]["runbook"] == f"https://docs.example.com/sidecar/{page}"
+            assert (ROOT / "docs" / page.rstrip("/")).with_suffix(".md").is_file()
             expected = pr["expr"].replace('job=~".*sidecar.*"', 'job=~".*sidecar.*|kubernetes-pods"')
             assert rr["expr"] == expected
             assert rr["labels"] == pr["labels"]

@@ -1,6 +1,6 @@
 {{/*
 Named templates. Every one of them takes the sidecar chart's own context: `.` inside this chart,
-`.Subcharts.sidecar` from a parent chart that lists this chart as a dependency (see README.md).
+`.Subcharts.sidecar` from a parent chart that lists this chart as a dependency (see docs/deploying.md).
 */}}
 
 {{- define "sidecar.name" -}}
