@@ -15,7 +15,8 @@ from aiohttp import web
 
 from .. import __version__
 from ..policy.breaker import BreakerState
-from ..providers.registry import ProviderRegistry, ProviderRuntime
+from ..providers.registry import ProviderRegistry
+from ..providers.runtime import ProviderRuntime
 from .checks import Check, LocalChecks
 from .probes import ProbeResult, ProbeRunner
 

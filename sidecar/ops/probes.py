@@ -18,13 +18,15 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeGuard
 
 import aiohttp
 from yarl import URL
 
 from .. import __version__
 from ..logs import get_logger
-from ..providers.registry import ProviderRegistry, ProviderRuntime
+from ..providers.registry import ProviderRegistry
+from ..providers.runtime import ProviderRuntime, ProxyRuntime
 from .metrics import Metrics
 
 __all__ = ["ProbeResult", "ProbeRunner", "classify_status", "is_probed", "probe_once"]
@@ -41,11 +43,11 @@ class ProbeResult:
     error: str | None
 
 
-def is_probed(rt: ProviderRuntime) -> bool:
+def is_probed(rt: ProviderRuntime) -> TypeGuard[ProxyRuntime]:
     """A configured proxy provider with a ``health`` block and every key it needs."""
     cfg = rt.config
     return (
-        cfg.kind == "proxy" and cfg.health is not None and cfg.configured
+        isinstance(rt, ProxyRuntime) and cfg.health is not None and cfg.configured
         and bool(rt.base_url) and cfg.has_credentials
     )
 
@@ -74,7 +76,7 @@ def _iso(wall: float) -> str:
 
 
 async def probe_once(
-    rt: ProviderRuntime,
+    rt: ProxyRuntime,
     session: aiohttp.ClientSession,
     *,
     clock: Callable[[], float],
@@ -157,7 +159,7 @@ class ProbeRunner:
             await self._session.close()
             self._session = None
 
-    async def run_once(self, rt: ProviderRuntime) -> ProbeResult:
+    async def run_once(self, rt: ProxyRuntime) -> ProbeResult:
         """Probe one provider now and record the result (the loop's step; also for tests)."""
         assert self._session is not None, "probe runner not started"
         result = await probe_once(rt, self._session, clock=self._clock, wall=self._wall)
@@ -171,7 +173,7 @@ class ProbeRunner:
             self._log.info("probe_recovered", provider=rt.name, status=result.status)
         return result
 
-    async def _loop(self, rt: ProviderRuntime) -> None:
+    async def _loop(self, rt: ProxyRuntime) -> None:
         hc = rt.config.health
         assert hc is not None
         await self._sleep(self._rng.uniform(0, hc.interval))

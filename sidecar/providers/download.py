@@ -23,12 +23,12 @@ from ..errors import SidecarError, to_response
 from ..headers import ATTEMPTS, REQUEST_ID
 from ..logs import get_logger
 from ..policy.breaker import CircuitBreaker
-from ..policy.host_breakers import HostBreakers
 from ..policy.retry import RetryBudget
 from ..upstream.attempts import AttemptLoop, Outbound
 from ..upstream.observer import AttemptMetrics
 from ..upstream.ssrf import ForbiddenTarget, HostAllowList, canonical_host, parse_ip, refusal
-from .registry import ProviderRegistry, ProviderRuntime
+from .registry import ProviderRegistry
+from .runtime import DownloadRuntime
 
 # Request headers worth sending to a file host; nothing else of the bot's (no cookies, no
 # credentials, no Accept-Encoding: the bot wants the file's bytes, not a compressed transfer).
@@ -124,13 +124,13 @@ class DownloadHandler:
         self._loop = loop
         self._log = get_logger("download")
         self._guards = {  # built once: every hop of every download is checked against these
-            name: DownloadGuard.of(rt.config.download or DownloadConfig())
+            name: DownloadGuard.of(rt.download)
             for name, rt in registry.providers.items()
-            if rt.config.kind == "download"
+            if isinstance(rt, DownloadRuntime)
         }
 
     async def forward(
-        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str,
+        self, request: web.Request, rt: DownloadRuntime, rest: str, query: str,
         policy: RouteConfig, request_id: str,
     ) -> web.StreamResponse:
         """Check the request, fetch the file; a refusal is answered as JSON with the request id."""
@@ -149,19 +149,18 @@ class DownloadHandler:
             resp.headers[REQUEST_ID] = request_id
             return resp
 
-    def _refuse(self, rt: ProviderRuntime, url: URL, reason: str, hop: int) -> SidecarError:
+    def _refuse(self, rt: DownloadRuntime, url: URL, reason: str, hop: int) -> SidecarError:
         self._log.warning("download_refused", provider=rt.name, host=url.raw_host, hop=hop,
                           reason=reason)
         return SidecarError("forbidden_target", reason, provider=rt.name)
 
     async def _fetch(
-        self, request: web.Request, rt: ProviderRuntime, url: URL, policy: RouteConfig,
+        self, request: web.Request, rt: DownloadRuntime, url: URL, policy: RouteConfig,
         request_id: str,
     ) -> web.StreamResponse:
         """Follow redirects hop by hop, each one checked and sent under its host's breaker."""
-        cfg = rt.config.download or DownloadConfig()
+        cfg = rt.download
         hosts = rt.hosts
-        assert isinstance(hosts, HostBreakers), "a download provider has per-host breakers"
         guard = self._guards[rt.name]
         headers = CIMultiDict((h, v) for h in FORWARD for v in request.headers.getall(h, ()))
         deadline = self._clock() + policy.timeouts.total

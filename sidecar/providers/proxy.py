@@ -26,7 +26,7 @@ from ..headers import (
 from ..policy.retry import request_is_retryable
 from ..upstream.attempts import AttemptLoop, Body, Outbound
 from ..upstream.h1pool import H1Response
-from .registry import ProviderRuntime
+from .runtime import ProxyRuntime
 
 # Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
 _SMALL_BODY = 64 * 1024
@@ -78,7 +78,7 @@ def upstream_target(prefix: str, rest: str, query: str) -> str:
 
 
 async def read_body(
-    request: web.Request, rt: ProviderRuntime, buffer_limit: int, want_replay: bool, wait: float
+    request: web.Request, rt: ProxyRuntime, buffer_limit: int, want_replay: bool, wait: float
 ) -> tuple[Body, bool]:
     """The body to send and whether it can be sent again (only what was kept in memory).
 
@@ -104,7 +104,7 @@ async def read_body(
 
 
 async def _read_body(
-    request: web.Request, rt: ProviderRuntime, buffer_limit: int, want_replay: bool
+    request: web.Request, rt: ProxyRuntime, buffer_limit: int, want_replay: bool
 ) -> tuple[Body, bool]:
     limit = rt.config.max_request_body
     length = request.content_length
@@ -141,7 +141,7 @@ class ProxyHandler:
         self._loop = loop
 
     async def forward(
-        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str,
+        self, request: web.Request, rt: ProxyRuntime, rest: str, query: str,
         policy: RouteConfig, request_id: str,
     ) -> web.StreamResponse:
         """Build the outbound request, send it through the attempt loop, and relay the answer."""
@@ -161,8 +161,6 @@ class ProxyHandler:
         except SidecarError as refused:
             return _with_request_id(to_response(refused), request_id)
         pool = rt.pool
-        if pool is None:
-            raise RuntimeError(f"provider {rt.name}: registry not started")
         out = Outbound(
             method=request.method,
             url=None,

@@ -52,6 +52,10 @@ class Target(Protocol):
     @property
     def name(self) -> str: ...
 
+
+class SessionTarget(Target, Protocol):
+    """A target sent to through an ``aiohttp`` session (one download host)."""
+
     @property
     def session(self) -> aiohttp.ClientSession: ...
 
@@ -90,7 +94,7 @@ class AttemptLoop:
         self._rng = rng
         self._wall = wall
 
-    async def run(self, target: Target, out: Outbound) -> Exchange[aiohttp.ClientResponse]:
+    async def run(self, target: SessionTarget, out: Outbound) -> Exchange[aiohttp.ClientResponse]:
         """Send through the target's ``aiohttp`` session."""
         session = target.session
         url = out.url

@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -18,7 +18,7 @@ from ..ops.endpoints import add_own_routes
 from ..ops.metrics import OperationMetrics
 from ..providers.download import DownloadHandler
 from ..providers.proxy import ProxyHandler, split_target
-from ..providers.registry import ProviderRuntime
+from ..providers.runtime import ProviderRuntime, ProxyRuntime
 from .catch_all import CatchAllResource
 from .services import Services
 
@@ -87,22 +87,26 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
     return error_response("not_found", "the ops listener serves only /health*, /metrics and /admin")
 
 
-class Handler(Protocol):
-    """One kind of provider (``proxy``, ``download``): answers a request already accounted for."""
-
-    async def forward(
-        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str,
-        policy: RouteConfig, request_id: str,
-    ) -> web.StreamResponse: ...
+Forward = Callable[
+    [web.Request, ProviderRuntime, str, str, RouteConfig, str], Awaitable[web.StreamResponse]
+]
 
 
 def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     registry = svc.registry
-    handlers: dict[str, Handler] = {
-        "proxy": ProxyHandler(svc.attempts),
-        "download": DownloadHandler(registry, svc.attempts),
-    }
-    serve = _ProviderCalls(svc)
+    proxy = ProxyHandler(svc.attempts)
+    download = DownloadHandler(registry, svc.attempts)
+
+    async def forward(
+        request: web.Request, rt: ProviderRuntime, rest: str, query: str, policy: RouteConfig,
+        request_id: str,
+    ) -> web.StreamResponse:
+        """The handler of the provider's kind, chosen by its runtime's type."""
+        if isinstance(rt, ProxyRuntime):
+            return await proxy.forward(request, rt, rest, query, policy, request_id)
+        return await download.forward(request, rt, rest, query, policy, request_id)
+
+    serve = _ProviderCalls(svc, forward)
     providers = registry.providers
     known = registry.known
     # Only the request series: a provider that doesn't exist has no breaker, attempts or retries.
@@ -116,7 +120,7 @@ def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.Stre
             name, rest, query = split_target(raw)
             rt = providers.get(name)
             if rt is not None:
-                return await serve(handlers[rt.config.kind], request, rt, rest, query)
+                return await serve(request, rt, rest, query)
             if name in OWN_ENDPOINTS:
                 resp = error_response("not_found", f"no such endpoint: /{name}{rest}")
             else:
@@ -136,17 +140,18 @@ class _ProviderCalls:
     """What every request to a provider gets, whatever its kind: a request id, the in-flight count
     and its bulkhead, the request metrics and the access log line."""
 
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, forward: Forward) -> None:
+        self._forward = forward
         self._clock = svc.clock
         self._rng = svc.rng
         self._metrics = {name: svc.metrics.provider(name) for name in svc.registry.providers}
         self._log = get_logger("access") if svc.config.server.access_log else None
 
     async def __call__(
-        self, handler: Handler, request: web.Request, rt: ProviderRuntime, rest: str, query: str
+        self, request: web.Request, rt: ProviderRuntime, rest: str, query: str
     ) -> web.StreamResponse:
         t0 = self._clock()
-        policy = rt.policy_for(request.method, rest or "/")
+        policy = rt.route_for(request.method, rest or "/")
         # Unique, not secret: a PRNG draw avoids uuid4's urandom syscall per request.
         request_id = request.headers.get(REQUEST_ID) or f"{self._rng.getrandbits(128):032x}"
         rt.inflight += 1
@@ -155,7 +160,7 @@ class _ProviderCalls:
             resp: web.StreamResponse
             refused = self._refusal(rt)
             if refused is None:
-                resp = await handler.forward(request, rt, rest, query, policy, request_id)
+                resp = await self._forward(request, rt, rest, query, policy, request_id)
             else:
                 refused.headers[REQUEST_ID] = request_id
                 resp = refused

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.config import DownloadConfig, RouteConfig
 from sidecar.ops.metrics import BREAKER_STATES
 from sidecar.policy.breaker import Outcome, Permit
+from sidecar.providers.runtime import DownloadRuntime
 from sidecar.web.app import SERVICES
 from sidecar.web.services import Services
 
@@ -176,7 +177,7 @@ def test_any_render_applies_the_lazy_half_open(clock: FakeClock, kind: str) -> N
     cfg = sidecar_config(provider("p", "http://127.0.0.1:9", kind=kind, download=download))
     svc = Services(cfg, clock=clock)
     rt = svc.registry.providers["p"]
-    breaker = rt.breaker if rt.hosts is None else rt.hosts.breaker("h:80")
+    breaker = rt.hosts.breaker("h:80") if isinstance(rt, DownloadRuntime) else rt.breaker
     for _ in range(3):
         permit = breaker.acquire()
         assert isinstance(permit, Permit)

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from sidecar.config import DownloadConfig, RetryConfig, ServerConfig
 from sidecar.policy.breaker import BreakerState
 from sidecar.policy.host_breakers import HostBreakers
-from sidecar.providers.registry import ProviderRuntime, new_session
+from sidecar.providers.runtime import DownloadRuntime, new_session
 from sidecar.upstream.ssrf import guarded_connector
 from sidecar.web.app import SERVICES
 
@@ -45,14 +45,14 @@ def path_for(url: str) -> str:
     return f"/{NAME}?url={quote(url, safe='')}"
 
 
-def runtime(client: Any) -> ProviderRuntime:
-    return client.app[SERVICES].registry.providers[NAME]
+def runtime(client: Any) -> DownloadRuntime:
+    rt = client.app[SERVICES].registry.providers[NAME]
+    assert isinstance(rt, DownloadRuntime)
+    return rt
 
 
 def hosts_of(client: Any) -> HostBreakers:
-    hosts = runtime(client).hosts
-    assert hosts is not None
-    return hosts
+    return runtime(client).hosts
 
 
 def dead_port() -> int:
