@@ -17,13 +17,14 @@ from structlog.testing import capture_logs
 from sidecar.app import GATEWAY
 from sidecar.breaker import BreakerState, Outcome, Permit
 from sidecar.config import BreakerConfig, DownloadConfig, RetryConfig, ServerConfig
+from sidecar.config_load import parse_config
 from sidecar.gateway import ProviderRuntime, new_session
 from sidecar.hostbreakers import HostBreakers
 from sidecar.metrics import Metrics
 from sidecar.ssrf import guarded_connector
 
 from .conftest import provider, sidecar_config
-from .fake_provider import FakeProvider, Reply
+from .fake_provider import FakeProvider, Reply, has_ipv6_loopback
 from .fakes import FakeClock
 from .process import start_sidecar
 from .test_resilience import metric
@@ -225,6 +226,69 @@ async def test_redirect_hops_are_checked(fake: FakeProvider, sidecar, location: 
     body = await resp.json()
     assert resp.status == 403 and body["error"] == "forbidden_target" and reason in body["detail"]
     assert len(fake.seen) == 1
+
+
+@pytest.fixture
+async def fake6() -> Any:
+    """A fake file server on [::1]; the test is skipped where the machine has no IPv6 loopback."""
+    if not has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
+    fp = await FakeProvider(host="::1").start()
+    yield fp
+    await fp.close()
+
+
+def loaded_download_config(*hosts: str, allow_private: bool = True) -> Any:
+    """The download provider as the config loader builds it from YAML-shaped data."""
+    return parse_config({"providers": {NAME: {
+        "kind": "download", "allowed_hosts": list(hosts), "allowed_schemes": ["http"],
+        "allow_private_networks": allow_private}}}, {})
+
+
+@pytest.mark.parametrize("entry", ["::1", "[::1]", "0:0:0:0:0:0:0:1"])
+@pytest.mark.parametrize("url_host", ["[::1]", "[0:0:0:0:0:0:0:1]", "[0::1]"])
+async def test_ipv6_literal_in_allowed_hosts_downloads(
+    fake6: FakeProvider, sidecar, entry: str, url_host: str
+) -> None:
+    """An IPv6 literal, bare or bracketed, allows that address however the URL spells it."""
+    fake6.then(Reply(body=b"over ipv6"))
+    client = await sidecar(loaded_download_config(entry))
+    resp = await client.get(path_for(f"http://{url_host}:{fake6.port}/f.bin"))
+    assert resp.status == 200 and await resp.read() == b"over ipv6"
+    assert [s.raw_path for s in fake6.seen] == ["/f.bin"]
+    assert hosts_of(client).host_state(f"::1:{fake6.port}") is BreakerState.CLOSED
+
+
+async def test_ipv6_loopback_is_refused_without_private_networks(
+    fake6: FakeProvider, sidecar
+) -> None:
+    """Listing ::1 does not open loopback: without allow_private_networks it is 403, never sent."""
+    client = await sidecar(loaded_download_config("::1", allow_private=False))
+    resp = await client.get(path_for(f"http://[::1]:{fake6.port}/f"))
+    body = await resp.json()
+    assert resp.status == 403 and body["error"] == "forbidden_target"
+    assert "loopback" in body["detail"]
+    assert fake6.seen == [] and hosts_of(client).snapshot()["total_calls"] == 0
+
+
+@pytest.mark.parametrize("entry", ["fd00:ec2::254", "[FD00:EC2:0::254]"])
+async def test_listed_ipv6_metadata_address_stays_refused(sidecar, entry: str) -> None:
+    """fd00:ec2::254 is 403 cloud metadata even when listed and private networks are open."""
+    client = await sidecar(loaded_download_config(entry))
+    resp = await client.get(path_for("http://[fd00:ec2::254]/latest/meta-data/"))
+    body = await resp.json()
+    assert resp.status == 403 and body["error"] == "forbidden_target"
+    assert "cloud metadata" in body["detail"]
+    assert hosts_of(client).snapshot()["total_calls"] == 0
+
+
+async def test_unlisted_ipv6_address_is_refused(fake6: FakeProvider, sidecar) -> None:
+    """An IPv6 address that is not on the list is 403 not in allowed_hosts."""
+    client = await sidecar(loaded_download_config("::2"))
+    resp = await client.get(path_for(f"http://[::1]:{fake6.port}/f"))
+    body = await resp.json()
+    assert resp.status == 403 and "'::1' is not in allowed_hosts" in body["detail"]
+    assert fake6.seen == []
 
 
 async def test_only_allowed_resolved_addresses_are_connected(fake: FakeProvider, sidecar) -> None:
