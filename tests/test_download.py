@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from sidecar.app import GATEWAY
@@ -98,7 +99,8 @@ async def test_head_returns_headers_only(fake: FakeProvider, sidecar) -> None:
     "query",
     ["", "?url=", "?url=example.com/a.png", "?url=http%3A%2F%2F%5B%3A%3A1", "?url=http%3A%2F%2F%2Fx",
      "?url=http%3A%2F%2F127.0.0.1%2Fa&url=http%3A%2F%2F127.0.0.1%2Fb",
-     "?url=http%3A%2F%2Fu%3Ap%40127.0.0.1%2Fa"],
+     "?url=http%3A%2F%2Fu%3Ap%40127.0.0.1%2Fa", "?url=localhost%3A8080%2Ff",
+     "?url=127.0.0.1%3A8080%2Ff", "?url=%2F%2F127.0.0.1%2Ff", "?url=%2Ff", "?url=%3A%2F%2Fx"],
 )
 async def test_malformed_url_is_bad_request(fake: FakeProvider, sidecar, query: str) -> None:
     """Missing, scheme-less, unparsable, host-less, repeated or credentialed url= is 400."""
@@ -203,6 +205,44 @@ async def test_forbidden_targets(fake: FakeProvider, sidecar, url: str, override
     assert fake.seen == []
     assert all(s["total_calls"] == 0 for s in hosts_of(client).snapshot()["hosts"].values())  # type: ignore[attr-defined]
     assert metric(client, "sidecar_upstream_attempts_total", provider=NAME, result="success") == 0
+
+
+def breaker_series(client: Any) -> dict[str, float]:
+    """Every breaker-related sample of the download provider, as name{labels} -> value."""
+    text = client.app[GATEWAY].metrics.render().decode()
+    series = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.labels.get("provider") == NAME and not sample.name.startswith("sidecar_request"):
+                series[f"{sample.name}{sorted(sample.labels.items())}"] = sample.value
+    return series
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme"),
+    [("file:///etc/passwd", "file"), ("data:text/plain,hi", "data"),
+     ("javascript:alert(1)", "javascript"), ("ftp://x/y", "ftp"), ("gopher://x", "gopher"),
+     ("FILE:///etc/passwd", "file"), ("https://127.0.0.1/f", "https")],
+)
+async def test_disallowed_scheme_is_forbidden_target(
+    fake: FakeProvider, sidecar, url: str, scheme: str
+) -> None:
+    """A URL whose scheme is not allowed is 403 forbidden_target naming it; no breaker call."""
+    client = await sidecar(download_config())  # allowed_schemes: [http]
+    before = breaker_series(client)
+    assert any(key.startswith("sidecar_upstream_attempts_total") for key in before)
+    with capture_logs() as logs:
+        resp = await client.get(path_for(url))
+    body = await resp.json()
+    assert resp.status == 403 and resp.headers["X-Sidecar-Error"] == "forbidden_target"
+    assert body["error"] == "forbidden_target" and body["provider"] == NAME
+    assert f"scheme {scheme!r} is not allowed" in body["detail"]
+    assert any(e["event"] == "download_refused" and scheme in e["reason"] for e in logs)
+    assert fake.seen == []
+    assert breaker_series(client) == before
+    snapshot = hosts_of(client).snapshot()
+    assert snapshot["total_calls"] == 0 and snapshot["total_rejected"] == 0
+    assert metric(client, "sidecar_requests_total", provider=NAME, code="403") == 1
 
 
 @pytest.mark.parametrize(
