@@ -16,11 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from sidecar.app import GATEWAY
-from sidecar.breaker import BreakerState, Outcome, Permit
+from sidecar.breaker import BreakerState, CircuitBreaker, Outcome, Permit
 from sidecar.config import BreakerConfig, DownloadConfig, RetryConfig, ServerConfig
 from sidecar.config_load import parse_config
 from sidecar.gateway import ProviderRuntime, new_session
-from sidecar.hostbreakers import HostBreakers
+from sidecar.hostbreakers import DERIVED, FROM_WORST, SUMMED, HostBreakers
 from sidecar.metrics import Metrics
 from sidecar.ssrf import guarded_connector
 
@@ -132,7 +132,7 @@ async def test_too_large_by_content_length_is_413(fake: FakeProvider, sidecar) -
     client = await sidecar(download_config(max_download_size=1000))
     resp = await client.get(path_for(f"{fake.url}/big"))
     assert resp.status == 413 and (await resp.json())["error"] == "body_too_large"
-    host = hosts_of(client).snapshot()["hosts"]
+    host = hosts_of(client).host_table()["breakers"]
     assert host[f"127.0.0.1:{fake.port}"]["total_failures"] == 0  # type: ignore[index]
 
 
@@ -203,7 +203,7 @@ async def test_forbidden_targets(fake: FakeProvider, sidecar, url: str, override
     assert reason in body["detail"] and body["provider"] == NAME
     assert any(e["event"] == "download_refused" and reason in e["reason"] for e in logs)
     assert fake.seen == []
-    assert all(s["total_calls"] == 0 for s in hosts_of(client).snapshot()["hosts"].values())  # type: ignore[attr-defined]
+    assert all(s["total_calls"] == 0 for s in hosts_of(client).host_table()["breakers"].values())  # type: ignore[attr-defined]
     assert metric(client, "sidecar_upstream_attempts_total", provider=NAME, result="success") == 0
 
 
@@ -442,6 +442,68 @@ def test_idle_half_open_host_stops_counting(clock: FakeClock) -> None:
     assert hosts.state is BreakerState.HALF_OPEN
     clock.advance(10.0)
     assert hosts.state is BreakerState.CLOSED
+
+
+def record(hosts: HostBreakers, host: str, *outcomes: Outcome) -> None:
+    """Send outcomes through ``host``'s breaker as the attempt loop would (permit, then record)."""
+    breaker = hosts.target(host, object(), object()).breaker  # type: ignore[arg-type]
+    for outcome in outcomes:
+        permit = breaker.acquire()
+        assert isinstance(permit, Permit)
+        breaker.record(permit, outcome)
+
+
+def test_every_breaker_key_has_an_aggregation_rule(clock: FakeClock) -> None:
+    """Each key of one breaker's object is summed, taken from the worst host or derived: exactly once."""
+    rules = [*SUMMED, *FROM_WORST, *DERIVED]
+    assert len(rules) == len(set(rules))
+    assert set(rules) == set(CircuitBreaker("x", BreakerConfig(), clock=clock).snapshot())
+
+
+def test_aggregate_takes_the_worst_host_and_sums_the_counters(clock: FakeClock) -> None:
+    """A half-open host outranks a closed one with more consecutive failures; counters add up."""
+    cfg = BreakerConfig(failure_threshold=2, minimum_calls=0, recovery_timeout=5.0,
+                        monitoring_period=60.0, max_recovery_timeout=40.0)
+    hosts = HostBreakers(NAME, cfg, clock=clock, metrics=Metrics("t").provider(NAME))
+    record(hosts, "trial:443", Outcome.FAILURE, Outcome.FAILURE)  # opens
+    clock.advance(5.0)
+    record(hosts, "trial:443", Outcome.SUCCESS)  # half-open, one trial success
+    record(hosts, "flaky:443", Outcome.SUCCESS, Outcome.FAILURE)
+    record(hosts, "fine:443", Outcome.SUCCESS)
+    agg = hosts.snapshot()
+    assert agg["state"] == "half_open" and agg["half_open_successes"] == 1
+    assert agg["consecutive_failures"] == 2  # the half-open host's, not flaky's 1
+    table = hosts.host_table()["breakers"].values()  # type: ignore[attr-defined]
+    for key in ("window_calls", "window_failures"):
+        assert agg[key] == sum(h[key] for h in table), key
+    assert agg["failure_rate"] == round(agg["window_failures"] / agg["window_calls"], 4)
+    assert (agg["total_calls"], agg["total_failures"], agg["total_successes"]) == (6, 3, 3)
+    assert (agg["opened_count"], agg["retry_after_seconds"]) == (1, None)
+    assert agg["config"] == dataclasses.asdict(cfg)
+
+
+def test_idle_hosts_add_to_counters_but_do_not_describe_the_state(clock: FakeClock) -> None:
+    """A closed host unused for a monitoring period no longer gives its consecutive failures."""
+    cfg = BreakerConfig(failure_threshold=5, minimum_calls=0, monitoring_period=15.0)
+    hosts = HostBreakers(NAME, cfg, clock=clock, metrics=Metrics("t").provider(NAME))
+    record(hosts, "old:443", Outcome.FAILURE, Outcome.FAILURE)
+    assert hosts.snapshot()["consecutive_failures"] == 2
+    clock.advance(16.0)
+    agg = hosts.snapshot()
+    assert (agg["state"], agg["consecutive_failures"], agg["total_failures"]) == ("closed", 0, 2)
+    assert agg["window_calls"] == 0  # the window moved on
+
+
+def test_evicted_hosts_keep_their_totals(clock: FakeClock) -> None:
+    """Totals never go down when a host is evicted from the table."""
+    cfg = BreakerConfig(failure_threshold=5, minimum_calls=0)
+    hosts = HostBreakers(NAME, cfg, clock=clock, metrics=Metrics("t").provider(NAME), capacity=1)
+    record(hosts, "a:443", Outcome.SUCCESS, Outcome.FAILURE)
+    record(hosts, "b:443", Outcome.SUCCESS)
+    agg = hosts.snapshot()
+    assert hosts.evicted == 1 and hosts.host_table()["count"] == 1
+    assert (agg["total_calls"], agg["total_failures"], agg["total_successes"]) == (3, 1, 2)
+    assert agg["window_calls"] == 1  # windows are the hosts' own: only b's is left
 
 
 async def test_retries_share_the_provider_budget(sidecar) -> None:
