@@ -6,6 +6,9 @@ session's resolver and socket factory when it connects. Each hop goes through th
 its host's own breaker (``hostbreakers``), so retries happen only before the first byte reaches the
 client. A refused target is never a breaker call. ``max_download_size`` is enforced from
 Content-Length before anything is sent (413) and while streaming (the client connection is cut).
+
+A ``url=`` that is missing, unparsable or has no scheme is 400 ``bad_request``; one whose scheme is
+not in ``allowed_schemes`` (``file:``, ``data:``, ``javascript:`` ...) is 403 ``forbidden_target``.
 """
 
 from __future__ import annotations
@@ -41,10 +44,10 @@ PASS: tuple[istr, ...] = tuple(istr(h) for h in (
     "Accept-Ranges", "ETag", "Last-Modified", "Cache-Control", "Expires",
 ))
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_NO_BODY = frozenset({204, 304})
 # RFC 3986 scheme; "host:port/..." (``localhost:8080/f``) has the same shape but names no scheme.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _HOST_PORT = re.compile(r"[^:/?#]+:[0-9]+(?:[/?#].*)?", re.DOTALL)
-_NO_BODY = frozenset({204, 304})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -366,4 +366,5 @@ def assert_aggregated(agg: dict, hosts: list[dict]) -> None:
 
 
 def download(url: str) -> str:
+    """The file-download path for ``url``."""
     return f"/file-download?url={quote(url, safe='')}"
