@@ -60,7 +60,9 @@ def create_app(
     gw = gateway or Gateway(config, metrics=Metrics(__version__), clock=clock, wall=wall, rng=rng)
     app = web.Application()
     app[GATEWAY] = gw
-    add_own_routes(app, gw, environ)  # environ: SIDECAR_ADMIN_TOKEN, read once
+    # /admin's access rule depends on the address this listener is configured to bind.
+    bound_host = config.server.host if role == "proxy" else config.server.ops_host
+    add_own_routes(app, gw, environ, bound_host=bound_host)  # environ: SIDECAR_ADMIN_TOKEN
     if role == "proxy":
         handler = _proxy_dispatch(
             gw, AttemptLoop(clock=gw.clock, sleep=sleep, rng=gw.rng, wall=gw.wall)

@@ -70,8 +70,9 @@ def _provider_view(rt: ProviderRuntime) -> tuple[dict[str, object], str | None]:
         "configured": rt.config.configured,
         "critical": rt.config.critical,
         "state": state.value,
-        "breaker": snapshot,
+        "breaker": snapshot,  # the same keys for every provider, per-host ones aggregated
         "probe": dataclasses.asdict(rt.probe) if rt.probe is not None else None,
+        "hosts": rt.hosts.host_table() if rt.hosts is not None else None,  # per-host breakers
     }
     return view, provider_fault(rt, state)
 

@@ -21,11 +21,13 @@ ADMIN = web.AppKey("admin", AdminHandlers)
 
 
 def add_own_routes(
-    app: web.Application, gw: Gateway, environ: Mapping[str, str] | None = None
+    app: web.Application, gw: Gateway, environ: Mapping[str, str] | None = None, *,
+    bound_host: str,
 ) -> None:
-    """Add the own endpoints; ``environ`` (default ``os.environ``) is read once, here."""
+    """Add the own endpoints of a listener bound to ``bound_host``; ``environ`` (default
+    ``os.environ``) is read once, here."""
     checks = LocalChecks(gw.clock)
-    admin = AdminHandlers(gw, os.environ if environ is None else environ)
+    admin = AdminHandlers(gw, os.environ if environ is None else environ, bound_host=bound_host)
     app[CHECKS] = checks
     app[ADMIN] = admin
     HealthHandlers(gw, checks).add_routes(app)
