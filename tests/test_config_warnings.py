@@ -70,7 +70,8 @@ def test_an_upstream_override_silences_the_unset_reference() -> None:
 
 def test_unset_variable_elsewhere_expands_to_empty() -> None:
     """A ${VAR} outside an upstream is reported at its own key."""
-    text = 'providers:\n  p:\n    upstream: https://a.example\n    auth: {header: X-Org, prefix: "${ORG}-", env: K}\n'
+    text = ('providers:\n  p:\n    upstream: https://a.example\n'
+            '    auth: {header: X-Org, prefix: "${ORG}-", env: K}\n')
     found = warnings_of(text, {"K": "v"})
     assert found == ["providers.p.auth.prefix: ${ORG} is unset: it expands to an empty string"]
 
