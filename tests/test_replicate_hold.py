@@ -149,5 +149,6 @@ async def test_provider_timeouts_lose_a_held_create(
     finally:
         await sp.kill()
     assert info.value.status == 504
+    assert (info.value.detail or "").startswith("no response within")  # the sidecar's upstream_timeout
     assert [(s.path, s.prefer) for s in fake.creates()] == [
         ("/v1/models/acme/flux/predictions", "wait")]
