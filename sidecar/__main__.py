@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="run the proxy and ops listeners (the default command)",
         description="Run the proxy and ops listeners until SIGTERM/SIGINT.")
     server.add_argument(
-        "--config", help="YAML config file (default: $SIDECAR_CONFIG or the embedded default)")
+        "--config", metavar="PATH",
+        help="YAML config file (default: $SIDECAR_CONFIG or the embedded default)")
     server.add_argument("--host", help="proxy listener address (default 127.0.0.1)")
     server.add_argument("--port", type=int, help="proxy listener port (default 8080)")
     server.add_argument("--ops-host", help="ops listener address (default 127.0.0.1)")
