@@ -27,6 +27,18 @@ TEMPLATE_VAR = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]+)?\s*")
 PLAIN_KEY = re.compile(r"[^\s.\[\]'\"]+")
 REDACTED = "<redacted>"
+# Environment variables: ``${VAR}`` in any string value, the breaker overrides (times in integer
+# milliseconds, as in the original system) and one upstream override per provider.
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_BREAKER = (("CB_FAILURE_THRESHOLD", "failure_threshold"),
+               ("CB_RECOVERY_TIMEOUT", "recovery_timeout"),
+               ("CB_MONITORING_PERIOD", "monitoring_period"))
+UPSTREAM_VARIABLE = re.compile(r"SIDECAR_[A-Z0-9_]+_UPSTREAM")
+
+
+def upstream_variable(provider: str) -> str:
+    """``SIDECAR_FILE_DOWNLOAD_UPSTREAM`` for ``file-download``: the provider's upstream override."""
+    return f"SIDECAR_{provider.upper().replace('-', '_')}_UPSTREAM"
 
 
 class Problems:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from aiohttp import web
 from . import __version__
 from .app import Role, create_app, runner_kwargs
 from .config import SidecarConfig
+from .config_schema import upstream_variable
 from .gateway import Gateway
 from .logs import get_logger
 from .metrics import Metrics
@@ -98,8 +100,18 @@ class SidecarRunner(web.AppRunner):
         return _HeadTimeoutServer(await super()._make_server(), self._head_timeout)
 
 
-async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    config: SidecarConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    unconfigured: Mapping[str, str] | None = None,
+) -> None:
+    """Serve until ``stop`` (or SIGTERM/SIGINT); ``unconfigured``: provider -> missing variable."""
     log = get_logger("server")
+    missing = {
+        name: (unconfigured or {}).get(name) or upstream_variable(name)
+        for name, provider in config.providers.items() if not provider.configured
+    }
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,7 +141,8 @@ async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> 
             version=__version__,
             proxy=bound["proxy"],
             ops=bound["ops"],
-            providers=gw.known,
+            configured=[name for name in gw.known if name not in missing],
+            unconfigured=missing,  # names only: never a value, a key or an upstream URL
         )
         await stop.wait()
         gw.draining = True
