@@ -1,19 +1,30 @@
-"""The effective configuration as YAML, for ``sidecar check-config`` and the logs.
+"""What ``sidecar check-config`` and the start-up log say about a configuration that loaded.
 
-Durations are written as ``"30s"``/``"250ms"``, sizes as ``"1MiB"`` or bytes, and every provider
-fully spelled out (defaults folded in), so that the dump loads back to an equal configuration.
-Secrets never appear: an auth entry shows ``value: <redacted>`` or null.
+``dump_effective`` is the effective configuration as YAML: durations written as ``"30s"``/``"250ms"``,
+sizes as ``"1MiB"`` or bytes, and every provider fully spelled out (defaults folded in), so that the
+dump loads back to an equal configuration. Secrets never appear: an auth entry shows
+``value: <redacted>`` or null. ``config_warnings`` lists the legal traps (an unset variable, a
+duration in milliseconds by mistake); it reads the YAML before ``${VAR}`` expansion, because the
+loaded model no longer knows which value came from which variable.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import yaml
 
 from .model import ProviderConfig, SidecarConfig
-from .schema import REDACTED
+from .schema import (
+    ENV_BREAKER,
+    ENV_NAME,
+    ENV_REFERENCE,
+    REDACTED,
+    join,
+    upstream_variable,
+)
 from .units import format_duration, format_size
 
 POLICY_KEYS = ("breaker", "retry", "failure_statuses", "max_request_body", "timeouts",
@@ -70,3 +81,139 @@ def _dump_provider(provider: ProviderConfig) -> dict[str, Any]:
     if provider.kind == "proxy":
         out["routes"] = [_plain(route) for route in provider.routes]
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """A legal configuration that probably does not do what was meant, at a dotted key or variable."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def config_warnings(document: object, config: SidecarConfig,
+                    environ: Mapping[str, str]) -> list[ConfigWarning]:
+    """The traps of a configuration that loaded: ``document`` is its YAML before ``${VAR}`` expansion.
+
+    Unset ``${VAR}`` references (an unset upstream leaves its provider unconfigured), unset key
+    variables (no auth header injected), bare integer durations under 1000 (milliseconds, so
+    ``drain_time: 30`` is 30 ms) and an empty provider list.
+    """
+    found = [*_unset_references(document, config, environ), *_keyless(config, environ),
+             *_bare_milliseconds(document, environ)]
+    if not config.providers:
+        found.append(ConfigWarning(
+            "providers", "no providers are configured: every request to a provider path gets "
+                         "404 unknown_provider"))
+    return found
+
+
+def unconfigured_providers(document: object, config: SidecarConfig,
+                           environ: Mapping[str, str]) -> dict[str, str]:
+    """Each unconfigured proxy provider and the variable that would configure it."""
+    out: dict[str, str] = {}
+    for name, provider in config.providers.items():
+        if provider.configured:
+            continue
+        raw = _at(document, "providers", name, "upstream")
+        unset = [v for v in ENV_REFERENCE.findall(raw) if _unset(v, environ)] if isinstance(
+            raw, str) else []
+        out[name] = unset[0] if unset else upstream_variable(name)
+    return out
+
+
+def referenced_variables(document: object) -> dict[str, list[str]]:
+    """Every variable a configuration reads (``${VAR}`` and ``auth.env``) and the keys reading it."""
+    out: dict[str, list[str]] = {}
+    for path, key, value in _leaves(document):
+        if not isinstance(value, str):
+            continue
+        names = ENV_REFERENCE.findall(value)
+        if key == "env" and ".auth" in path and ENV_NAME.fullmatch(value):
+            names.append(value)
+        for name in names:
+            out.setdefault(name, []).append(path)
+    return out
+
+
+def _unset(var: str, environ: Mapping[str, str]) -> str | None:
+    """``"unset"``, ``"empty"`` (blank counts as empty), or None when the variable has a value."""
+    if var not in environ:
+        return "unset"
+    return "empty" if not environ[var].strip() else None
+
+
+def _at(document: object, *keys: str) -> object:
+    for key in keys:
+        if not isinstance(document, Mapping):
+            return None
+        document = document.get(key)
+    return document
+
+
+def _leaves(value: object, path: str = "",
+            key: str | int | None = None) -> Iterator[tuple[str, str | int | None, object]]:
+    """``(dotted.path, last key, value)`` of every scalar, in document order."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            if isinstance(name, str):
+                yield from _leaves(item, join(path, name), name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, join(path, index), index)
+    else:
+        yield path, key, value
+
+
+def _unset_references(document: object, config: SidecarConfig,
+                      environ: Mapping[str, str]) -> Iterator[ConfigWarning]:
+    upstreams = {join(join("providers", name), "upstream"): p for name, p in config.providers.items()}
+    for path, _, value in _leaves(document):
+        if not isinstance(value, str):
+            continue
+        for var in ENV_REFERENCE.findall(value):
+            state = _unset(var, environ)
+            if state is None:
+                continue
+            provider = upstreams.get(path)
+            if provider is None:
+                yield ConfigWarning(path, f"${{{var}}} is {state}: it expands to an empty string")
+            elif not provider.configured:  # else SIDECAR_<NAME>_UPSTREAM replaced it
+                yield ConfigWarning(path, f"${{{var}}} is {state}: {provider.name} is unconfigured"
+                                          " (503 provider_unconfigured)")
+
+
+def _keyless(config: SidecarConfig, environ: Mapping[str, str]) -> Iterator[ConfigWarning]:
+    """Configured providers whose key variable is unset: forwarded, but without the header."""
+    for name, provider in config.providers.items():
+        if not provider.configured:
+            continue  # no request leaves for it: the unconfigured warning says enough
+        missing: dict[str, list[str]] = {}
+        for auth in provider.auth:
+            if auth.value is None and auth.env is not None:
+                missing.setdefault(auth.env, []).append(auth.header)
+        for var, headers in missing.items():
+            yield ConfigWarning(
+                join(join("providers", name), "auth"),
+                f"{var} is {_unset(var, environ) or 'empty'}: no {' or '.join(headers)} header is "
+                f"injected, so requests to {name} go without a key unless the bot sends one "
+                "(expect the provider's 401)")
+
+
+def _bare_milliseconds(document: object, environ: Mapping[str, str]) -> Iterator[ConfigWarning]:
+    """``drain_time: 30`` is 30 ms: a bare integer duration is milliseconds, as in the original."""
+    found: list[tuple[str, int]] = [
+        (path, value) for path, key, value in _leaves(document)
+        if key in DURATION_KEYS and type(value) is int]
+    for var, key in ENV_BREAKER:
+        raw = environ.get(var, "").strip()
+        if key in DURATION_KEYS and raw.isascii() and raw.isdigit():
+            found.append((var, int(raw)))
+    for where, millis in found:
+        if 0 < millis < 1000:
+            yield ConfigWarning(where, f"{millis} is {millis} ms: a bare integer duration is "
+                                       f"milliseconds (write '{millis}s' for seconds, or "
+                                       f"'{millis}ms' to say it is meant)")

@@ -1,9 +1,9 @@
-"""Load, validate and dump the sidecar configuration (SPEC section 3).
+"""Load, validate and dump the sidecar configuration.
 
-``load_config`` reads YAML, ``parse_config`` turns already-parsed YAML into the frozen model of
+``read_document`` reads YAML, ``parse_config`` turns already-parsed YAML into the frozen model of
 ``sidecar.config``: ``${VAR}`` expanded, environment overrides applied, defaults merged into each
 provider and each provider into its routes key by key. Every problem is collected and reported
-at once as ``dotted.key: message`` lines in a ``ConfigError``.
+at once as ``dotted.key: message`` lines in a ``ConfigError``; ``load_config`` does both.
 """
 
 from __future__ import annotations
@@ -34,17 +34,14 @@ from .model import (
     SidecarConfig,
     Timeouts,
 )
+from .schema import ENV_BREAKER, ENV_REFERENCE, UPSTREAM_VARIABLE, upstream_variable
 from .units import format_duration
 
-ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses")
 PROXY_KEYS = ("upstream", "auth", "health", "routes")
 PROVIDER_KEYS = ("kind", "critical", *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
-ENV_BREAKER = (("CB_FAILURE_THRESHOLD", "failure_threshold"),
-               ("CB_RECOVERY_TIMEOUT", "recovery_timeout"),
-               ("CB_MONITORING_PERIOD", "monitoring_period"))
 EMBEDDED = "<embedded default.yaml>"
-__all__ = ["ConfigError", "dump_effective", "load_config", "parse_config"]
+__all__ = ["ConfigError", "dump_effective", "load_config", "parse_config", "read_document"]
 
 
 class ConfigError(Exception):
@@ -69,17 +66,22 @@ class Policies:
 
 def load_config(path: str | None, environ: Mapping[str, str]) -> SidecarConfig:
     """Load ``path``, else ``$SIDECAR_CONFIG``, else the embedded ``default.yaml``."""
+    return parse_config(read_document(path, environ)[1], environ)
+
+
+def read_document(path: str | None, environ: Mapping[str, str]) -> tuple[str, object]:
+    """The file's name and its parsed YAML (``${VAR}`` not yet expanded), chosen as load_config does."""
     source = path or environ.get("SIDECAR_CONFIG") or None
     if source is None:
         text = resources.files("sidecar.config").joinpath("default.yaml").read_text(encoding="utf-8")
-        return parse_config(_parse_yaml(text, EMBEDDED), environ)
+        return EMBEDDED, _parse_yaml(text, EMBEDDED)
     try:
         with open(source, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError([f"{source}: cannot read the configuration file: {reason}"]) from None
-    return parse_config(_parse_yaml(text, source), environ)
+    return source, _parse_yaml(text, source)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -105,7 +107,19 @@ def _parse_yaml(text: str, source: str) -> object:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary tags
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: invalid YAML: {' '.join(str(exc).split())}"]) from None
+        raise ConfigError([_yaml_problem(source, exc)]) from None
+
+
+def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
+    """``file: invalid YAML at line L, column C: problem (context at line l, column c)``, 1-based."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f"{source}: invalid YAML: {' '.join(str(exc).split())}"
+    mark = exc.problem_mark
+    line = f"{source}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if exc.context and exc.context_mark is not None:
+        where = exc.context_mark
+        line += f" ({exc.context} at line {where.line + 1}, column {where.column + 1})"
+    return " ".join(line.split())
 
 
 def parse_config(data: object, environ: Mapping[str, str]) -> SidecarConfig:
@@ -123,6 +137,7 @@ def parse_config(data: object, environ: Mapping[str, str]) -> SidecarConfig:
     server = _server(problems, root.get("server"))
     defaults = _defaults(problems, root.get("defaults"), environ)
     providers = _providers(problems, root.get("providers"), defaults, environ)
+    _stray_upstream_variables(problems, root.get("providers"), environ)
     if problems.items:
         raise ConfigError(_unexpand(problems.items, raw, environ))
     return SidecarConfig(server=server, providers=MappingProxyType(providers))
@@ -253,15 +268,22 @@ def _refuse(problems: s.Problems, path: str, block: Mapping[str, object],
             problems.add(s.join(path, key), why)
 
 
-def _upstream_var(name: str) -> str:
-    return f"SIDECAR_{name.upper().replace('-', '_')}_UPSTREAM"
+def _stray_upstream_variables(problems: s.Problems, raw: object,
+                              environ: Mapping[str, str]) -> None:
+    """A ``SIDECAR_<NAME>_UPSTREAM`` that matches no provider is a typo that would go unnoticed."""
+    names = sorted(k for k in raw if isinstance(k, str)) if isinstance(raw, Mapping) else []
+    expected = {upstream_variable(name) for name in names}
+    for var in sorted(environ):
+        if UPSTREAM_VARIABLE.fullmatch(var) and var not in expected and environ[var].strip():
+            problems.add(var, "names no provider of this configuration (providers: "
+                              f"{', '.join(names) or 'none'})")
 
 
 def _download_parts(problems: s.Problems, name: str, path: str, block: Mapping[str, object],
                     environ: Mapping[str, str]) -> dict[str, Any]:
     _refuse(problems, path, block, PROXY_KEYS, "is not used by kind: download")
-    if environ.get(_upstream_var(name), "").strip():
-        problems.add(_upstream_var(name), f"provider {name} is kind: download: no upstream")
+    if environ.get(upstream_variable(name), "").strip():
+        problems.add(upstream_variable(name), f"provider {name} is kind: download: no upstream")
     values = s.parse_fields(problems, path, _pick(block, tuple(s.DOWNLOAD_FIELDS)),
                             s.DOWNLOAD_FIELDS)
     return {"download": DownloadConfig(**values)}
@@ -270,7 +292,7 @@ def _download_parts(problems: s.Problems, name: str, path: str, block: Mapping[s
 def _proxy_parts(problems: s.Problems, name: str, path: str, block: Mapping[str, object],
                  policies: Policies, environ: Mapping[str, str]) -> dict[str, Any]:
     _refuse(problems, path, block, tuple(s.DOWNLOAD_FIELDS), "is only for kind: download")
-    var = _upstream_var(name)
+    var = upstream_variable(name)
     override = environ.get(var, "").strip()
     where, raw = (var, override) if override else (f"{path}.upstream", block.get("upstream"))
     ok, upstream = s.convert(problems, where, raw or "", s.upstream_url)

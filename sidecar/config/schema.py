@@ -6,6 +6,7 @@ message completes the sentence ``"<dotted.key>: <message>"``.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,18 @@ TEMPLATE_VAR = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]+)?\s*")
 PLAIN_KEY = re.compile(r"[^\s.\[\]'\"]+")
 REDACTED = "<redacted>"
+# Environment variables: ``${VAR}`` in any string value, the breaker overrides (times in integer
+# milliseconds, as in the original system) and one upstream override per provider.
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_BREAKER = (("CB_FAILURE_THRESHOLD", "failure_threshold"),
+               ("CB_RECOVERY_TIMEOUT", "recovery_timeout"),
+               ("CB_MONITORING_PERIOD", "monitoring_period"))
+UPSTREAM_VARIABLE = re.compile(r"SIDECAR_[A-Z0-9_]+_UPSTREAM")
+
+
+def upstream_variable(provider: str) -> str:
+    """``SIDECAR_FILE_DOWNLOAD_UPSTREAM`` for ``file-download``: the provider's upstream override."""
+    return f"SIDECAR_{provider.upper().replace('-', '_')}_UPSTREAM"
 
 
 class Problems:
@@ -274,17 +287,35 @@ def upstream_url(value: object) -> str:
 
 
 def host_list(value: object) -> tuple[str, ...]:
+    """``allowed_hosts``: names (``*.`` wildcards allowed), lower-cased; IP literals, IPv6 bare or
+    bracketed, in their canonical form (``[0:0::1]`` becomes ``::1``)."""
     if not isinstance(value, list):
         raise ValueError(f"must be a list of host names, got {type_name(value)}")
     hosts = []
     for index, item in enumerate(value):
-        host = item.strip().lower() if isinstance(item, str) else item
-        if not isinstance(host, str) or not HOST_PATTERN.fullmatch(host):
+        host = allowed_host(item)
+        if host is None:
             raise ValueError(
                 f"item {index} must be a host name like api.example.com or *.example.com, "
-                f"got {show(item)}")
+                f"or an IP address like 192.0.2.7, ::1 or [::1], got {show(item)}")
         hosts.append(host)
     return tuple(hosts)
+
+
+def allowed_host(item: object) -> str | None:
+    """One ``allowed_hosts`` entry in canonical form, or None when it is neither name nor address."""
+    if not isinstance(item, str):
+        return None
+    host = item.strip().lower()
+    if ":" in host or host.startswith("["):
+        literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if "%" in literal:
+            return None  # a zone names a link, not a host: the entry would be ambiguous
+        try:
+            return str(ipaddress.IPv6Address(literal))
+        except ValueError:
+            return None
+    return host if HOST_PATTERN.fullmatch(host) else None
 
 
 def schemes(value: object) -> tuple[str, ...]:

@@ -1,9 +1,11 @@
 """``/admin``: inspect breakers and override them (reset, force-open, disable).
 
 Access: when ``SIDECAR_ADMIN_TOKEN`` is set, every ``/admin`` request needs
-``Authorization: Bearer <token>`` (compared in constant time). When it is not set, ``/admin``
-answers only on connections that arrived on a loopback address of this host, i.e. from the pod
-itself (``kubectl exec``/``port-forward``), never from the cluster through the ops listener.
+``Authorization: Bearer <token>`` (compared in constant time), on either listener. When it is not
+set, ``/admin`` answers only on a listener whose configured bind address is loopback; anywhere else
+(``0.0.0.0``, ``::``, a pod IP, a host name other than ``localhost``) it is 403. Neither the peer's
+address nor the local address a connection arrived on counts: behind a local proxy (a mesh's
+inbound proxy, ``kubectl port-forward``) every remote caller arrives from and on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,24 +20,24 @@ from ..errors import error_response
 from ..logs import get_logger
 from ..providers.registry import ProviderRegistry
 
-__all__ = ["TOKEN_ENV", "AdminHandlers", "is_loopback", "token_matches"]
+__all__ = ["TOKEN_ENV", "AdminHandlers", "is_loopback_binding", "token_matches"]
 
 TOKEN_ENV = "SIDECAR_ADMIN_TOKEN"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def is_loopback(sockname: object) -> bool:
-    """True for an IPv4/IPv6 socket address on loopback (IPv4-mapped IPv6 included).
+def is_loopback_binding(host: str) -> bool:
+    """True when a listener bound to ``host`` can only be reached from this host.
 
-    ``sockname`` is what ``transport.get_extra_info("sockname")`` returns: a (host, port[, ...])
-    tuple for TCP, a path string for a Unix socket (not loopback: its reach depends on file
-    permissions we don't control), or None.
+    ``host`` is the listener's configured address: a loopback literal (IPv4, IPv6, IPv4-mapped) or
+    ``localhost``, which resolves to loopback by definition (RFC 6761). Wildcards, other addresses,
+    other names and the empty string (every interface) are not loopback.
     """
-    if not isinstance(sockname, tuple) or not sockname or not isinstance(sockname[0], str):
-        return False
-    host = sockname[0].split("%", 1)[0]  # drop an IPv6 zone id
+    name = host.strip().rstrip(".").lower()
+    if name == "localhost":
+        return True
     try:
-        addr = ipaddress.ip_address(host)
+        addr = ipaddress.ip_address(name.split("%", 1)[0])  # a zone id names a link, not an address
     except ValueError:
         return False
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -60,9 +62,15 @@ def _raw(text: str) -> bytes:
 
 
 class AdminHandlers:
-    def __init__(self, registry: ProviderRegistry, environ: Mapping[str, str]) -> None:
+    """The ``/admin`` routes of one listener; ``bound_host`` is the address that listener binds."""
+
+    def __init__(
+        self, registry: ProviderRegistry, environ: Mapping[str, str], *, bound_host: str
+    ) -> None:
         self.registry = registry
         self.token = environ.get(TOKEN_ENV) or None  # read once: changing env later changes nothing
+        self.bound_host = bound_host
+        self._local_only = is_loopback_binding(bound_host)
         self._log = get_logger("admin")
         self._actions: dict[str, Callable[[str], None]] = {
             "reset": lambda name: registry.providers[name].control.reset(),
@@ -81,12 +89,11 @@ class AdminHandlers:
                     resp = error_response("unauthorized", "admin requires Authorization: Bearer <token>")
                     resp.headers["WWW-Authenticate"] = 'Bearer realm="sidecar-admin"'
                     return resp
-            elif request.transport is None or not is_loopback(
-                request.transport.get_extra_info("sockname")
-            ):
+            elif not self._local_only:
                 return error_response(
                     "forbidden",
-                    f"admin without {TOKEN_ENV} answers only on a loopback address",
+                    f"admin without {TOKEN_ENV} answers only on a listener bound to loopback; "
+                    f"this one is bound to {self.bound_host or 'every interface'}",
                 )
             return await handler(request)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -28,11 +27,12 @@ def add_own_routes(
     probes: ProbeRunner,
     metrics: Metrics,
     status: ProcessStatus,
-    environ: Mapping[str, str] | None = None,
+    bound_host: str,
+    environ: Mapping[str, str],
 ) -> None:
-    """Add the own endpoints; ``environ`` (default ``os.environ``) is read once, here."""
+    """Add the own endpoints of a listener bound to ``bound_host``; ``environ`` is read once, here."""
     checks = LocalChecks(registry.clock)
-    admin = AdminHandlers(registry, os.environ if environ is None else environ)
+    admin = AdminHandlers(registry, environ, bound_host=bound_host)
     app[CHECKS] = checks
     app[ADMIN] = admin
     HealthHandlers(registry, probes, checks, status).add_routes(app)

@@ -16,7 +16,7 @@ from aiohttp import web
 from .. import __version__
 from ..policy.breaker import BreakerState
 from ..providers.registry import ProviderRegistry
-from ..providers.runtime import ProviderRuntime
+from ..providers.runtime import DownloadRuntime, ProviderRuntime
 from .checks import Check, LocalChecks
 from .probes import ProbeResult, ProbeRunner
 
@@ -97,8 +97,9 @@ def _provider_view(
         "configured": rt.config.configured,
         "critical": rt.config.critical,
         "state": state.value,
-        "breaker": snapshot,
+        "breaker": snapshot,  # the same keys for every provider, per-host ones aggregated
         "probe": dataclasses.asdict(probe) if probe is not None else None,
+        "hosts": rt.hosts.host_table() if isinstance(rt, DownloadRuntime) else None,  # per host
     }
     return view, provider_fault(rt, state, probe)
 

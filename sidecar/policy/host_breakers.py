@@ -13,13 +13,20 @@ The provider's own state (``sidecar_breaker_state``, /admin) is the admin mode w
 (``forced_open``/``disabled``), else the worst state among its hosts (open > half_open > closed),
 where a host counts while it is OPEN or was used within ``monitoring_period``. Admin actions on
 the provider apply to every host, and to hosts first seen while the mode lasts.
+
+The provider's breaker object (/health/detailed, /admin/breakers) has exactly the keys of one
+breaker's, so every provider looks alike: counters are summed over the hosts (``SUMMED``; the
+cumulative ones keep what evicted hosts had counted), the values that describe one state machine
+are the worst counting host's (``FROM_WORST``: highest state, then most consecutive failures,
+then longest wait), those of a fresh breaker when no host counts. The hosts themselves are listed
+by ``host_table``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..config import BreakerConfig
@@ -27,6 +34,13 @@ from .breaker import BreakerState, CircuitBreaker, Transition
 
 DEFAULT_CAPACITY = 256
 _RANK = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+# How each key of a breaker's object is aggregated over the hosts (the rest: see module docstring).
+CUMULATIVE = ("opened_count", "total_calls", "total_successes", "total_failures", "total_rejected")
+SUMMED = ("window_calls", "window_failures", *CUMULATIVE)
+FROM_WORST = ("consecutive_failures", "half_open_in_flight", "half_open_successes",
+              "current_recovery_timeout_seconds", "retry_after_seconds")
+DERIVED = ("state", "failure_rate", "config")  # admin mode or worst state; sums' rate; the config
 
 
 @dataclass(slots=True)
@@ -57,6 +71,9 @@ class HostBreakers:
         self._hosts: OrderedDict[str, _Entry] = OrderedDict()
         self._mode: BreakerState | None = None  # FORCED_OPEN or DISABLED, set by admin
         self.evicted = 0
+        self._retired: Counter[str] = Counter()  # CUMULATIVE counts of evicted hosts
+        # Never called: its object stands for "no host counts" (same keys, fresh values).
+        self._idle = CircuitBreaker(provider, config, clock=clock)
 
     def breaker(self, host: str) -> CircuitBreaker:
         """The host's breaker, created on first use; using it makes the host the most recent."""
@@ -107,25 +124,28 @@ class HostBreakers:
             entry.breaker.disable()
 
     def snapshot(self) -> dict[str, object]:
-        """The provider's view for /admin and /health/detailed, with each host's breaker."""
+        """The provider's breaker object: the keys of one breaker's, aggregated over the hosts."""
+        horizon = self._clock() - self.config.monitoring_period
+        snaps = [(entry, entry.breaker.snapshot()) for entry in self._hosts.values()]
+        counting = [snap for entry, snap in snaps
+                    if snap["state"] == BreakerState.OPEN.value or entry.last_used >= horizon]
+        worst = max(counting, key=_severity, default=None)
+        view = dict(worst if worst is not None else self._idle.snapshot())
+        for key in SUMMED:
+            view[key] = self._retired[key] + sum(_count(snap, key) for _, snap in snaps)
+        calls, failures = _count(view, "window_calls"), _count(view, "window_failures")
+        view["failure_rate"] = round(failures / calls, 4) if calls else None
+        view["state"] = (self._mode or BreakerState(str(view["state"]))).value
+        view["config"] = dataclasses.asdict(self.config)
+        return view
+
+    def host_table(self) -> dict[str, object]:
+        """Each host's own breaker object (the shared config left out) and the table's size."""
         hosts = {h: e.breaker.snapshot() for h, e in self._hosts.items()}
-        totals = {
-            key: sum(int(s[key]) for s in hosts.values())  # type: ignore[call-overload]
-            for key in ("window_calls", "window_failures", "total_calls", "total_failures",
-                        "total_rejected")
-        }
         for snap in hosts.values():
             snap.pop("config", None)
-        return {
-            "state": self.state.value,
-            "per_host": True,
-            **totals,
-            "host_count": len(hosts),
-            "host_capacity": self.capacity,
-            "evicted_hosts": self.evicted,
-            "hosts": hosts,
-            "config": dataclasses.asdict(self.config),
-        }
+        return {"count": len(hosts), "capacity": self.capacity, "evicted": self.evicted,
+                "breakers": hosts}
 
     def _new_breaker(self, host: str) -> CircuitBreaker:
         listener = self._on_transition
@@ -146,7 +166,20 @@ class HostBreakers:
                 (h for h in others if self._hosts[h].breaker.state is BreakerState.CLOSED),
                 others[0],
             )
-            del self._hosts[victim]
+            gone = self._hosts.pop(victim).breaker.snapshot()
+            self._retired.update({key: _count(gone, key) for key in CUMULATIVE})
             self.evicted += 1
             if self._on_evict is not None:
                 self._on_evict(victim)
+
+
+def _count(snap: Mapping[str, object], key: str) -> int:
+    value = snap.get(key)
+    return value if isinstance(value, int) else 0
+
+
+def _severity(snap: Mapping[str, object]) -> tuple[int, int, float]:
+    """Which host is worst: highest state, then most consecutive failures, then longest wait."""
+    wait = snap.get("retry_after_seconds")
+    return (_RANK.get(BreakerState(str(snap["state"])), 0), _count(snap, "consecutive_failures"),
+            float(wait) if isinstance(wait, int | float) else 0.0)

@@ -3,14 +3,18 @@
 Every hop (the first URL and each redirect, at most ``max_redirects``) is checked against the
 scheme and host allow-lists and the address rules of ``ssrf`` before it is sent, and again by the
 session's resolver and socket factory when it connects. Each hop goes through the attempt loop with
-its host's own breaker (``policy.host_breakers``), so retries happen only before the first byte reaches the
-client. A refused target is never a breaker call. ``max_download_size`` is enforced from
+its host's own breaker (``policy.host_breakers``), so retries happen only before the first byte
+reaches the client. A refused target is never a breaker call. ``max_download_size`` is enforced from
 Content-Length before anything is sent (413) and while streaming (the client connection is cut).
+
+A ``url=`` that is missing, unparsable or has no scheme is 400 ``bad_request``; one whose scheme is
+not in ``allowed_schemes`` (``file:``, ``data:``, ``javascript:`` ...) is 403 ``forbidden_target``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 import aiohttp
@@ -44,6 +48,9 @@ PASS: tuple[istr, ...] = tuple(istr(h) for h in (
 ))
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NO_BODY = frozenset({204, 304})
+# RFC 3986 scheme; "host:port/..." (``localhost:8080/f``) has the same shape but names no scheme.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_HOST_PORT = re.compile(r"[^:/?#]+:[0-9]+(?:[/?#].*)?", re.DOTALL)
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,10 +79,17 @@ class DownloadGuard:
         return cls(frozenset(cfg.allowed_schemes), HostAllowList(cfg.allowed_hosts),
                    cfg.allow_private_networks)
 
+    def scheme_refusal(self, scheme: str) -> str | None:
+        """Why this scheme may not be fetched (``file``, ``data``, ``ftp`` ...), or None."""
+        if scheme in self.schemes:
+            return None
+        return f"scheme {scheme!r} is not allowed (allowed_schemes: {', '.join(sorted(self.schemes))})"
+
     def check(self, url: URL) -> str | None:
         """Why this URL may not be fetched, or None (addresses are checked again on connect)."""
-        if url.scheme not in self.schemes:
-            return f"scheme {url.scheme!r} is not allowed"
+        reason = self.scheme_refusal(url.scheme)
+        if reason is not None:
+            return reason
         host = url.raw_host or ""
         if not self.hosts.allows(host):
             return f"host {canonical_host(host)!r} is not in allowed_hosts"
@@ -84,18 +98,31 @@ class DownloadGuard:
         return None if reason is None else f"address {ip} is {reason}"
 
 
-def parse_download_url(values: Sequence[str]) -> URL:
-    """The one absolute http(s)-shaped URL of ``url=``; anything else is 400 bad_request."""
+def url_param(values: Sequence[str]) -> str:
+    """The one non-empty ``url=`` value; anything else is 400 bad_request."""
     if len(values) != 1 or not values[0].strip():
         raise SidecarError("bad_request", "exactly one url= query parameter is required")
-    text = values[0].strip()
+    return values[0].strip()
+
+
+def url_scheme(text: str) -> str:
+    """The scheme of ``url=``, lower-cased; a URL without one is 400 bad_request."""
+    match = _SCHEME.match(text)
+    if match is None or _HOST_PORT.fullmatch(text):
+        raise SidecarError("bad_request", "url= must be an absolute URL with a scheme")
+    return match.group(1).lower()
+
+
+def parse_download_url(text: str) -> URL:
+    """The absolute URL of ``url=`` (its scheme already allowed); unparsable, host-less or
+    credentialed is 400 bad_request."""
     try:
         url = to_url(text)
         host = url.raw_host
     except (ValueError, TypeError) as exc:
         raise SidecarError("bad_request", f"url= is not a valid URL: {exc}") from None
-    if not url.scheme or "://" not in text:
-        raise SidecarError("bad_request", "url= must be an absolute URL with a scheme")
+    if "://" not in text:
+        raise SidecarError("bad_request", "url= must be an absolute URL like https://host/path")
     if not host:
         raise SidecarError("bad_request", "url= has no host")
     if url.raw_user is not None or url.raw_password is not None:
@@ -141,7 +168,13 @@ class DownloadHandler:
             if rest not in ("", "/"):
                 raise SidecarError("bad_request", "downloads take no path, only ?url=",
                                    provider=rt.name)
-            url = parse_download_url(request.query.getall("url", []))
+            text = url_param(request.query.getall("url", []))
+            # A refused scheme is 403 before any parsing: file:, data: and javascript: URLs have
+            # no host, and their shape says nothing about whether they could be fetched.
+            reason = self._guards[rt.name].scheme_refusal(url_scheme(text))
+            if reason is not None:
+                raise self._refuse(rt, None, reason, 0)
+            url = parse_download_url(text)
             return await self._fetch(request, rt, url, policy, request_id)
         except SidecarError as err:
             err.provider = rt.name
@@ -149,9 +182,9 @@ class DownloadHandler:
             resp.headers[REQUEST_ID] = request_id
             return resp
 
-    def _refuse(self, rt: DownloadRuntime, url: URL, reason: str, hop: int) -> SidecarError:
-        self._log.warning("download_refused", provider=rt.name, host=url.raw_host, hop=hop,
-                          reason=reason)
+    def _refuse(self, rt: DownloadRuntime, url: URL | None, reason: str, hop: int) -> SidecarError:
+        self._log.warning("download_refused", provider=rt.name,
+                          host=None if url is None else url.raw_host, hop=hop, reason=reason)
         return SidecarError("forbidden_target", reason, provider=rt.name)
 
     async def _fetch(

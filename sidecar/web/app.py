@@ -64,9 +64,11 @@ def create_app(
     svc = services or Services(config, clock=clock, wall=wall, sleep=sleep, rng=rng, environ=environ)
     app = web.Application()
     app[SERVICES] = svc
+    # /admin's access rule depends on the address this listener is configured to bind.
+    bound_host = config.server.host if role == "proxy" else config.server.ops_host
     add_own_routes(
         app, registry=svc.registry, probes=svc.probes, metrics=svc.metrics, status=svc.status,
-        environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
+        bound_host=bound_host, environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
     )
     handler = _proxy_dispatch(svc) if role == "proxy" else _not_found
     app.router.register_resource(CatchAllResource(handler))

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
 from ..config import SidecarConfig
+from ..config.schema import upstream_variable
 from ..logs import get_logger
 from .app import Role, create_app, runner_kwargs
 from .services import Services
@@ -97,19 +99,29 @@ class SidecarRunner(web.AppRunner):
         return _HeadTimeoutServer(await super()._make_server(), self._head_timeout)
 
 
-async def serve(config: SidecarConfig, *, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    config: SidecarConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    unconfigured: Mapping[str, str] | None = None,
+) -> None:
+    """Serve until ``stop`` (or SIGTERM/SIGINT); ``unconfigured``: provider -> missing variable."""
+    missing = {
+        name: (unconfigured or {}).get(name) or upstream_variable(name)
+        for name, provider in config.providers.items() if not provider.configured
+    }
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         async with Services(config).running() as services:
-            await _listen(services, stop)
+            await _listen(services, stop, missing)
     finally:
         get_logger("server").info("stopped")
 
 
-async def _listen(services: Services, stop: asyncio.Event) -> None:
+async def _listen(services: Services, stop: asyncio.Event, missing: Mapping[str, str]) -> None:
     """Serve both listeners until ``stop``, then drain and stop them (the services outlive them)."""
     log = get_logger("server")
     config = services.config
@@ -136,7 +148,8 @@ async def _listen(services: Services, stop: asyncio.Event) -> None:
             version=__version__,
             proxy=bound["proxy"],
             ops=bound["ops"],
-            providers=services.registry.known,
+            configured=[name for name in services.registry.known if name not in missing],
+            unconfigured=missing,  # names only: never a value, a key or an upstream URL
         )
         await stop.wait()
         services.status.draining = True

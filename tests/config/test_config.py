@@ -186,6 +186,38 @@ def test_download_provider_keys_and_defaults() -> None:
     assert download.max_download_size == 1024 * 1024
 
 
+def download_hosts(*hosts: object) -> dict[str, Any]:
+    """A config with one download provider ``dl`` allowing ``hosts``."""
+    return {"providers": {"dl": {"kind": "download", "allowed_hosts": list(hosts)}}}
+
+
+def test_ip_literals_in_allowed_hosts_are_accepted_in_canonical_form(tmp_path: Path) -> None:
+    """IPv4 and IPv6 literals, bare or bracketed, load from a file; IPv6 in compressed form."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "providers:\n  dl:\n    kind: download\n    allowed_hosts:\n"
+        "      - 192.0.2.7\n      - '::1'\n      - '[::1]'\n      - FD00:EC2::254\n"
+        "      - '[0:0:0:0:0:0:0:1]'\n      - 2001:DB8:0:0::7\n      - '*.example.com'\n"
+    )
+    download = load_config(str(path), {}).providers["dl"].download
+    assert download is not None
+    assert download.allowed_hosts == (
+        "192.0.2.7", "::1", "::1", "fd00:ec2::254", "::1", "2001:db8::7", "*.example.com")
+    config = parse_config(download_hosts("::1", "[fd00:ec2::254]"), {})
+    assert parse_config(yaml.safe_load(dump_effective(config)), {}) == config
+
+
+@pytest.mark.parametrize(
+    "entry", ["[::1", "::1]", "1:2:3", "fe80::1%eth0", "[fe80::1%25eth0]", "*.::1", "[x.com]",
+              "::1:", "http://[::1]", "[]"])
+def test_malformed_ip_literals_in_allowed_hosts_are_refused(entry: str) -> None:
+    """A broken or zoned IPv6 literal is one problem naming the entry."""
+    found = problems_of(download_hosts("ok.example", entry))
+    assert len(found) == 1
+    assert found[0].startswith("providers.dl.allowed_hosts: item 1 must be a host name")
+    assert repr(entry) in found[0]
+
+
 # --- merging: defaults -> provider -> route, key by key -----------------------------------------
 
 def test_provider_overrides_defaults_key_by_key() -> None:

@@ -1,58 +1,49 @@
-"""/admin: access rules (token or loopback), breaker listing and the reset/force-open/disable actions."""
+"""/admin: access rules (token, or a listener bound to loopback), breaker listing and actions."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 from structlog.testing import capture_logs
 
-from sidecar.ops.admin import AdminHandlers, is_loopback, token_matches
-from sidecar.ops.metrics import Metrics
-from sidecar.providers.registry import ProviderRegistry
-from sidecar.web.app import SERVICES
+from sidecar.config import SidecarConfig
+from sidecar.ops.admin import is_loopback_binding, token_matches
+from sidecar.web.app import SERVICES, Role, create_app, runner_kwargs
 
 from ..conftest import provider, raw_http, sidecar_config
-from ..support.fake_provider import FakeProvider, Reply
+from ..support.fake_provider import FakeProvider, Reply, has_ipv6_loopback
+from ..support.process import start_sidecar
 from ..upstream.test_attempts import metric
 
 TOKEN = "admin-T0KEN-xyz"
 
 
-class _Transport:
-    """Just enough of a transport for the guard: a local socket address."""
-
-    def __init__(self, sockname: object) -> None:
-        self._sockname = sockname
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return self._sockname if name == "sockname" else default
-
-    def is_closing(self) -> bool:
-        return False
-
-
 @pytest.mark.parametrize(
-    ("sockname", "expected"),
+    ("host", "expected"),
     [
-        (("127.0.0.1", 9901), True),
-        (("127.8.9.10", 9901), True),
-        (("::1", 9901, 0, 0), True),
-        (("::ffff:127.0.0.1", 9901, 0, 0), True),
-        (("fe80::1%eth0", 9901, 0, 2), False),
-        (("10.0.0.5", 9901), False),
-        (("0.0.0.0", 9901), False),
-        (("::", 9901, 0, 0), False),
-        (("::ffff:10.1.2.3", 9901, 0, 0), False),
-        (("localhost", 9901), False),
-        ("/run/sidecar.sock", False),
-        (None, False),
-        ((), False),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("LocalHost.", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.0.0.5", False),
+        ("::ffff:10.1.2.3", False),
+        ("fe80::1%eth0", False),
+        ("sidecar.example", False),
+        ("localhost.example", False),
     ],
 )
-def test_is_loopback(sockname: object, expected: bool) -> None:
-    """Only IPv4/IPv6 loopback addresses (mapped ones too) count as loopback."""
-    assert is_loopback(sockname) is expected
+def test_is_loopback_binding(host: str, expected: bool) -> None:
+    """Only loopback literals (mapped ones too) and "localhost" are a loopback-only binding."""
+    assert is_loopback_binding(host) is expected
 
 
 def test_token_matches() -> None:
@@ -63,19 +54,100 @@ def test_token_matches() -> None:
         assert not token_matches(header, TOKEN), header
 
 
-async def test_admin_without_token_is_forbidden_off_loopback() -> None:
-    """Without SIDECAR_ADMIN_TOKEN a request that arrived on a non-loopback address gets 403 forbidden."""
-    registry = ProviderRegistry(sidecar_config(provider("p", "http://127.0.0.1:1")), metrics=Metrics("t"))
-    admin = AdminHandlers(registry, environ={})
-    app = web.Application()
-    admin.add_routes(app)
-    for sockname, status in ((("10.0.0.5", 9901), 403), (("127.0.0.1", 9901), 200)):
-        req = make_mocked_request("GET", "/admin/breakers", app=app, transport=_Transport(sockname))
-        match = await app.router.resolve(req)
-        resp = await match.handler(req)
-        assert resp.status == status, sockname
-        if status == 403:
-            assert resp.headers["X-Sidecar-Error"] == "forbidden"
+async def listen_bound(
+    config: SidecarConfig, role: Role, environ: dict[str, str]
+) -> tuple[web.AppRunner, int]:
+    """One listener as ``serve`` starts it: bound to the host its role has in ``config``."""
+    host = config.server.host if role == "proxy" else config.server.ops_host
+    runner = web.AppRunner(create_app(config, role=role, environ=environ), **runner_kwargs(config))
+    await runner.setup()
+    await web.TCPSite(runner, host, 0).start()
+    return runner, runner.addresses[0][1]
+
+
+async def admin_get(
+    client_host: str, port: int, token: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """GET /admin/breakers from ``client_host`` (a loopback address): (status, JSON body)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    host = f"[{client_host}]" if ":" in client_host else client_host
+    url = f"http://{host}:{port}/admin/breakers"
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def admin_status(client_host: str, port: int, token: str | None = None) -> int:
+    """The status of GET /admin/breakers from ``client_host``."""
+    return (await admin_get(client_host, port, token))[0]
+
+
+@pytest.mark.parametrize("role", ["proxy", "ops"])
+@pytest.mark.parametrize(
+    ("bind", "client", "expected"),
+    [("0.0.0.0", "127.0.0.1", 403), ("127.0.0.1", "127.0.0.1", 200), ("::", "::1", 403),
+     ("::1", "::1", 200)],
+)
+async def test_admin_without_token_depends_on_the_bound_address(
+    role: Role, bind: str, client: str, expected: int
+) -> None:
+    """Without a token, a listener bound to a wildcard is 403 even for a client on loopback."""
+    if ":" in bind and not has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
+    key = "host" if role == "proxy" else "ops_host"
+    config = sidecar_config(provider("p", "http://127.0.0.1:1"), **{key: bind})
+    runner, port = await listen_bound(config, role, {})
+    try:
+        assert await admin_status(client, port) == expected
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("role", ["proxy", "ops"])
+@pytest.mark.parametrize("bind", ["0.0.0.0", "127.0.0.1"])
+async def test_admin_token_is_required_whatever_the_binding(role: Role, bind: str) -> None:
+    """With a token, both listeners want the bearer on any binding: 401 without it, 200 with it."""
+    key = "host" if role == "proxy" else "ops_host"
+    config = sidecar_config(provider("p", "http://127.0.0.1:1"), **{key: bind})
+    runner, port = await listen_bound(config, role, {"SIDECAR_ADMIN_TOKEN": TOKEN})
+    try:
+        assert await admin_status("127.0.0.1", port) == 401
+        assert await admin_status("127.0.0.1", port, "wrong") == 401
+        assert await admin_status("127.0.0.1", port, TOKEN) == 200
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("proxy_host", "ops_host"), [("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "0.0.0.0")])
+async def test_admin_access_in_the_real_process(tmp_path: Path, proxy_host: str, ops_host: str) -> None:
+    """`sidecar --host/--ops-host`: /admin is 403 on the listener bound to 0.0.0.0, 200 on loopback."""
+    sc = await start_sidecar(
+        "server: {drain_time: 0s, shutdown_grace: 1s}\n", tmp_path,
+        args=("--host", proxy_host, "--ops-host", ops_host),
+    )
+    try:
+        for host, port in ((proxy_host, sc.proxy_port), (ops_host, sc.ops_port)):
+            body = await admin_get("127.0.0.1", port)
+            if host == "0.0.0.0":
+                assert body[0] == 403 and body[1]["error"] == "forbidden", host
+                assert "0.0.0.0" in body[1]["detail"]
+            else:
+                assert body[0] == 200 and body[1] == {"breakers": {}}, host
+    finally:
+        assert await sc.stop() == 0
+
+
+async def test_admin_token_in_the_real_process(tmp_path: Path) -> None:
+    """With SIDECAR_ADMIN_TOKEN set, the real process wants the bearer on both listeners."""
+    sc = await start_sidecar(
+        "server: {drain_time: 0s, shutdown_grace: 1s}\n", tmp_path,
+        env={"SIDECAR_ADMIN_TOKEN": TOKEN}, args=("--host", "0.0.0.0", "--ops-host", "127.0.0.1"),
+    )
+    try:
+        for port in (sc.proxy_port, sc.ops_port):
+            assert await admin_status("127.0.0.1", port) == 401
+            assert await admin_status("127.0.0.1", port, TOKEN) == 200
+    finally:
+        assert await sc.stop() == 0
 
 
 async def test_admin_on_loopback_without_token(fake: FakeProvider, sidecar) -> None:

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from sidecar import __version__
-from sidecar.config import HealthConfig
+from sidecar.config import BreakerConfig, HealthConfig, SidecarConfig
+from sidecar.config.load import load_config
 from sidecar.ops.checks import LocalChecks, filesystem_check, memory_check, memory_limit, read_rss
 from sidecar.ops.endpoints import CHECKS
 from sidecar.ops.health import overall_status
+from sidecar.policy.breaker import CircuitBreaker
+from sidecar.policy.host_breakers import FROM_WORST, SUMMED
 from sidecar.web.app import SERVICES, create_app
 
 from ..conftest import provider, sidecar_config, start_listener
+from ..ops.test_probes import QUIET
+from ..providers.test_download import dead_port
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.fakes import FakeClock
-from .test_probes import QUIET
 
 OK_CHECKS = {"filesystem": {"ok": True}, "memory": {"ok": True}}
 
@@ -59,7 +65,7 @@ async def test_own_endpoints_on_the_ops_listener(fake: FakeProvider) -> None:
 
 
 async def test_ready_until_draining(fake: FakeProvider, sidecar) -> None:
-    """/health/ready is 200, then 503 with reason "draining" once the process drains."""
+    """/health/ready is 200, then 503 with reason "draining" once the gateway drains."""
     client = await sidecar(sidecar_config(provider("p", fake.url)))
     assert await json_of(client, "/health/ready") == (200, {"status": "ready"})
     client.app[SERVICES].status.draining = True
@@ -152,9 +158,10 @@ async def test_detailed_shape(fake: FakeProvider, sidecar) -> None:
     assert set(body) == {"status", "version", "uptime_seconds", "providers", "checks"}
     assert set(body["providers"]) == {"a", "b"}
     view = body["providers"]["a"]
-    assert set(view) == {"configured", "critical", "state", "breaker", "probe"}
+    assert set(view) == {"configured", "critical", "state", "breaker", "probe", "hosts"}
     for key in ("window_calls", "window_failures", "consecutive_failures", "state"):
         assert key in view["breaker"]
+    assert view["hosts"] is None  # only a per-host provider (kind: download) lists hosts
     assert body["checks"]["filesystem"]["ok"] is True and body["checks"]["memory"]["ok"] is True
     assert isinstance(body["checks"]["memory"]["rss_bytes"], int)
 
@@ -259,3 +266,105 @@ def test_test_provider_helpers_are_what_the_tests_assume() -> None:
     b = provider("x", "http://h").breaker
     assert (b.failure_threshold, b.recovery_timeout) == (3, 10.0)
     assert QUIET.interval >= 3600
+
+
+def default_config_with(environ: dict[str, str]) -> SidecarConfig:
+    """The embedded default, its file-download opened to http on loopback for fake file servers."""
+    config = load_config(None, environ)
+    dl = config.providers["file-download"]
+    assert dl.download is not None
+    download = dataclasses.replace(dl.download, allowed_hosts=("127.0.0.1",),
+                                   allowed_schemes=("http",), allow_private_networks=True)
+    providers = {**config.providers, "file-download": dataclasses.replace(dl, download=download)}
+    return dataclasses.replace(config, providers=providers)
+
+
+async def breaker_objects(client) -> tuple[dict[str, dict], dict[str, dict], dict]:
+    """Every provider's breaker object from /health/detailed and /admin/breakers, and the
+    file-download host table."""
+    status, detailed = await json_of(client, "/health/detailed")
+    assert status == 200
+    status, admin = await json_of(client, "/admin/breakers")
+    assert status == 200
+    health = {name: view["breaker"] for name, view in detailed["providers"].items()}
+    return health, admin["breakers"], detailed["providers"]["file-download"].get("hosts")
+
+
+def assert_one_shape(health: dict[str, dict], admin: dict[str, dict]) -> None:
+    """Every provider's breaker object has the keys of a single CircuitBreaker's, on both endpoints."""
+    single = set(CircuitBreaker("x", BreakerConfig(), clock=FakeClock()).snapshot())
+    assert len(health) == 7 and set(admin) == set(health)
+    for name in health:
+        assert set(health[name]) == single, name
+        assert set(admin[name]) == single, name
+
+
+async def test_breaker_objects_have_one_shape_with_the_default_config(sidecar, clock: FakeClock) -> None:
+    """With the default config, file-download's breaker object looks like every other provider's."""
+    client = await sidecar(default_config_with({}), clock=clock)
+    health, admin, hosts = await breaker_objects(client)
+    assert_one_shape(health, admin)
+    assert hosts == {"count": 0, "capacity": 256, "evicted": 0, "breakers": {}}
+    config = client.app[SERVICES].registry.providers["file-download"].config.breaker
+    assert health["file-download"] == CircuitBreaker("x", config, clock=clock).snapshot()
+
+
+async def test_breaker_objects_have_one_shape_after_hosts_failed(
+    fake: FakeProvider, sidecar, clock: FakeClock
+) -> None:
+    """After a host opened, another failed and a proxy provider opened, the shapes still agree and
+    file-download's values are the sums and the worst host's."""
+    other = await FakeProvider().start()
+    try:
+        client = await sidecar(default_config_with({"SIDECAR_REPLICATE_UPSTREAM": fake.url}),
+                               clock=clock)
+        dead = f"http://127.0.0.1:{dead_port()}/f"
+        assert (await client.get(download(dead))).status == 502  # 3 refused attempts: opens
+        assert (await client.get(download(dead))).status == 503  # short-circuited
+        fake.then(Reply(status=500), Reply(body=b"ok"))  # 2 calls, 1 failure, then closed
+        assert (await client.get(download(f"{fake.url}/b"))).status == 200
+        other.then(Reply(status=503, headers={"Retry-After": "3600"}))  # 1 call, not retried
+        assert (await client.get(download(f"{other.url}/c"))).status == 503
+        fake.then(*[Reply(status=500)] * 5)  # replicate (threshold 5) opens on its 5th failure
+        for _ in range(2):
+            assert (await client.get("/replicate/v1/x")).status == 500
+        health, admin, hosts = await breaker_objects(client)
+        assert_one_shape(health, admin)
+        assert health["replicate"]["state"] == "open"
+        agg = health["file-download"]
+        assert admin["file-download"] == agg
+        assert (agg["state"], agg["consecutive_failures"], agg["retry_after_seconds"]) == ("open", 3, 5.0)
+        assert (agg["window_calls"], agg["window_failures"], agg["failure_rate"]) == (6, 5, 0.8333)
+        assert (agg["total_calls"], agg["total_successes"], agg["total_failures"]) == (6, 1, 5)
+        assert (agg["total_rejected"], agg["opened_count"]) == (1, 1)
+        per_host = hosts["breakers"]
+        assert hosts["count"] == 3 and sorted(s["state"] for s in per_host.values()) == [
+            "closed", "closed", "open"]
+        assert_aggregated(agg, list(per_host.values()))
+        clock.advance(5.0)  # the dead host's recovery_timeout: HALF_OPEN
+        health, admin, hosts = await breaker_objects(client)
+        assert_one_shape(health, admin)
+        agg = health["file-download"]
+        assert (agg["state"], agg["retry_after_seconds"], agg["consecutive_failures"]) == (
+            "half_open", None, 3)
+        assert_aggregated(agg, list(hosts["breakers"].values()))
+    finally:
+        await other.close()
+
+
+def assert_aggregated(agg: dict, hosts: list[dict]) -> None:
+    """The documented rules: SUMMED keys are sums, FROM_WORST keys the worst host's values."""
+    for key in SUMMED:
+        assert agg[key] == sum(h[key] for h in hosts), key
+    rank = {"closed": 0, "half_open": 1, "open": 2}
+    worst = max(hosts, key=lambda h: (rank[h["state"]], h["consecutive_failures"],
+                                      h["retry_after_seconds"] or 0.0))
+    for key in FROM_WORST:
+        assert agg[key] == worst[key], key
+    assert agg["state"] == worst["state"]
+    assert agg["failure_rate"] == round(agg["window_failures"] / agg["window_calls"], 4)
+
+
+def download(url: str) -> str:
+    """The file-download path for ``url``."""
+    return f"/file-download?url={quote(url, safe='')}"

@@ -12,9 +12,11 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from sidecar.config import DownloadConfig, RetryConfig, ServerConfig
+from sidecar.config.load import parse_config
 from sidecar.policy.breaker import BreakerState
 from sidecar.policy.host_breakers import HostBreakers
 from sidecar.providers.runtime import DownloadRuntime, new_session
@@ -22,7 +24,7 @@ from sidecar.upstream.ssrf import guarded_connector
 from sidecar.web.app import SERVICES
 
 from ..conftest import provider, sidecar_config
-from ..support.fake_provider import FakeProvider, Reply
+from ..support.fake_provider import FakeProvider, Reply, has_ipv6_loopback
 from ..support.fakes import FakeClock
 from ..support.process import start_sidecar
 from ..upstream.test_attempts import metric
@@ -96,7 +98,8 @@ async def test_head_returns_headers_only(fake: FakeProvider, sidecar) -> None:
     "query",
     ["", "?url=", "?url=example.com/a.png", "?url=http%3A%2F%2F%5B%3A%3A1", "?url=http%3A%2F%2F%2Fx",
      "?url=http%3A%2F%2F127.0.0.1%2Fa&url=http%3A%2F%2F127.0.0.1%2Fb",
-     "?url=http%3A%2F%2Fu%3Ap%40127.0.0.1%2Fa"],
+     "?url=http%3A%2F%2Fu%3Ap%40127.0.0.1%2Fa", "?url=localhost%3A8080%2Ff",
+     "?url=127.0.0.1%3A8080%2Ff", "?url=%2F%2F127.0.0.1%2Ff", "?url=%2Ff", "?url=%3A%2F%2Fx"],
 )
 async def test_malformed_url_is_bad_request(fake: FakeProvider, sidecar, query: str) -> None:
     """Missing, scheme-less, unparsable, host-less, repeated or credentialed url= is 400."""
@@ -128,7 +131,7 @@ async def test_too_large_by_content_length_is_413(fake: FakeProvider, sidecar) -
     client = await sidecar(download_config(max_download_size=1000))
     resp = await client.get(path_for(f"{fake.url}/big"))
     assert resp.status == 413 and (await resp.json())["error"] == "body_too_large"
-    host = hosts_of(client).snapshot()["hosts"]
+    host = hosts_of(client).host_table()["breakers"]
     assert host[f"127.0.0.1:{fake.port}"]["total_failures"] == 0  # type: ignore[index]
 
 
@@ -199,8 +202,46 @@ async def test_forbidden_targets(fake: FakeProvider, sidecar, url: str, override
     assert reason in body["detail"] and body["provider"] == NAME
     assert any(e["event"] == "download_refused" and reason in e["reason"] for e in logs)
     assert fake.seen == []
-    assert all(s["total_calls"] == 0 for s in hosts_of(client).snapshot()["hosts"].values())  # type: ignore[attr-defined]
+    assert all(s["total_calls"] == 0 for s in hosts_of(client).host_table()["breakers"].values())  # type: ignore[attr-defined]
     assert metric(client, "sidecar_upstream_attempts_total", provider=NAME, result="success") == 0
+
+
+def breaker_series(client: Any) -> dict[str, float]:
+    """Every breaker-related sample of the download provider, as name{labels} -> value."""
+    text = client.app[SERVICES].metrics.render().decode()
+    series = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.labels.get("provider") == NAME and not sample.name.startswith("sidecar_request"):
+                series[f"{sample.name}{sorted(sample.labels.items())}"] = sample.value
+    return series
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme"),
+    [("file:///etc/passwd", "file"), ("data:text/plain,hi", "data"),
+     ("javascript:alert(1)", "javascript"), ("ftp://x/y", "ftp"), ("gopher://x", "gopher"),
+     ("FILE:///etc/passwd", "file"), ("https://127.0.0.1/f", "https")],
+)
+async def test_disallowed_scheme_is_forbidden_target(
+    fake: FakeProvider, sidecar, url: str, scheme: str
+) -> None:
+    """A URL whose scheme is not allowed is 403 forbidden_target naming it; no breaker call."""
+    client = await sidecar(download_config())  # allowed_schemes: [http]
+    before = breaker_series(client)
+    assert any(key.startswith("sidecar_upstream_attempts_total") for key in before)
+    with capture_logs() as logs:
+        resp = await client.get(path_for(url))
+    body = await resp.json()
+    assert resp.status == 403 and resp.headers["X-Sidecar-Error"] == "forbidden_target"
+    assert body["error"] == "forbidden_target" and body["provider"] == NAME
+    assert f"scheme {scheme!r} is not allowed" in body["detail"]
+    assert any(e["event"] == "download_refused" and scheme in e["reason"] for e in logs)
+    assert fake.seen == []
+    assert breaker_series(client) == before
+    snapshot = hosts_of(client).snapshot()
+    assert snapshot["total_calls"] == 0 and snapshot["total_rejected"] == 0
+    assert metric(client, "sidecar_requests_total", provider=NAME, code="403") == 1
 
 
 @pytest.mark.parametrize(
@@ -224,6 +265,69 @@ async def test_redirect_hops_are_checked(fake: FakeProvider, sidecar, location: 
     body = await resp.json()
     assert resp.status == 403 and body["error"] == "forbidden_target" and reason in body["detail"]
     assert len(fake.seen) == 1
+
+
+@pytest.fixture
+async def fake6() -> Any:
+    """A fake file server on [::1]; the test is skipped where the machine has no IPv6 loopback."""
+    if not has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
+    fp = await FakeProvider(host="::1").start()
+    yield fp
+    await fp.close()
+
+
+def loaded_download_config(*hosts: str, allow_private: bool = True) -> Any:
+    """The download provider as the config loader builds it from YAML-shaped data."""
+    return parse_config({"providers": {NAME: {
+        "kind": "download", "allowed_hosts": list(hosts), "allowed_schemes": ["http"],
+        "allow_private_networks": allow_private}}}, {})
+
+
+@pytest.mark.parametrize("entry", ["::1", "[::1]", "0:0:0:0:0:0:0:1"])
+@pytest.mark.parametrize("url_host", ["[::1]", "[0:0:0:0:0:0:0:1]", "[0::1]"])
+async def test_ipv6_literal_in_allowed_hosts_downloads(
+    fake6: FakeProvider, sidecar, entry: str, url_host: str
+) -> None:
+    """An IPv6 literal, bare or bracketed, allows that address however the URL spells it."""
+    fake6.then(Reply(body=b"over ipv6"))
+    client = await sidecar(loaded_download_config(entry))
+    resp = await client.get(path_for(f"http://{url_host}:{fake6.port}/f.bin"))
+    assert resp.status == 200 and await resp.read() == b"over ipv6"
+    assert [s.raw_path for s in fake6.seen] == ["/f.bin"]
+    assert hosts_of(client).host_state(f"::1:{fake6.port}") is BreakerState.CLOSED
+
+
+async def test_ipv6_loopback_is_refused_without_private_networks(
+    fake6: FakeProvider, sidecar
+) -> None:
+    """Listing ::1 does not open loopback: without allow_private_networks it is 403, never sent."""
+    client = await sidecar(loaded_download_config("::1", allow_private=False))
+    resp = await client.get(path_for(f"http://[::1]:{fake6.port}/f"))
+    body = await resp.json()
+    assert resp.status == 403 and body["error"] == "forbidden_target"
+    assert "loopback" in body["detail"]
+    assert fake6.seen == [] and hosts_of(client).snapshot()["total_calls"] == 0
+
+
+@pytest.mark.parametrize("entry", ["fd00:ec2::254", "[FD00:EC2:0::254]"])
+async def test_listed_ipv6_metadata_address_stays_refused(sidecar, entry: str) -> None:
+    """fd00:ec2::254 is 403 cloud metadata even when listed and private networks are open."""
+    client = await sidecar(loaded_download_config(entry))
+    resp = await client.get(path_for("http://[fd00:ec2::254]/latest/meta-data/"))
+    body = await resp.json()
+    assert resp.status == 403 and body["error"] == "forbidden_target"
+    assert "cloud metadata" in body["detail"]
+    assert hosts_of(client).snapshot()["total_calls"] == 0
+
+
+async def test_unlisted_ipv6_address_is_refused(fake6: FakeProvider, sidecar) -> None:
+    """An IPv6 address that is not on the list is 403 not in allowed_hosts."""
+    client = await sidecar(loaded_download_config("::2"))
+    resp = await client.get(path_for(f"http://[::1]:{fake6.port}/f"))
+    body = await resp.json()
+    assert resp.status == 403 and "'::1' is not in allowed_hosts" in body["detail"]
+    assert fake6.seen == []
 
 
 async def test_only_allowed_resolved_addresses_are_connected(fake: FakeProvider, sidecar) -> None:
@@ -298,7 +402,7 @@ async def test_bulkhead_refuses_downloads_over_max_concurrent(fake: FakeProvider
 async def test_downloads_get_request_ids_and_access_log_as_proxied_calls(
     fake: FakeProvider, sidecar
 ) -> None:
-    """A download's request id comes from the app's seeded PRNG and it gets an access log line."""
+    """A download's request id comes from the gateway's seeded PRNG and it gets an access log line."""
     cfg = dataclasses.replace(download_config(), server=ServerConfig(access_log=True))
     client = await sidecar(cfg, rng=random.Random(3))
     with capture_logs() as logs:

@@ -1,4 +1,4 @@
-"""A real aiohttp server on 127.0.0.1 standing in for a provider; the test scripts its answers.
+"""A real aiohttp server on 127.0.0.1 (or [::1]) standing in for a provider; the test scripts its answers.
 
 Each request takes the next scripted ``Reply`` (or the default), and every request is recorded
 (method, raw target, headers, body size and digest) so tests can assert what the provider saw.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +43,21 @@ class Seen:
     body: bytes
 
 
+def has_ipv6_loopback() -> bool:
+    """True when this machine can listen on [::1] (some CI containers have no IPv6 at all)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 class FakeProvider:
-    def __init__(self, keep_bodies_up_to: int = 1 << 20) -> None:
+    def __init__(self, keep_bodies_up_to: int = 1 << 20, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.script: deque[Reply] = deque()
         self.default = Reply()
         self.seen: list[Seen] = []
@@ -54,7 +68,8 @@ class FakeProvider:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def then(self, *replies: Reply) -> FakeProvider:
         self.script.extend(replies)
@@ -67,7 +82,7 @@ class FakeProvider:
             app, auto_decompress=False, access_log=None, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self

@@ -1,4 +1,5 @@
-"""The real ``python -m sidecar`` as a subprocess: started from a YAML text, both pipes kept whole.
+"""The real sidecar as a subprocess (``python -m sidecar``, or the ``sidecar`` console script that
+pip installed): started from a YAML text, both pipes kept whole.
 
 Both pipes are drained into lists (the secrets test greps them, and an undrained pipe would block the
 sidecar); the ports come from its first "listening" log line; RSS is sampled from ``/proc``.
@@ -19,6 +20,15 @@ from typing import Any
 _NOT_INHERITED = (
     "SIDECAR_", "CB_", "REPLICATE_", "SUPABASE_", "ELEVENLABS_", "SYNC_LABS_", "BFL_", "HF_TOKEN",
 )
+# The console script of the package installed in this venv (setup.cfg's entry point).
+SCRIPT = Path(sys.executable).with_name("sidecar")
+
+
+def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without sidecar settings or real provider keys, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
+    env.update(extra or {})
+    return env
 
 
 @dataclass
@@ -94,17 +104,20 @@ async def _pump(stream: asyncio.StreamReader, sink: list[str]) -> None:
 
 async def start_sidecar(
     config_yaml: str | None, tmp: Path, *, env: dict[str, str] | None = None, startup: float = 20.0,
-    args: tuple[str, ...] = (),
+    args: tuple[str, ...] = (), script: bool = False,
 ) -> Sidecar:
-    """Write the config (None: the embedded default), start on free ports, wait for "listening"."""
-    argv = [sys.executable, "-m", "sidecar", "--port", "0", "--ops-port", "0", *args]
+    """Write the config (None: the embedded default), start on free ports, wait for "listening".
+
+    ``script``: run the installed ``sidecar`` console script instead of ``python -m sidecar``.
+    """
+    command = [str(SCRIPT)] if script else [sys.executable, "-m", "sidecar"]
+    argv = [*command, *args, "--port", "0", "--ops-port", "0"]
     if config_yaml is not None:
         path = tmp / "sidecar.yaml"
         path.write_text(config_yaml)
         argv += ["--config", str(path)]
     # No sidecar settings and no real provider keys leak in from the machine running the tests.
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
-    full_env.update(env or {})
+    full_env = clean_environ(env)
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full_env,
         limit=1 << 20,
