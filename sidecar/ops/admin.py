@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from ..errors import error_response
+from ..errors import ErrorCode, error_response
 from ..logs import get_logger
 from ..providers.registry import ProviderRegistry
 
@@ -86,12 +86,14 @@ class AdminHandlers:
         async def guarded(request: web.Request) -> web.StreamResponse:
             if self.token is not None:
                 if not token_matches(request.headers.get("Authorization"), self.token):
-                    resp = error_response("unauthorized", "admin requires Authorization: Bearer <token>")
+                    resp = error_response(
+                        ErrorCode.UNAUTHORIZED, "admin requires Authorization: Bearer <token>"
+                    )
                     resp.headers["WWW-Authenticate"] = 'Bearer realm="sidecar-admin"'
                     return resp
             elif not self._local_only:
                 return error_response(
-                    "forbidden",
+                    ErrorCode.FORBIDDEN,
                     f"admin without {TOKEN_ENV} answers only on a listener bound to loopback; "
                     f"this one is bound to {self.bound_host or 'every interface'}",
                 )
@@ -109,13 +111,13 @@ class AdminHandlers:
         action = request.match_info["action"]
         if name not in self.registry.providers:
             return error_response(
-                "unknown_provider", "no such provider", provider=name,
+                ErrorCode.UNKNOWN_PROVIDER, "no such provider", provider=name,
                 extra={"known_providers": self.registry.known},
             )
         act = self._actions.get(action)
         if act is None:
             return error_response(
-                "bad_request", f"unknown action {action!r}; one of: {', '.join(self._actions)}",
+                ErrorCode.BAD_REQUEST, f"unknown action {action!r}; one of: {', '.join(self._actions)}",
                 provider=name,
             )
         breaker = self.registry.providers[name].control

@@ -23,7 +23,7 @@ from multidict import CIMultiDict, istr
 from yarl import URL
 
 from ..config import DownloadConfig, RouteConfig
-from ..errors import SidecarError, to_response
+from ..errors import ErrorCode, SidecarError, to_response
 from ..headers import ATTEMPTS, REQUEST_ID
 from ..logs import get_logger
 from ..policy.breaker import CircuitBreaker
@@ -101,7 +101,7 @@ class DownloadGuard:
 def url_param(values: Sequence[str]) -> str:
     """The one non-empty ``url=`` value; anything else is 400 bad_request."""
     if len(values) != 1 or not values[0].strip():
-        raise SidecarError("bad_request", "exactly one url= query parameter is required")
+        raise SidecarError(ErrorCode.BAD_REQUEST, "exactly one url= query parameter is required")
     return values[0].strip()
 
 
@@ -109,7 +109,7 @@ def url_scheme(text: str) -> str:
     """The scheme of ``url=``, lower-cased; a URL without one is 400 bad_request."""
     match = _SCHEME.match(text)
     if match is None or _HOST_PORT.fullmatch(text):
-        raise SidecarError("bad_request", "url= must be an absolute URL with a scheme")
+        raise SidecarError(ErrorCode.BAD_REQUEST, "url= must be an absolute URL with a scheme")
     return match.group(1).lower()
 
 
@@ -120,13 +120,13 @@ def parse_download_url(text: str) -> URL:
         url = to_url(text)
         host = url.raw_host
     except (ValueError, TypeError) as exc:
-        raise SidecarError("bad_request", f"url= is not a valid URL: {exc}") from None
+        raise SidecarError(ErrorCode.BAD_REQUEST, f"url= is not a valid URL: {exc}") from None
     if "://" not in text:
-        raise SidecarError("bad_request", "url= must be an absolute URL like https://host/path")
+        raise SidecarError(ErrorCode.BAD_REQUEST, "url= must be an absolute URL like https://host/path")
     if not host:
-        raise SidecarError("bad_request", "url= has no host")
+        raise SidecarError(ErrorCode.BAD_REQUEST, "url= has no host")
     if url.raw_user is not None or url.raw_password is not None:
-        raise SidecarError("bad_request", "url= must not carry credentials")
+        raise SidecarError(ErrorCode.BAD_REQUEST, "url= must not carry credentials")
     return url.with_fragment(None)
 
 
@@ -163,10 +163,10 @@ class DownloadHandler:
         """Check the request, fetch the file; a refusal is answered as JSON with the request id."""
         try:
             if request.method not in ("GET", "HEAD"):
-                raise SidecarError("method_not_allowed", "downloads are GET or HEAD",
+                raise SidecarError(ErrorCode.METHOD_NOT_ALLOWED, "downloads are GET or HEAD",
                                    provider=rt.name)
             if rest not in ("", "/"):
-                raise SidecarError("bad_request", "downloads take no path, only ?url=",
+                raise SidecarError(ErrorCode.BAD_REQUEST, "downloads take no path, only ?url=",
                                    provider=rt.name)
             text = url_param(request.query.getall("url", []))
             # A refused scheme is 403 before any parsing: file:, data: and javascript: URLs have
@@ -177,15 +177,14 @@ class DownloadHandler:
             url = parse_download_url(text)
             return await self._fetch(request, rt, url, policy, request_id)
         except SidecarError as err:
-            err.provider = rt.name
-            resp = to_response(err)
+            resp = to_response(err.with_context(provider=rt.name))
             resp.headers[REQUEST_ID] = request_id
             return resp
 
     def _refuse(self, rt: DownloadRuntime, url: URL | None, reason: str, hop: int) -> SidecarError:
         self._log.warning("download_refused", provider=rt.name,
                           host=None if url is None else url.raw_host, hop=hop, reason=reason)
-        return SidecarError("forbidden_target", reason, provider=rt.name)
+        return SidecarError(ErrorCode.FORBIDDEN_TARGET, reason, provider=rt.name)
 
     async def _fetch(
         self, request: web.Request, rt: DownloadRuntime, url: URL, policy: RouteConfig,
@@ -213,22 +212,21 @@ class DownloadHandler:
             attempts += exchange.attempts
             if exchange.response is None:
                 assert exchange.error is not None
-                exchange.error.attempts = attempts
-                raise exchange.error
+                raise exchange.error.with_context(attempts=attempts)
             up = exchange.response
             location = up.headers.get("Location") if up.status in REDIRECTS else None
             if location is None:
                 return await self._relay(request, up, attempts, request_id, cfg.max_download_size)
             up.release()
             url = _next_hop(url, location, rt.name)
-        raise SidecarError("too_many_redirects",
+        raise SidecarError(ErrorCode.TOO_MANY_REDIRECTS,
                            f"more than {cfg.max_redirects} redirects", attempts=attempts)
 
     def _policy(self, policy: RouteConfig, deadline: float) -> RouteConfig:
         """The provider's policy with ``timeouts.total`` shrunk to what is left for later hops."""
         remaining = deadline - self._clock()
         if remaining <= 0:
-            raise SidecarError("upstream_timeout", "redirects used up timeouts.total")
+            raise SidecarError(ErrorCode.UPSTREAM_TIMEOUT, "redirects used up timeouts.total")
         return dataclasses.replace(
             policy, timeouts=dataclasses.replace(policy.timeouts, total=remaining)
         )
@@ -241,7 +239,7 @@ class DownloadHandler:
         length = up.content_length
         if length is not None and length > limit:
             up.close()  # not drained: the rest of an oversized body is not worth reading
-            raise SidecarError("body_too_large",
+            raise SidecarError(ErrorCode.BODY_TOO_LARGE,
                                f"Content-Length {length} exceeds max_download_size {limit}",
                                attempts=attempts)
         headers = CIMultiDict((h, v) for h in PASS for v in up.headers.getall(h, ()))
@@ -293,6 +291,6 @@ def _next_hop(url: URL, location: str, provider: str) -> URL:
         nxt = url.join(to_url(location.strip()))
         _ = nxt.raw_host  # a bad IPv6 literal or port fails here, not at connect time
     except (ValueError, TypeError):
-        raise SidecarError("upstream_unreachable", "redirect with an invalid Location",
+        raise SidecarError(ErrorCode.UPSTREAM_UNREACHABLE, "redirect with an invalid Location",
                            provider=provider) from None
     return nxt.with_fragment(None)

@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import RouteConfig
-from ..errors import RequestBodyError, SidecarError, to_response
+from ..errors import ErrorCode, RequestBodyError, SidecarError, to_response
 from ..headers import (
     ATTEMPTS,
     IDEMPOTENCY_KEY,
@@ -59,7 +59,7 @@ class _LimitedStream:
         async for chunk in self._content.iter_any():
             total += len(chunk)
             if total > self._limit:
-                raise RequestBodyError("body_too_large", f"request body exceeds {self._limit} bytes")
+                raise RequestBodyError(ErrorCode.BODY_TOO_LARGE, f"request body exceeds {self._limit} bytes")
             yield chunk
 
 
@@ -95,12 +95,12 @@ async def read_body(
             return await _read_body(request, rt, buffer_limit, want_replay)
     except TimeoutError:
         raise SidecarError(
-            "request_timeout", f"request body not received within {wait:.3g}s", provider=rt.name
+            ErrorCode.REQUEST_TIMEOUT, f"request body not received within {wait:.3g}s", provider=rt.name
         ) from None
     except _CLIENT_GONE:
         # The client's fault (it went away mid-body), never the provider's: a 400 that it will
         # most likely not read, but that the metrics and the breaker see as a client error.
-        raise SidecarError("bad_request", "request body incomplete", provider=rt.name) from None
+        raise SidecarError(ErrorCode.BAD_REQUEST, "request body incomplete", provider=rt.name) from None
 
 
 async def _read_body(
@@ -110,7 +110,7 @@ async def _read_body(
     length = request.content_length
     if length is not None and length > limit:
         raise SidecarError(
-            "body_too_large", f"request body of {length} bytes exceeds {limit}", provider=rt.name
+            ErrorCode.BODY_TOO_LARGE, f"request body of {length} bytes exceeds {limit}", provider=rt.name
         )
     # Never keep more than the limit: a chunked body that ends below the buffering threshold but
     # above max_request_body must still be refused.
@@ -129,7 +129,7 @@ async def _read_body(
         size += len(chunk)
     if size > limit:
         raise SidecarError(
-            "body_too_large", f"request body exceeds {limit} bytes", provider=rt.name
+            ErrorCode.BODY_TOO_LARGE, f"request body exceeds {limit} bytes", provider=rt.name
         )
     return _LimitedStream(b"".join(chunks), request.content, limit), False
 
@@ -208,7 +208,8 @@ async def relay(
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         up.close()
         err = SidecarError(
-            "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_unreachable",
+            ErrorCode.UPSTREAM_TIMEOUT if isinstance(exc, TimeoutError)
+            else ErrorCode.UPSTREAM_UNREACHABLE,
             f"response body failed: {type(exc).__name__}",
             provider=provider,
             attempts=attempts,

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import RetryConfig, RouteConfig
-from ..errors import RequestBodyError, SidecarError
+from ..errors import ErrorCode, RequestBodyError, SidecarError
 from ..headers import RETRY_AFTER
 from ..policy.breaker import BreakerState, CircuitBreaker, Outcome, Permit, Rejection
 from ..policy.retry import RetryBudget, parse_retry_after, retry_delay
@@ -177,26 +177,26 @@ class AttemptLoop:
         except RequestBodyError as exc:
             # The client's body failed (limit, cut off, stalled): no verdict on the provider.
             target.breaker.record(permit, Outcome.IGNORED)
-            exc.provider = target.name
-            return None, exc, None
+            return None, exc.with_context(provider=target.name), None
         except PoolTimeout as exc:
             # Every pooled connection stayed busy: local saturation, nothing reached the provider.
             target.breaker.record(permit, Outcome.IGNORED)
             metrics.attempt["timeout"].inc()
-            return None, SidecarError("upstream_timeout", str(exc), provider=target.name), None
+            return None, SidecarError(ErrorCode.UPSTREAM_TIMEOUT, str(exc), provider=target.name), None
         except (TimeoutError, aiohttp.ServerTimeoutError):
             elapsed = clock() - t0
             target.breaker.record(permit, Outcome.FAILURE, elapsed)
             metrics.attempt["timeout"].inc()
             metrics.attempt_duration.observe(elapsed)
             detail = f"no response within {timeout:.3g}s"
-            return None, SidecarError("upstream_timeout", detail, provider=target.name), None
+            return None, SidecarError(ErrorCode.UPSTREAM_TIMEOUT, detail, provider=target.name), None
         except _CONNECT_ERRORS as exc:
             elapsed = clock() - t0
             target.breaker.record(permit, Outcome.FAILURE, elapsed)
             metrics.attempt["connect_error"].inc()
             metrics.attempt_duration.observe(elapsed)
-            return None, SidecarError("upstream_unreachable", _describe(exc), provider=target.name), None
+            error = SidecarError(ErrorCode.UPSTREAM_UNREACHABLE, _describe(exc), provider=target.name)
+            return None, error, None
         except BaseException:
             target.breaker.record(permit, Outcome.IGNORED)
             raise
@@ -245,14 +245,14 @@ def _retry_wanted(response: R | None, retry_cfg: RetryConfig) -> bool:
 
 def _finish(response: R | None, error: SidecarError | None, attempts: int) -> Exchange[R]:
     if error is not None:
-        error.attempts = attempts
+        error = error.with_context(attempts=attempts)
     return Exchange(response, error, attempts)
 
 
 def _circuit_open(provider: str, rejection: Rejection) -> SidecarError:
     state = rejection.state.value
     return SidecarError(
-        "circuit_open",
+        ErrorCode.CIRCUIT_OPEN,
         f"circuit breaker for {provider} is {state}",
         provider=provider,
         retry_after=rejection.retry_after,

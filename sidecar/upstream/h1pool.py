@@ -37,7 +37,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-from ..errors import RequestBodyError
+from ..errors import ErrorCode, RequestBodyError
 
 __all__ = ["H1Pool", "H1Response", "PoolTimeout"]
 
@@ -488,7 +488,7 @@ def _head_timed_out(proto: ResponseHandler, timeout: float, upload: _Upload | No
     if upload is not None and upload.on_client:
         # The upstream is waiting for the rest of the client's body: the client stalled.
         detail = f"request body not received within {timeout:.3g}s"
-        proto.set_exception(RequestBodyError("request_timeout", detail))
+        proto.set_exception(RequestBodyError(ErrorCode.REQUEST_TIMEOUT, detail))
         return
     proto.set_exception(aiohttp.ServerTimeoutError(f"no response head within {timeout:.3g}s"))
 
@@ -505,7 +505,8 @@ async def _from_client(body: AsyncIterable[bytes], upload: _Upload) -> AsyncIter
         except RequestBodyError:
             raise
         except Exception as exc:
-            raise RequestBodyError("bad_request", f"request body failed: {type(exc).__name__}") from exc
+            detail = f"request body failed: {type(exc).__name__}"
+            raise RequestBodyError(ErrorCode.BAD_REQUEST, detail) from exc
         finally:
             upload.on_client = False
         yield chunk

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from ..config import OWN_ENDPOINTS, UNKNOWN_PROVIDER, RouteConfig, SidecarConfig
-from ..errors import error_response
+from ..errors import ErrorCode, error_response
 from ..headers import OPERATION, REQUEST_ID
 from ..logs import get_logger
 from ..ops.endpoints import add_own_routes
@@ -86,7 +86,7 @@ def _lifetime(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
-    return error_response("not_found", "the ops listener serves only /health*, /metrics and /admin")
+    return error_response(ErrorCode.NOT_FOUND, "the ops listener serves only /health*, /metrics and /admin")
 
 
 Forward = Callable[
@@ -117,17 +117,17 @@ def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.Stre
     async def dispatch(request: web.Request) -> web.StreamResponse:
         raw = request.raw_path
         if not raw.startswith("/"):
-            resp = error_response("bad_request", "only origin-form request targets are accepted")
+            resp = error_response(ErrorCode.BAD_REQUEST, "only origin-form request targets are accepted")
         else:
             name, rest, query = split_target(raw)
             rt = providers.get(name)
             if rt is not None:
                 return await serve(request, rt, rest, query)
             if name in OWN_ENDPOINTS:
-                resp = error_response("not_found", f"no such endpoint: /{name}{rest}")
+                resp = error_response(ErrorCode.NOT_FOUND, f"no such endpoint: /{name}{rest}")
             else:
                 resp = error_response(
-                    "unknown_provider",
+                    ErrorCode.UNKNOWN_PROVIDER,
                     "no such provider",
                     provider=None,
                     extra={"known_providers": known},
@@ -186,11 +186,11 @@ class _ProviderCalls:
         cfg = rt.config
         if not cfg.configured:
             return error_response(
-                "provider_unconfigured", f"provider {rt.name} has no upstream", provider=rt.name
+                ErrorCode.PROVIDER_UNCONFIGURED, f"provider {rt.name} has no upstream", provider=rt.name
             )
         if cfg.max_concurrent is not None and rt.inflight > cfg.max_concurrent:
             return error_response(
-                "provider_overloaded",
+                ErrorCode.PROVIDER_OVERLOADED,
                 f"{cfg.max_concurrent} requests already in flight to {rt.name}",
                 provider=rt.name,
             )
