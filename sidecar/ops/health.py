@@ -1,4 +1,4 @@
-"""``/health``, ``/health/live``, ``/health/ready`` and ``/health/detailed`` (SPEC section 6).
+"""``/health``, ``/health/live``, ``/health/ready`` and ``/health/detailed``: the process and its providers.
 
 Nothing here sends traffic upstream: provider state comes from the breakers and from the results
 the background probes (``ProbeRunner``) keep. The decisions are pure functions of that state, so
@@ -78,7 +78,7 @@ def readiness_problems(
     for rt in registry.providers.values():
         cfg = rt.config
         if not cfg.critical or not cfg.configured:
-            continue  # an unconfigured provider never fails readiness (SPEC section 3)
+            continue  # a provider left without an upstream is switched off: never a readiness fault
         state = rt.control.state
         probe = probes.result(rt.name)
         if state in _NOT_READY_STATES:

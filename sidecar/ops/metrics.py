@@ -1,6 +1,6 @@
 """Prometheus metrics on a registry of the app's own (never the global one).
 
-The names and labels are a contract with the dashboard and the alerts (SPEC section 6). Label
+The names and labels are a contract with the dashboard, the alerts and the operators' queries. Label
 children are resolved once per provider and operation, so the request path only increments.
 """
 

@@ -1,6 +1,6 @@
 """Background health probes: one task per probed provider; the runner keeps each one's last result.
 
-A probe is *not* a breaker call (SPEC section 5): it uses a small session of its own, never asks
+A probe is *not* a breaker call: it uses a small session of its own, never asks
 the breaker for a permit and never records an outcome, so a failing probe cannot open a breaker and
 an open breaker does not stop the probe that would show the provider is back. ``/health/detailed``
 only reads what the probes left behind, so calling it never sends traffic upstream.

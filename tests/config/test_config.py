@@ -1,4 +1,4 @@
-"""Loading, validating, merging and dumping the configuration (SPEC section 3)."""
+"""Loading, validating, merging and dumping the configuration file."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_timeout_attempt_larger_than_total_is_allowed() -> None:
-    """SPEC: attempt > total is allowed, total wins at run time."""
+    """timeouts.attempt above timeouts.total is allowed: the total wins at run time."""
     config = parse_config(provider(timeouts={"attempt": "90s", "total": "30s"}), {})
     assert config.providers["p"].timeouts.attempt == 90.0
 

@@ -13,8 +13,9 @@ from sidecar.config.load import dump_effective, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# SPEC section 3: failure_threshold, recovery_timeout, monitoring_period, success_threshold
-SPEC_TABLE = {
+# The original system's breaker settings per provider:
+# failure_threshold, recovery_timeout, monitoring_period, success_threshold
+ORIGINAL_THRESHOLDS = {
     "replicate": (5, 30.0, 60.0, 3),
     "supabase": (3, 10.0, 30.0, 2),
     "elevenlabs": (4, 20.0, 45.0, 2),
@@ -38,16 +39,16 @@ def test_embedded_default_is_byte_identical_to_configs_copy() -> None:
 
 def test_default_loads_with_an_empty_environment(default: SidecarConfig) -> None:
     """No variables set: the default still loads, with exactly the seven providers."""
-    assert list(default.providers) == list(SPEC_TABLE)
+    assert list(default.providers) == list(ORIGINAL_THRESHOLDS)
 
 
-@pytest.mark.parametrize("name", list(SPEC_TABLE))
+@pytest.mark.parametrize("name", list(ORIGINAL_THRESHOLDS))
 def test_default_thresholds_match_the_spec_table(default: SidecarConfig, name: str) -> None:
     """Each provider's breaker has the original system's thresholds."""
     breaker = default.providers[name].breaker
     got = (breaker.failure_threshold, breaker.recovery_timeout, breaker.monitoring_period,
            breaker.success_threshold)
-    assert got == SPEC_TABLE[name]
+    assert got == ORIGINAL_THRESHOLDS[name]
 
 
 def test_cb_variables_do_not_override_the_tables_explicit_values() -> None:
@@ -56,8 +57,8 @@ def test_cb_variables_do_not_override_the_tables_explicit_values() -> None:
     assert config.providers["replicate"].breaker.failure_threshold == 5
 
 
-def test_defaults_block_is_the_specs(default: SidecarConfig) -> None:
-    """Keys the providers don't set come from the SPEC's defaults block."""
+def test_defaults_block_is_the_documented_one(default: SidecarConfig) -> None:
+    """Keys the providers don't set come from the defaults block: minimum_calls 20 and the rest."""
     replicate = default.providers["replicate"]
     assert replicate.breaker.minimum_calls == 20
     assert replicate.breaker.failure_rate_threshold == 0.5

@@ -17,16 +17,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "sidecar-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "sidecar-alerts.yaml"
 
-# SPEC section 6: the contract with the dashboard and the alerts.
-SPEC_COUNTERS_GAUGES = {
+# The metric contract with the dashboard and the alerts.
+CONTRACT_COUNTERS_GAUGES = {
     "sidecar_requests_total", "sidecar_upstream_attempts_total", "sidecar_retries_total",
     "sidecar_retry_budget_exhausted_total", "sidecar_breaker_state", "sidecar_breaker_transitions_total",
     "sidecar_short_circuited_total", "sidecar_inflight_requests", "sidecar_probe_up",
     "sidecar_probe_duration_seconds", "sidecar_build_info",
 }
-SPEC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds"}
-SPEC_SERIES = SPEC_COUNTERS_GAUGES | {
-    f"{h}{s}" for h in SPEC_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+CONTRACT_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds"}
+CONTRACT_SERIES = CONTRACT_COUNTERS_GAUGES | {
+    f"{h}{s}" for h in CONTRACT_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 WITHOUT_PROVIDER = {"sidecar_build_info"}
 
 _KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
@@ -56,13 +56,13 @@ def selectors(expr: str) -> list[tuple[str, str]]:
     out = []
     for m in SELECTOR.finditer(text):
         name = m.group(1)
-        if name in SPEC_SERIES or name.startswith("process_") or name == "up":
+        if name in CONTRACT_SERIES or name.startswith("process_") or name == "up":
             out.append((name, m.group(2) or ""))
     return out
 
 
 def allowed(name: str) -> bool:
-    return name in SPEC_SERIES or name.startswith("process_") or name == "up"
+    return name in CONTRACT_SERIES or name.startswith("process_") or name == "up"
 
 
 def dashboard() -> dict[str, Any]:

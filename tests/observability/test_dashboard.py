@@ -1,4 +1,4 @@
-"""The Grafana dashboard: importable as provisioned JSON, and every query reads SPEC metrics only."""
+"""The Grafana dashboard: importable as provisioned JSON, and every query reads contract metrics only."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def test_rows() -> None:
 
 @pytest.mark.parametrize("title,expr", dashboard_exprs(), ids=lambda v: str(v)[:40])
 def test_query_uses_spec_metrics_and_provider_filter(title: str, expr: str) -> None:
-    """Only SPEC section 6 names, process_* and up; every provider-labelled selector filters on $provider."""
+    """Only the contract's metric names, process_* and up; every provider-labelled selector filters on
+    $provider."""
     names = metric_names(expr)
     assert names, f"{title}: no metric in {expr}"
     assert all(allowed(n) for n in names), f"{title}: {sorted(n for n in names if not allowed(n))}"

@@ -1,8 +1,8 @@
 """End to end: a real Prometheus scrapes a real sidecar while fake providers fail and recover; then every
 dashboard query and every alert expression returns data through Prometheus's HTTP API.
 
-Written against the SPEC interface only (`python -m sidecar --config ... --port ... --ops-port ...`,
-the SPEC section 3 file format, the SPEC section 6 metric names). Every wait polls with a deadline.
+Written against the documented interface only (`python -m sidecar --config ... --port ... --ops-port
+...`, the configuration file format, the contract's metric names). Every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ async def serve(provider: FakeProvider) -> AsyncIterator[FakeProvider]:
 
 
 def sidecar_config(flaky: FakeProvider, budget: FakeProvider, port: int, ops_port: int) -> dict[str, Any]:
-    """SPEC section 3: short breaker timings so the breaker opens and recovers within seconds."""
+    """Short breaker timings (configuration file keys) so the breaker opens and recovers within seconds."""
     probe = {"method": "GET", "path": "/health", "interval": "1s", "timeout": "1s"}
     return {
         "server": {"host": "127.0.0.1", "port": port, "ops_host": "127.0.0.1", "ops_port": ops_port,

@@ -20,7 +20,7 @@ from ..support.fake_provider import FakeProvider, Reply
 from ..support.fakes import FakeClock
 from .test_probes import QUIET
 
-# SPEC section 6: family name (as the parser reports it) -> (type, label names of its samples).
+# The metric contract: family name (as the parser reports it) -> (type, label names of its samples).
 CONTRACT = {
     "sidecar_requests": ("counter", {"provider", "operation", "code"}),
     "sidecar_request_duration_seconds": ("histogram", {"provider", "operation"}),
@@ -108,7 +108,8 @@ async def test_metrics_after_traffic_match_what_happened(
 async def test_every_contract_metric_has_its_type_and_labels(
     fake: FakeProvider, sidecar, clock: FakeClock
 ) -> None:
-    """Each SPEC metric family exists with its type and exact label set, plus the process metrics."""
+    """Each metric family of the contract exists with its type and exact label set, plus the process
+    metrics."""
     client = await sidecar(sidecar_config(provider("p", fake.url, health=QUIET)), clock=clock)
     svc = client.app[SERVICES]
     await traffic(client, fake, clock)

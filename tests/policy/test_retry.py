@@ -47,7 +47,7 @@ def test_request_is_retryable(
 
 
 def test_idempotent_methods_are_rfc_9110s() -> None:
-    """The idempotent set is exactly the one the spec names."""
+    """The idempotent set is exactly RFC 9110's idempotent methods, TRACE left out."""
     assert frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}) == IDEMPOTENT_METHODS
 
 

@@ -29,7 +29,7 @@ from ..support.process import Sidecar, start_sidecar
 from .faults import OK_BODY, FaultMix, FaultProvider, mix
 
 MiB = 1024 * 1024
-# Sidecar errors the load may legitimately produce (SPEC section 4).
+# Sidecar errors the load may legitimately produce (codes of the error contract).
 ALLOWED_ERRORS = frozenset({"circuit_open", "upstream_unreachable", "upstream_timeout"})
 
 
