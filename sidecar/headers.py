@@ -38,7 +38,7 @@ RESPONSE_DROP: frozenset[str] = HOP_BY_HOP | frozenset(h.lower() for h in ("Cont
 REQUEST_ID = istr("X-Request-Id")
 ATTEMPTS = istr("X-Sidecar-Attempts")
 SIDECAR_ERROR = istr("X-Sidecar-Error")
-OPERATION = istr("X-Sidecar-Operation")
+CALLER_OPERATION = istr("X-Sidecar-Operation")  # the bot's own name for what it is doing
 IDEMPOTENCY_KEY = istr("Idempotency-Key")
 RETRY_AFTER = istr("Retry-After")
 

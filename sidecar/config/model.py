@@ -1,7 +1,7 @@
 """The configuration model: frozen values that the rest of the sidecar reads and never mutates.
 
 Times are float seconds and sizes are int bytes once loaded; parsing and validation live in
-``config_load`` so that this module stays a plain, import-cheap description of the contract.
+``config.load`` so that this module stays a plain, import-cheap description of the contract.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Schema pieces for ``config_load``: typed converters, field tables and dotted-key problems.
+"""Schema pieces for ``config.load``: typed converters, field tables and dotted-key problems.
 
 A converter takes the raw YAML value and returns the typed value or raises ``ValueError`` whose
 message completes the sentence ``"<dotted.key>: <message>"``.

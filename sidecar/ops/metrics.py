@@ -1,7 +1,8 @@
 """Prometheus metrics on a registry of the app's own (never the global one).
 
 The names and labels are a contract with the dashboard, the alerts and the operators' queries. Label
-children are resolved once per provider and operation, so the request path only increments.
+children are resolved once per provider and route, so the request path only increments. (A route's
+name is the ``operation`` label: that is the label's name in the contract.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..upstream.observer import ATTEMPT_RESULTS
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "OperationMetrics", "ProviderMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ProviderMetrics", "RouteMetrics"]
 
 
 class Metrics:
@@ -106,25 +107,25 @@ class Metrics:
         build.labels(version).set(1)
         self._providers: dict[str, ProviderMetrics] = {}
 
-    def provider(self, name: str, operations: Iterable[str] = ()) -> ProviderMetrics:
+    def provider(self, name: str, routes: Iterable[str] = ()) -> ProviderMetrics:
         pm = self._providers.get(name)
         if pm is None:
-            pm = self._providers[name] = ProviderMetrics(self, name, operations)
+            pm = self._providers[name] = ProviderMetrics(self, name, routes)
         return pm
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class OperationMetrics:
-    """Children for one (provider, operation): the per-request counters."""
+class RouteMetrics:
+    """Children for one (provider, route): the per-request counters."""
 
     __slots__ = ("_by_code", "_family", "_labels", "duration")
 
-    def __init__(self, metrics: Metrics, provider: str, operation: str) -> None:
+    def __init__(self, metrics: Metrics, provider: str, route: str) -> None:
         self._family = metrics.requests
-        self._labels = (provider, operation)
-        self.duration = metrics.request_duration.labels(provider, operation)
+        self._labels = (provider, route)
+        self.duration = metrics.request_duration.labels(provider, route)
         self._by_code: dict[int, Counter] = {}
 
     def observe(self, code: int, seconds: float) -> None:
@@ -138,7 +139,7 @@ class OperationMetrics:
 class ProviderMetrics:
     """Children for one provider, resolved at start-up."""
 
-    def __init__(self, metrics: Metrics, name: str, operations: Iterable[str]) -> None:
+    def __init__(self, metrics: Metrics, name: str, routes: Iterable[str]) -> None:
         self._metrics = metrics
         self.name = name
         self.attempt = {r: metrics.attempts.labels(name, r) for r in ATTEMPT_RESULTS}
@@ -146,15 +147,15 @@ class ProviderMetrics:
         self.retries = metrics.retries.labels(name)
         self.budget_exhausted = metrics.budget_exhausted.labels(name)
         self.short_circuited = metrics.short_circuited.labels(name)
-        self._operations: dict[str, OperationMetrics] = {}
-        for op in (*operations, "other"):
-            self.operation(op)
+        self._routes: dict[str, RouteMetrics] = {}
+        for route in (*routes, "other"):
+            self.route(route)
 
-    def operation(self, name: str) -> OperationMetrics:
-        om = self._operations.get(name)
-        if om is None:
-            om = self._operations[name] = OperationMetrics(self._metrics, self.name, name)
-        return om
+    def route(self, name: str) -> RouteMetrics:
+        rm = self._routes.get(name)
+        if rm is None:
+            rm = self._routes[name] = RouteMetrics(self._metrics, self.name, name)
+        return rm
 
     def export_state(self, current: Callable[[], str]) -> None:
         """Make ``sidecar_breaker_state`` read ``current()`` at each scrape: reading the state is

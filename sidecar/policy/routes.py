@@ -1,4 +1,4 @@
-"""Named operations: map a request's method and raw path to the route entry that configures it.
+"""Named routes: map a request's method and raw path to the route entry that configures it.
 
 Templates are compiled once. ``{var}`` matches one non-empty path segment, and the path is matched
 raw (not percent-decoded), so ``%2F`` stays inside its segment and cannot shift the match.

@@ -158,7 +158,7 @@ class DownloadHandler:
 
     async def forward(
         self, request: web.Request, rt: DownloadRuntime, rest: str, query: str,
-        policy: RouteConfig, request_id: str,
+        route: RouteConfig, request_id: str,
     ) -> web.StreamResponse:
         """Check the request, fetch the file; a refusal is answered as JSON with the request id."""
         try:
@@ -175,7 +175,7 @@ class DownloadHandler:
             if reason is not None:
                 raise self._refuse(rt, None, reason, 0)
             url = parse_download_url(text)
-            return await self._fetch(request, rt, url, policy, request_id)
+            return await self._fetch(request, rt, url, route, request_id)
         except SidecarError as err:
             resp = to_response(err.with_context(provider=rt.name))
             resp.headers[REQUEST_ID] = request_id
@@ -187,7 +187,7 @@ class DownloadHandler:
         return SidecarError(ErrorCode.FORBIDDEN_TARGET, reason, provider=rt.name)
 
     async def _fetch(
-        self, request: web.Request, rt: DownloadRuntime, url: URL, policy: RouteConfig,
+        self, request: web.Request, rt: DownloadRuntime, url: URL, route: RouteConfig,
         request_id: str,
     ) -> web.StreamResponse:
         """Follow redirects hop by hop, each one checked and sent under its host's breaker."""
@@ -195,14 +195,14 @@ class DownloadHandler:
         hosts = rt.hosts
         guard = self._guards[rt.name]
         headers = CIMultiDict((h, v) for h in FORWARD for v in request.headers.getall(h, ()))
-        deadline = self._clock() + policy.timeouts.total
+        deadline = self._clock() + route.timeouts.total
         attempts = 0
         for hop in range(cfg.max_redirects + 1):
             reason = guard.check(url)
             if reason is not None:
                 raise self._refuse(rt, url, reason, hop)
             out = Outbound(request.method, url, headers, None,
-                           self._policy(policy, deadline), retryable=True)
+                           self._remaining(route, deadline), retryable=True)
             key = host_key(url)
             target = HostTarget(rt.name, key, hosts.breaker(key), rt.budget, rt.metrics, rt.session)
             try:
@@ -222,13 +222,13 @@ class DownloadHandler:
         raise SidecarError(ErrorCode.TOO_MANY_REDIRECTS,
                            f"more than {cfg.max_redirects} redirects", attempts=attempts)
 
-    def _policy(self, policy: RouteConfig, deadline: float) -> RouteConfig:
-        """The provider's policy with ``timeouts.total`` shrunk to what is left for later hops."""
+    def _remaining(self, route: RouteConfig, deadline: float) -> RouteConfig:
+        """The provider's route with ``timeouts.total`` shrunk to what is left for later hops."""
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise SidecarError(ErrorCode.UPSTREAM_TIMEOUT, "redirects used up timeouts.total")
         return dataclasses.replace(
-            policy, timeouts=dataclasses.replace(policy.timeouts, total=remaining)
+            route, timeouts=dataclasses.replace(route.timeouts, total=remaining)
         )
 
     async def _relay(

@@ -135,14 +135,14 @@ async def _read_body(
 
 
 class ProxyHandler:
-    """Forwards one client request through its provider's breaker and retry policy."""
+    """Forwards one client request through its provider's breaker and its route's retry policy."""
 
     def __init__(self, loop: AttemptLoop) -> None:
         self._loop = loop
 
     async def forward(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str,
-        policy: RouteConfig, request_id: str,
+        route: RouteConfig, request_id: str,
     ) -> web.StreamResponse:
         """Build the outbound request, send it through the attempt loop, and relay the answer."""
         headers = filter_headers(request.headers, REQUEST_DROP)
@@ -151,12 +151,12 @@ class ProxyHandler:
             if name not in headers:
                 headers[name] = value
         eligible = (
-            request_is_retryable(request.method, IDEMPOTENCY_KEY in headers, policy.idempotent)
-            and policy.retry.max_attempts > 1
+            request_is_retryable(request.method, IDEMPOTENCY_KEY in headers, route.idempotent)
+            and route.retry.max_attempts > 1
         )
         try:
             body, replayable = await read_body(
-                request, rt, policy.retry.max_buffered_body, eligible, policy.timeouts.total
+                request, rt, route.retry.max_buffered_body, eligible, route.timeouts.total
             )
         except SidecarError as refused:
             return _with_request_id(to_response(refused), request_id)
@@ -166,7 +166,7 @@ class ProxyHandler:
             url=None,
             headers=headers,
             body=body,
-            policy=policy,
+            route=route,
             retryable=eligible and replayable,
             target=upstream_target(pool.prefix, rest, query),
         )

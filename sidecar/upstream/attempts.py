@@ -66,7 +66,7 @@ class Outbound:
     url: URL | None  # for the session; None when sent through a pool with ``target``
     headers: CIMultiDict[str]
     body: Body
-    policy: RouteConfig
+    route: RouteConfig  # its retry policy, timeouts and failure statuses
     retryable: bool  # method/key/route allow it and the body can be sent again
     target: str = ""  # origin-form path and query, for a pool
 
@@ -111,7 +111,7 @@ class AttemptLoop:
     async def run_pooled(self, target: Target, pool: H1Pool, out: Outbound) -> Exchange[H1Response]:
         """Send through a lean connection pool (it enforces the attempt timeout itself)."""
 
-        timeouts = out.policy.timeouts
+        timeouts = out.route.timeouts
 
         def send(seconds: float) -> Awaitable[H1Response]:
             return pool.request(
@@ -123,8 +123,8 @@ class AttemptLoop:
 
     async def _run(self, target: Target, out: Outbound, send: Send[R]) -> Exchange[R]:
         clock = self._clock
-        deadline = clock() + out.policy.timeouts.total
-        retry_cfg = out.policy.retry
+        deadline = clock() + out.route.timeouts.total
+        retry_cfg = out.route.retry
         max_attempts = retry_cfg.max_attempts if out.retryable else 1
         target.budget.record_first_attempt()
         attempts = 0
@@ -151,7 +151,7 @@ class AttemptLoop:
             if attempts >= max_attempts or not _retry_wanted(response, retry_cfg):
                 return _finish(response, error, attempts)
             delay = retry_delay(attempts, retry_cfg, self._rng, retry_after)
-            if delay is None or not self._may_retry(target, out.policy, delay, deadline):
+            if delay is None or not self._may_retry(target, out.route, delay, deadline):
                 return _finish(response, error, attempts)
             target.metrics.retries.inc()
             held = (response, error)
@@ -165,7 +165,7 @@ class AttemptLoop:
     async def _attempt(
         self, target: Target, out: Outbound, permit: Permit, remaining: float, send: Send[R]
     ) -> tuple[R | None, SidecarError | None, float | None]:
-        policy = out.policy
+        policy = out.route
         metrics = target.metrics
         clock = self._clock
         t0 = clock()
@@ -217,11 +217,11 @@ class AttemptLoop:
             retry_after = parse_retry_after(response.headers.get(RETRY_AFTER), now=self._wall())
         return response, None, retry_after
 
-    def _may_retry(self, target: Target, policy: RouteConfig, delay: float, deadline: float) -> bool:
+    def _may_retry(self, target: Target, route: RouteConfig, delay: float, deadline: float) -> bool:
         if target.breaker.state in _OPEN_STATES:
             return False
         # A retry must have time to do something after its wait: at least a connect or an attempt.
-        useful = min(policy.timeouts.attempt, policy.timeouts.connect)
+        useful = min(route.timeouts.attempt, route.timeouts.connect)
         if deadline - (self._clock() + delay) < useful:
             return False
         if not target.budget.try_spend():

@@ -12,10 +12,10 @@ from aiohttp import web
 
 from ..config import OWN_ENDPOINTS, UNKNOWN_PROVIDER, RouteConfig, SidecarConfig
 from ..errors import ErrorCode, error_response
-from ..headers import OPERATION, REQUEST_ID
+from ..headers import CALLER_OPERATION, REQUEST_ID
 from ..logs import get_logger
 from ..ops.endpoints import add_own_routes
-from ..ops.metrics import OperationMetrics
+from ..ops.metrics import RouteMetrics
 from ..providers.download import DownloadHandler
 from ..providers.proxy import ProxyHandler, split_target
 from ..providers.runtime import ProviderRuntime, ProxyRuntime
@@ -100,19 +100,19 @@ def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.Stre
     download = DownloadHandler(registry, svc.attempts)
 
     async def forward(
-        request: web.Request, rt: ProviderRuntime, rest: str, query: str, policy: RouteConfig,
+        request: web.Request, rt: ProviderRuntime, rest: str, query: str, route: RouteConfig,
         request_id: str,
     ) -> web.StreamResponse:
         """The handler of the provider's kind, chosen by its runtime's type."""
         if isinstance(rt, ProxyRuntime):
-            return await proxy.forward(request, rt, rest, query, policy, request_id)
-        return await download.forward(request, rt, rest, query, policy, request_id)
+            return await proxy.forward(request, rt, rest, query, route, request_id)
+        return await download.forward(request, rt, rest, query, route, request_id)
 
     serve = _ProviderCalls(svc, forward)
     providers = registry.providers
     known = registry.known
     # Only the request series: a provider that doesn't exist has no breaker, attempts or retries.
-    unknown = OperationMetrics(svc.metrics, UNKNOWN_PROVIDER, "other")
+    unknown = RouteMetrics(svc.metrics, UNKNOWN_PROVIDER, "other")
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         raw = request.raw_path
@@ -153,7 +153,7 @@ class _ProviderCalls:
         self, request: web.Request, rt: ProviderRuntime, rest: str, query: str
     ) -> web.StreamResponse:
         t0 = self._clock()
-        policy = rt.route_for(request.method, rest or "/")
+        route = rt.route_for(request.method, rest or "/")
         # Unique, not secret: a PRNG draw avoids uuid4's urandom syscall per request.
         request_id = request.headers.get(REQUEST_ID) or f"{self._rng.getrandbits(128):032x}"
         rt.inflight += 1
@@ -162,7 +162,7 @@ class _ProviderCalls:
             resp: web.StreamResponse
             refused = self._refusal(rt)
             if refused is None:
-                resp = await self._forward(request, rt, rest, query, policy, request_id)
+                resp = await self._forward(request, rt, rest, query, route, request_id)
             else:
                 refused.headers[REQUEST_ID] = request_id
                 resp = refused
@@ -171,12 +171,12 @@ class _ProviderCalls:
         finally:
             rt.inflight -= 1
             elapsed = self._clock() - t0
-            self._metrics[rt.name].operation(policy.name).observe(code, elapsed)
+            self._metrics[rt.name].route(route.name).observe(code, elapsed)
             if self._log is not None:
                 self._log.info(
-                    "request", provider=rt.name, operation=policy.name, method=request.method,
+                    "request", provider=rt.name, operation=route.name, method=request.method,
                     status=code, request_id=request_id,
-                    caller_operation=request.headers.get(OPERATION),
+                    caller_operation=request.headers.get(CALLER_OPERATION),
                     duration_ms=round(elapsed * 1000, 1),
                 )
 

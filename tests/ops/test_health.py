@@ -65,7 +65,7 @@ async def test_own_endpoints_on_the_ops_listener(fake: FakeProvider) -> None:
 
 
 async def test_ready_until_draining(fake: FakeProvider, sidecar) -> None:
-    """/health/ready is 200, then 503 with reason "draining" once the gateway drains."""
+    """/health/ready is 200, then 503 with reason "draining" once the process drains."""
     client = await sidecar(sidecar_config(provider("p", fake.url)))
     assert await json_of(client, "/health/ready") == (200, {"status": "ready"})
     client.app[SERVICES].status.draining = True

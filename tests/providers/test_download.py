@@ -402,7 +402,7 @@ async def test_bulkhead_refuses_downloads_over_max_concurrent(fake: FakeProvider
 async def test_downloads_get_request_ids_and_access_log_as_proxied_calls(
     fake: FakeProvider, sidecar
 ) -> None:
-    """A download's request id comes from the gateway's seeded PRNG and it gets an access log line."""
+    """A download's request id comes from the app's seeded PRNG and it gets an access log line."""
     cfg = dataclasses.replace(download_config(), server=ServerConfig(access_log=True))
     client = await sidecar(cfg, rng=random.Random(3))
     with capture_logs() as logs:
