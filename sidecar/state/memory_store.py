@@ -16,7 +16,7 @@ from collections.abc import Callable
 from .ids import check_key, new_claim_id
 from .observe import NULL_OBSERVER, OperationTimer, StoreObserver
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
-from .waiting import Waiters, wait_settled
+from .waiting import POLL_MAX, POLL_MIN, Waiters, wait_settled
 
 __all__ = ["MemoryStore"]
 
@@ -44,6 +44,7 @@ class MemoryStore:
         clock: Callable[[], float] = time.time,
         observer: StoreObserver = NULL_OBSERVER,
         new_id: Callable[[], str] = new_claim_id,
+        poll: tuple[float, float] = (POLL_MIN, POLL_MAX),
     ) -> None:
         self.instance_id = instance_id
         self.ttl = ttl
@@ -51,6 +52,7 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.clock = clock
         self.new_id = new_id
+        self.poll = poll  # (first, longest) re-read interval while waiting: see ``waiting``
         self.evictions = 0
         self._ops = OperationTimer(self.backend, observer)
         self._records: OrderedDict[Key, LedgerRecord] = OrderedDict()
@@ -153,7 +155,10 @@ class MemoryStore:
 
     async def wait(self, provider: str, key: str, max_wait: float) -> LedgerRecord | None:
         check_key(provider, key)
-        return await wait_settled(lambda: self.get(provider, key), self._waiters, provider, key, max_wait)
+        return await wait_settled(
+            lambda: self.get(provider, key), self._waiters, provider, key, max_wait,
+            poll_min=self.poll[0], poll_max=self.poll[1],
+        )
 
     async def ping(self) -> None:
         with self._ops.op("ping"):

@@ -32,7 +32,7 @@ from .observe import NULL_OBSERVER, OperationTimer, StoreObserver
 from .reconnect import ReconnectGate
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
 from .redis_codec import NO_BODY_FIELDS, as_text, decode_record, encode_claim, member
-from .waiting import Waiters, wait_settled
+from .waiting import POLL_MAX, POLL_MIN, Waiters, wait_settled
 
 __all__ = ["RedisStore", "redis_client"]
 
@@ -67,6 +67,7 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
         observer: StoreObserver = NULL_OBSERVER,
         new_id: Callable[[], str] = new_claim_id,
+        poll: tuple[float, float] = (POLL_MIN, POLL_MAX),
         op_timeout: float = 1.0,
         connect_timeout: float = 0.5,
         gate: ReconnectGate | None = None,
@@ -78,6 +79,7 @@ class RedisStore:
         self.max_entries = max_entries
         self.clock = clock
         self.new_id = new_id
+        self.poll = poll  # (first, longest) re-read interval while waiting: see ``waiting``
         self.op_timeout = op_timeout
         self.connect_timeout = connect_timeout
         self.gate = gate or ReconnectGate()
@@ -174,11 +176,17 @@ class RedisStore:
         return await self._call("list", lambda: self._list(provider, limit))
 
     async def adopt_orphans(self, instance_id: str) -> int:
-        return await self._call("adopt_orphans", lambda: self._adopt(instance_id))
+        adopted = await self._call("adopt_orphans", lambda: self._adopt(instance_id))
+        if adopted:
+            self._waiters.wake_all()
+        return adopted
 
     async def wait(self, provider: str, key: str, max_wait: float) -> LedgerRecord | None:
         check_key(provider, key)
-        return await wait_settled(lambda: self.get(provider, key), self._waiters, provider, key, max_wait)
+        return await wait_settled(
+            lambda: self.get(provider, key), self._waiters, provider, key, max_wait,
+            poll_min=self.poll[0], poll_max=self.poll[1],
+        )
 
     async def ping(self) -> None:
         await self._call("ping", lambda: self.client.ping())

@@ -29,7 +29,7 @@ from .ids import check_key, new_claim_id
 from .observe import NULL_OBSERVER, OperationTimer, StoreObserver
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
 from .sqlite_db import Db
-from .waiting import Waiters, wait_settled
+from .waiting import POLL_MAX, POLL_MIN, Waiters, wait_settled
 
 __all__ = ["SqliteStore"]
 
@@ -49,6 +49,7 @@ class SqliteStore:
         clock: Callable[[], float] = time.time,
         observer: StoreObserver = NULL_OBSERVER,
         new_id: Callable[[], str] = new_claim_id,
+        poll: tuple[float, float] = (POLL_MIN, POLL_MAX),
         busy_timeout: float = 2.0,
         op_timeout: float = 5.0,
         purge_interval: float = 60.0,
@@ -59,6 +60,7 @@ class SqliteStore:
         self.max_entries = max_entries
         self.clock = clock
         self.new_id = new_id
+        self.poll = poll  # (first, longest) re-read interval while waiting: see ``waiting``
         self.busy_timeout = busy_timeout
         self.op_timeout = op_timeout
         self.purge_interval = purge_interval
@@ -149,11 +151,17 @@ class SqliteStore:
 
     async def adopt_orphans(self, instance_id: str) -> int:
         with self._ops.op("adopt_orphans"):
-            return await self._run(Db.adopt_orphans, instance_id, self.clock())
+            adopted = await self._run(Db.adopt_orphans, instance_id, self.clock())
+        if adopted:
+            self._waiters.wake_all()
+        return adopted
 
     async def wait(self, provider: str, key: str, max_wait: float) -> LedgerRecord | None:
         check_key(provider, key)
-        return await wait_settled(lambda: self.get(provider, key), self._waiters, provider, key, max_wait)
+        return await wait_settled(
+            lambda: self.get(provider, key), self._waiters, provider, key, max_wait,
+            poll_min=self.poll[0], poll_max=self.poll[1],
+        )
 
     async def purge(self) -> int:
         """Delete expired rows now; returns how many went."""

@@ -55,6 +55,11 @@ class Waiters:
             slot.event.set()
             slot.event = asyncio.Event()
 
+    def wake_all(self) -> None:
+        """Wake every waiter (to re-read): for changes that don't name their keys, like adoption."""
+        for provider, key in list(self._slots):
+            self.wake(provider, key)
+
     def __len__(self) -> int:
         return len(self._slots)
 

@@ -336,6 +336,26 @@ async def test_waiters_get_the_settled_record_when_it_completes(backend: Backend
     assert all(r is not None and r.state is RecordState.DONE and r.response == ANSWER for r in results)
 
 
+@pytest.mark.parametrize("settle", ["complete", "mark_unknown", "release", "adopt_orphans"])
+async def test_waiters_in_the_process_are_woken_not_polled(backend: Backend, settle: str) -> None:
+    """With re-reads a minute apart, a waiter still returns at once when this process settles the key."""
+    store = await backend.store(poll=(60.0, 60.0))
+    record = await claimed(store)
+    waiter = asyncio.create_task(store.wait("replicate", "k1", max_wait=120))
+    await asyncio.sleep(0.05)  # the waiter has read in_flight and sleeps on its bell
+    assert not waiter.done()
+    if settle == "complete":
+        await store.complete("replicate", "k1", record.claim_id, ANSWER)
+    elif settle == "mark_unknown":
+        await store.mark_unknown("replicate", "k1", record.claim_id)
+    elif settle == "release":
+        await store.release("replicate", "k1", claim_id=record.claim_id)
+    else:
+        await store.adopt_orphans("pod-a")
+    result = await asyncio.wait_for(waiter, 5)
+    assert (result is None) == (settle == "release")
+
+
 async def test_wait_ends_with_none_when_the_claim_is_dropped(backend: Backend) -> None:
     """A released claim wakes its waiters with None: the key is free for them."""
     store = await backend.store()
