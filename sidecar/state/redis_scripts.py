@@ -17,7 +17,7 @@ from __future__ import annotations
 
 __all__ = ["ADOPT", "CLAIM", "COMPLETE", "MARK_UNKNOWN", "RELEASE"]
 
-# Drops expired members (at most ``limit``, or all when limit is 0): shared by CLAIM.
+# Drops up to ``limit`` expired members, oldest expiry first.
 _PURGE = """
 local function drop(member)
   redis.call('DEL', ARGV[3] .. member)
@@ -25,13 +25,9 @@ local function drop(member)
   redis.call('ZREM', KEYS[3], member)
 end
 local function purge(limit)
-  local expired
-  if limit > 0 then
-    expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, limit)
-  else
-    expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, limit)) do
+    drop(m)
   end
-  for _, m in ipairs(expired) do drop(m) end
 end
 """
 
@@ -57,15 +53,14 @@ for _, k in ipairs({KEYS[2], KEYS[3], KEYS[4]}) do
   if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
 end
 local evicted = 0
-local limit = tonumber(ARGV[5])
-if redis.call('ZCARD', KEYS[2]) > limit then
-  purge(0)
-  local excess = redis.call('ZCARD', KEYS[2]) - limit
-  if excess > 0 then
-    for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess - 1)) do
-      drop(m)
-      evicted = evicted + 1
-    end
+-- Over the cap by one only when the purge above found nothing expired (it takes a batch per claim and
+-- a claim adds one), so the oldest live claims go. After max_entries was lowered the excess is
+-- larger: a batch goes per claim, so no single script runs long.
+local excess = math.min(redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5]), tonumber(ARGV[6]) + 1)
+if excess > 0 then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess - 1)) do
+    drop(m)
+    evicted = evicted + 1
   end
 end
 return {1, {}, evicted}

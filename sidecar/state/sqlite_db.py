@@ -90,18 +90,27 @@ class Db:
     def claim(
         self, record: LedgerRecord, now: float, max_entries: int
     ) -> tuple[LedgerRecord | None, int]:
-        """Insert ``record`` unless a live one holds its key: (existing or None, evicted count)."""
+        """Insert ``record`` unless a live one holds its key: (existing or None, evicted count).
+
+        The primary key decides who wins (``ON CONFLICT DO NOTHING``), so the claim is atomic by
+        the constraint itself, whatever the locking; ``BEGIN IMMEDIATE`` keeps the cap's count and
+        evictions in the same transaction.
+        """
         with _transaction(self.conn):
-            existing = self._select(record.provider, record.key, now, _COLUMNS)
-            if existing is not None:
-                return existing, 0
             self.conn.execute(
-                "DELETE FROM ledger_records WHERE provider = ? AND key = ?", (record.provider, record.key)
+                "DELETE FROM ledger_records WHERE provider = ? AND key = ? AND expires_at <= ?",
+                (record.provider, record.key, now),
             )
-            self.conn.execute(
-                f"INSERT INTO ledger_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            inserted = self.conn.execute(
+                f"INSERT INTO ledger_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (provider, key) DO NOTHING",
                 _row(record),
-            )
+            ).rowcount
+            if not inserted:
+                existing = self._select(record.provider, record.key, now, _COLUMNS)
+                if existing is None:  # the conflicting row is live by construction
+                    raise sqlite3.IntegrityError("claim lost to a row that is not there")
+                return existing, 0
             return None, self._enforce_cap(now, max_entries)
 
     def get(self, provider: str, key: str, now: float) -> LedgerRecord | None:

@@ -67,6 +67,18 @@ async def test_concurrent_claims_have_exactly_one_winner(backend: Backend) -> No
     assert {c.record.claim_id for c in claims} == {winners[0].record.claim_id}
 
 
+async def test_racing_stores_agree_on_one_winner_per_key(backend: Backend) -> None:
+    """Eight stores claim the same 25 keys at once: one winner per key, no errors, all agree on it."""
+    stores = [await backend.store(f"pod-{i}") for i in range(8 if backend.shared else 1)]
+    keys = [f"job-{k}" for k in range(25)]
+    claims = await asyncio.gather(*(s.claim("replicate", k, FP) for k in keys for s in stores))
+    for k in keys:
+        mine = [c for c in claims if c.record.key == k]
+        assert len(mine) == len(stores)
+        assert sum(c.claimed for c in mine) == 1
+        assert len({c.record.claim_id for c in mine}) == 1
+
+
 async def test_complete_stores_the_answer_byte_for_byte(backend: Backend) -> None:
     """The owner's complete turns the record done with status, repeated headers and binary body intact."""
     store = await backend.store()
