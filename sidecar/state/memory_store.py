@@ -69,8 +69,8 @@ class MemoryStore:
     async def claim(
         self, provider: str, key: str, fingerprint: str, *, ttl: float | None = None
     ) -> Claim:
+        k = check_key(provider, key)
         with self._ops.op("claim"):
-            k = check_key(provider, key)
             now = self.clock()
             self._purge(now)
             existing = self._records.get(k)
@@ -86,15 +86,16 @@ class MemoryStore:
             return Claim(True, record)
 
     async def get(self, provider: str, key: str) -> LedgerRecord | None:
+        k = check_key(provider, key)
         with self._ops.op("get"):
-            return self._live(check_key(provider, key))
+            return self._live(k)
 
     async def complete(
         self, provider: str, key: str, claim_id: str, response: StoredResponse, *,
         sent_at: float | None = None,
     ) -> bool:
+        k = check_key(provider, key)
         with self._ops.op("complete"):
-            k = check_key(provider, key)
             record = self._held(k, claim_id, _SETTLEABLE)
             if record is None:
                 return False
@@ -109,8 +110,8 @@ class MemoryStore:
     async def mark_unknown(
         self, provider: str, key: str, claim_id: str, *, sent_at: float | None = None
     ) -> bool:
+        k = check_key(provider, key)
         with self._ops.op("mark_unknown"):
-            k = check_key(provider, key)
             record = self._held(k, claim_id, (RecordState.IN_FLIGHT,))
             if record is None:
                 return False
@@ -121,8 +122,8 @@ class MemoryStore:
             return True
 
     async def release(self, provider: str, key: str, *, claim_id: str | None = None) -> bool:
+        k = check_key(provider, key)
         with self._ops.op("release"):
-            k = check_key(provider, key)
             held = self._live(k) if claim_id is None else self._held(k, claim_id, _SETTLEABLE)
             if held is None:
                 return False

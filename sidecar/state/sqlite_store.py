@@ -100,8 +100,8 @@ class SqliteStore:
     async def claim(
         self, provider: str, key: str, fingerprint: str, *, ttl: float | None = None
     ) -> Claim:
+        check_key(provider, key)
         with self._ops.op("claim"):
-            check_key(provider, key)
             now = self.clock()
             record = LedgerRecord(
                 provider, key, fingerprint, RecordState.IN_FLIGHT, self.instance_id, self.new_id(),
@@ -112,16 +112,16 @@ class SqliteStore:
             return Claim(False, existing) if existing is not None else Claim(True, record)
 
     async def get(self, provider: str, key: str) -> LedgerRecord | None:
+        check_key(provider, key)
         with self._ops.op("get"):
-            check_key(provider, key)
             return await self._run(Db.get, provider, key, self.clock())
 
     async def complete(
         self, provider: str, key: str, claim_id: str, response: StoredResponse, *,
         sent_at: float | None = None,
     ) -> bool:
+        check_key(provider, key)
         with self._ops.op("complete"):
-            check_key(provider, key)
             done = await self._run(Db.complete, provider, key, claim_id, response, sent_at, self.clock())
         if done:
             self._waiters.wake(provider, key)
@@ -130,16 +130,16 @@ class SqliteStore:
     async def mark_unknown(
         self, provider: str, key: str, claim_id: str, *, sent_at: float | None = None
     ) -> bool:
+        check_key(provider, key)
         with self._ops.op("mark_unknown"):
-            check_key(provider, key)
             done = await self._run(Db.mark_unknown, provider, key, claim_id, sent_at, self.clock())
         if done:
             self._waiters.wake(provider, key)
         return done
 
     async def release(self, provider: str, key: str, *, claim_id: str | None = None) -> bool:
+        check_key(provider, key)
         with self._ops.op("release"):
-            check_key(provider, key)
             done = await self._run(Db.release, provider, key, claim_id, self.clock())
         if done:
             self._waiters.wake(provider, key)
