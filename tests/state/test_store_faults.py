@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 import sys
 import textwrap
@@ -13,12 +14,14 @@ from typing import Any
 import pytest
 
 from sidecar.state import RecordState, RedisStore, SqliteStore, StoredResponse, StoreUnavailable
+from sidecar.state.reconnect import ReconnectGate
 from tests.fakes import FakeClock
 
 from .conftest import EPOCH, RecordingObserver
 from .redis_server import RedisServer
 
 FP = "f" * 64
+OTHER_FP = "e" * 64
 
 
 async def eventually(call: Callable[[], Awaitable[Any]], deadline: float = 10.0) -> Any:
@@ -73,6 +76,31 @@ async def test_redis_outage_fails_fast_and_the_same_store_recovers(own_redis: Re
     await store.close()
 
 
+async def test_a_frozen_redis_times_out_and_its_late_replies_are_never_misread(
+    own_redis: RedisServer,
+) -> None:
+    """Redis stopped (SIGSTOP) mid-run: calls end at op_timeout; resumed, each call gets its own reply."""
+    store = RedisStore(own_redis.url, instance_id="pod-a", prefix="t:", op_timeout=0.3, connect_timeout=0.3)
+    await store.start()
+    first = (await store.claim("replicate", "first", FP)).record
+    assert own_redis.proc is not None
+    own_redis.proc.send_signal(signal.SIGSTOP)
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        with pytest.raises(StoreUnavailable):
+            await store.get("replicate", "first")  # its reply comes only after SIGCONT
+        assert loop.time() - started < 1.5
+    finally:
+        own_redis.proc.send_signal(signal.SIGCONT)
+    second = await eventually(lambda: store.claim("replicate", "second", OTHER_FP))
+    assert second.claimed and second.record.fingerprint == OTHER_FP
+    assert await store.get("replicate", "first") == first
+    assert await store.get("replicate", "second") == second.record
+    assert [r.key for r in await store.list()] == ["second", "first"]
+    await store.close()
+
+
 @pytest.fixture
 async def silent_server() -> AsyncIterator[tuple[int, list[int]]]:
     """A TCP server that accepts connections and never answers (a hung Redis); counts connections."""
@@ -113,6 +141,27 @@ async def test_a_redis_that_never_answers_costs_one_timeout_then_fails_fast(
             await store.get("replicate", "k")
     assert loop.time() - started < 0.2
     assert len(connections) == 1
+    await store.close()
+
+
+async def test_a_cancelled_probe_does_not_keep_the_store_shut(silent_server: tuple[int, list[int]]) -> None:
+    """A probe cancelled by its caller gives no verdict; the next call probes again, not failing fast."""
+    port, connections = silent_server
+    gate_clock = FakeClock()
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", instance_id="pod-a", op_timeout=0.3,
+                       connect_timeout=0.3, gate=ReconnectGate(base=1.0, clock=gate_clock))
+    await store.start()
+    with pytest.raises(StoreUnavailable, match="TimeoutError"):
+        await store.get("replicate", "k")
+    gate_clock.advance(1.0)
+    probe = asyncio.create_task(store.get("replicate", "k"))
+    await asyncio.sleep(0.05)  # the probe is waiting on the silent server
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    with pytest.raises(StoreUnavailable, match="TimeoutError"):  # a real attempt, not "reconnecting"
+        await store.get("replicate", "k")
+    assert len(connections) == 3
     await store.close()
 
 
