@@ -106,7 +106,7 @@ def aimd_after_concurrency_429(
     ``in_flight`` counts the calls in flight when the 429 came, that one included.
     """
     current = aimd_limit(state, now)
-    if state is not None and current is not None and admitted_at < state.changed_at:
+    if state is not None and current is not None and admitted_at <= state.changed_at:
         return state  # admitted under the old limit: already answered by the last decrease
     if current is not None and state is not None:
         base, ceiling = current, state.ceiling
