@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Protocol
 
 from sidecar.policy.admission import Blocked, Reason, Scope
+from sidecar.policy.gcra import micros
 
 __all__ = [
     "Backend",
@@ -58,10 +59,16 @@ class FleetUnavailable(Exception):
 
 
 class Lease(Protocol):
-    """A backend's grant: start after ``wait`` seconds, then give it back exactly once."""
+    """A backend's grant: start after ``wait`` seconds, then give it back exactly once.
+
+    ``admitted_at`` is the backend's clock in µs (Redis server time for the fleet).
+    """
 
     @property
     def wait(self) -> float: ...
+
+    @property
+    def admitted_at(self) -> int: ...
 
     async def release(self, completion: Completion) -> None: ...
 
@@ -101,6 +108,11 @@ class Slot:
         self._completion = Completion.ABANDONED
         self._released = False
         self.waited = waited
+
+    @property
+    def booked_start(self) -> int:
+        """The start the limiter booked for this call, in µs of its clock (for tests and logs)."""
+        return self._lease.admitted_at + micros(self._lease.wait)
 
     def complete(self, completion: Completion) -> None:
         """Record how the call ended; the release at the end of ``async with`` reports it."""

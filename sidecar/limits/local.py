@@ -44,6 +44,10 @@ class _LocalLease:
     def wait(self) -> float:
         return self._granted.wait
 
+    @property
+    def admitted_at(self) -> int:
+        return self._granted.admitted_at
+
     async def release(self, completion: Completion) -> None:
         self._backend.release(self._provider, self._budgets, self._granted, completion)
 
