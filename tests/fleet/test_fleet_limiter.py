@@ -221,3 +221,44 @@ async def test_redis_down_fails_fast_and_up_again_works(
     await redis_server.start()
     slot = await _until_it_works(limiter, budget, within=3)
     await slot.release(Completion.OK)
+
+
+async def test_successes_give_the_fleets_slots_back_one_by_one(
+    sidecars: Sidecars, clients: Callable[[], Redis]
+) -> None:
+    """After a halving, a success once the increase interval has passed adds one slot, up to the top."""
+    budget = [scope(concurrency=4)]
+    (limiter,) = sidecars(1)
+    backend = limiter.backend
+    assert isinstance(backend, RedisBackend)
+    slots = [await limiter.acquire(P, budget, max_wait=0) for _ in range(4)]
+    await slots[0].release(Completion.CONCURRENCY_LIMITED)
+    for slot in slots[1:]:
+        await slot.release(Completion.ABANDONED)
+    key, admin = backend.keys.aimd(P), clients()
+
+    async def age_the_last_change() -> None:  # as if the increase interval (5 s) had passed
+        changed = int(await admin.hget(key, "changed_at"))
+        await admin.hset(key, "changed_at", changed - 5 * MICROS)
+
+    for expected in (3, None):
+        await (await limiter.acquire(P, budget, max_wait=0)).release(Completion.OK)  # too soon
+        assert await backend.lowered_limit(P) == (2 if expected == 3 else 3)
+        await age_the_last_change()
+        await (await limiter.acquire(P, budget, max_wait=0)).release(Completion.OK)
+        assert await backend.lowered_limit(P) == expected
+
+
+async def test_a_caller_giving_up_mid_decision_leaves_no_slot_behind(sidecars: Sidecars) -> None:
+    """Cancelled while Redis decides: the slot granted to nobody is given back, not left to expire."""
+    budget = [scope(concurrency=1)]
+    quitter, other = sidecars(2)  # leases last 30 s: only an explicit release frees the slot soon
+    for _ in range(5):
+        gives_up = asyncio.ensure_future(quitter.acquire(P, budget, max_wait=0))
+        await asyncio.sleep(0)  # the script is on its way
+        gives_up.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gives_up
+        slot = await other.acquire(P, budget, max_wait=1)
+        assert slot.waited < 0.5
+        await slot.release()
