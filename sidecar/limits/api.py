@@ -11,7 +11,14 @@ Usage on the request path (``max_wait`` already bounded by what is left of ``tim
     slot = await limiter.acquire(provider, scopes, max_wait=wait)   # may raise RateLimited
     async with slot:
         response = await send()
-        slot.complete(Completion.OK if response.status != 429 else ...)
+        if response.status != 429:
+            slot.complete(Completion.OK)
+        else:
+            throttle = read_429(response.headers, first_bytes, now=time.time(), max_pause=...)
+            if throttle.concurrency:
+                slot.complete(Completion.CONCURRENCY_LIMITED)
+            elif throttle.pause is not None:
+                await limiter.pause(provider, throttle.pause)
 """
 
 from __future__ import annotations
