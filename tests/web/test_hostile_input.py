@@ -1,7 +1,7 @@
 """Hostile input on both listeners, from raw sockets and from clients: answered 4xx, never a crash.
 
 After each attack the sidecar must still answer ``/health/live`` on both listeners and forward a
-normal request. The listeners are built exactly as ``sidecar.server`` builds them (``SidecarRunner``
+normal request. The listeners are built exactly as ``sidecar.web.server`` builds them (``SidecarRunner``
 with ``runner_kwargs``), with a short header read timeout so the slowloris test stays fast.
 """
 

@@ -1,0 +1,48 @@
+"""The Redis client for fleet state, and the one guard every call goes through: fail fast, typed.
+
+A sidecar must never hang on its Redis: every operation is bounded by ``timeout`` (a deadline on
+the whole call, on top of the socket timeouts) and every failure, whether refused connection,
+timeout, a server error such as ``LOADING`` or ``READONLY``, comes out as ``FleetUnavailable`` so
+the caller can fall back to its local state. The client does not retry by itself: a script that
+ran but whose reply was lost must not run twice, and the fallback decides what happens next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from sidecar.limits.api import FleetUnavailable
+
+__all__ = ["DEFAULT_TIMEOUT", "guarded", "redis_client"]
+
+DEFAULT_TIMEOUT = 0.25
+"""Seconds a fleet operation may take before the caller falls back (Redis answers in < 1 ms)."""
+
+T = TypeVar("T")
+
+
+def redis_client(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> Redis:
+    """A client for ``redis://`` / ``rediss://`` URLs with bounded connects and reads, no retries."""
+    client: Redis = Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return client
+
+
+async def guarded(operation: Awaitable[T], *, within: float, what: str) -> T:
+    """Await ``operation`` for at most ``within`` seconds; any failure is ``FleetUnavailable``."""
+    try:
+        async with asyncio.timeout(within):
+            return await operation
+    except (RedisError, OSError, TimeoutError) as error:
+        raise FleetUnavailable(f"{what}: {type(error).__name__}: {error}") from error

@@ -1,0 +1,156 @@
+"""The limiter's seam: what the request path asks for, what it gets back, what a backend provides.
+
+Errors::
+
+    Exception
+    ├── RateLimited        no slot within the caller's wait: reason, honest retry_after, time waited
+    └── FleetUnavailable   the shared (Redis) limiter could not answer in time: use the local one
+
+Usage on the request path (``max_wait`` already bounded by what is left of ``timeouts.total``)::
+
+    slot = await limiter.acquire(provider, scopes, max_wait=wait)   # may raise RateLimited
+    async with slot:
+        response = await send()
+        if response.status != 429:
+            slot.complete(Completion.OK)
+        else:
+            throttle = read_429(response.headers, first_bytes, now=time.time(), max_pause=...)
+            if throttle.concurrency:
+                slot.complete(Completion.CONCURRENCY_LIMITED)
+            elif throttle.pause is not None:
+                await limiter.pause(provider, throttle.pause)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from enum import Enum
+from types import TracebackType
+from typing import Protocol
+
+from sidecar.policy.admission import Blocked, Reason, Scope
+from sidecar.policy.gcra import micros
+
+__all__ = [
+    "Backend",
+    "Completion",
+    "FleetUnavailable",
+    "Lease",
+    "Limiter",
+    "RateLimited",
+    "Slot",
+]
+
+
+class Completion(Enum):
+    """How a call ended, as far as concurrency is concerned."""
+
+    OK = "ok"  # the provider took the call: any answer but a 429
+    CONCURRENCY_LIMITED = "concurrency"  # a 429 saying the account's concurrency is full
+    ABANDONED = "abandoned"  # no answer, another 429, cancelled: says nothing either way
+
+
+class RateLimited(Exception):
+    """Refused: no slot within the caller's wait. ``retry_after`` is seconds (> 0)."""
+
+    def __init__(self, provider: str, reason: Reason, retry_after: float, waited: float) -> None:
+        super().__init__(f"{provider}: rate limited ({reason.value}), retry after {retry_after:.3f}s")
+        self.provider = provider
+        self.reason = reason
+        self.retry_after = retry_after
+        self.waited = waited
+
+
+class FleetUnavailable(Exception):
+    """The shared limiter's store did not answer within its timeout (or answered with an error)."""
+
+
+class Lease(Protocol):
+    """A backend's grant: start after ``wait`` seconds, then give it back exactly once.
+
+    ``admitted_at`` is the backend's clock in µs (Redis server time for the fleet).
+    """
+
+    @property
+    def wait(self) -> float: ...
+
+    @property
+    def admitted_at(self) -> int: ...
+
+    async def release(self, completion: Completion) -> None: ...
+
+
+class Backend(Protocol):
+    """Where the budgets live: in this process, or in Redis for the whole fleet.
+
+    ``poll_interval`` is None when every change is made through this process (a release wakes the
+    waiters); otherwise waiters blocked on concurrency look again at that interval.
+    """
+
+    @property
+    def poll_interval(self) -> float | None: ...
+
+    async def try_acquire(
+        self, provider: str, scopes: Sequence[Scope], max_wait: float
+    ) -> Lease | Blocked: ...
+
+    async def pause(self, provider: str, seconds: float) -> float: ...
+
+    async def paused_for(self, provider: str) -> float: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Slot:
+    """A place held for one call: ``async with`` gives it back, ``complete()`` says how it went.
+
+    ``waited`` is the seconds between asking and being let through (for the wait histogram).
+    """
+
+    __slots__ = ("_completion", "_lease", "_on_release", "_released", "waited")
+
+    def __init__(self, lease: Lease, waited: float, on_release: Callable[[], None]) -> None:
+        self._lease = lease
+        self._on_release = on_release
+        self._completion = Completion.ABANDONED
+        self._released = False
+        self.waited = waited
+
+    @property
+    def booked_start(self) -> int:
+        """The start the limiter booked for this call, in µs of its clock (for tests and logs)."""
+        return self._lease.admitted_at + micros(self._lease.wait)
+
+    def complete(self, completion: Completion) -> None:
+        """Record how the call ended; the release at the end of ``async with`` reports it."""
+        self._completion = completion
+
+    async def release(self, completion: Completion | None = None) -> None:
+        """Give the place back (once; later calls do nothing)."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            await self._lease.release(completion or self._completion)
+        finally:
+            self._on_release()
+
+    async def __aenter__(self) -> Slot:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.release()
+
+
+class Limiter(Protocol):
+    """What the request path uses; ``QueuedLimiter`` and ``FallbackLimiter`` provide it."""
+
+    async def acquire(self, provider: str, scopes: Sequence[Scope], *, max_wait: float) -> Slot: ...
+
+    async def pause(self, provider: str, seconds: float) -> float: ...
+
+    async def paused_for(self, provider: str) -> float: ...
+
+    async def aclose(self) -> None: ...

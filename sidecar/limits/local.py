@@ -1,0 +1,132 @@
+"""The in-process limiter: every budget in this sidecar's memory (one budget per sidecar).
+
+Used when no Redis is configured, and as the fallback while the fleet's Redis is unreachable. The
+decision is ``sidecar.policy.admission.admit``; this module keeps its state and applies completions
+(AIMD) and pauses. Leases here never expire: the process holding them is the one that would die.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Awaitable, Callable, Sequence
+
+from sidecar.limits.api import Completion
+from sidecar.limits.queue import QueuedLimiter
+from sidecar.policy.admission import PROVIDER_SCOPE, Blocked, Budget, Granted, Scope, admit
+from sidecar.policy.concurrency import (
+    AimdState,
+    aimd_after_concurrency_429,
+    aimd_after_success,
+    aimd_limit,
+)
+from sidecar.policy.gcra import micros, seconds
+
+__all__ = ["LocalBackend", "local_limiter"]
+
+
+class _LocalLease:
+    __slots__ = ("_backend", "_budgets", "_granted", "_provider")
+
+    def __init__(
+        self,
+        backend: LocalBackend,
+        provider: str,
+        budgets: list[tuple[Scope, Budget]],
+        granted: Granted,
+    ) -> None:
+        self._backend = backend
+        self._provider = provider
+        self._budgets = budgets
+        self._granted = granted
+
+    @property
+    def wait(self) -> float:
+        return self._granted.wait
+
+    @property
+    def admitted_at(self) -> int:
+        return self._granted.admitted_at
+
+    async def release(self, completion: Completion) -> None:
+        self._backend.release(self._provider, self._budgets, self._granted, completion)
+
+
+class LocalBackend:
+    """Budgets, pauses and lowered concurrencies of this process; ``clock`` is monotonic seconds."""
+
+    poll_interval: float | None = None  # every release happens here and wakes the waiters
+
+    def __init__(self, *, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._budgets: dict[tuple[str, str], Budget] = {}
+        self._paused_until: dict[str, int] = {}
+        self._aimd: dict[str, AimdState] = {}
+        self._ids = itertools.count(1)
+
+    async def try_acquire(
+        self, provider: str, scopes: Sequence[Scope], max_wait: float
+    ) -> _LocalLease | Blocked:
+        now = micros(self._clock())
+        budgets = [(s, self._budgets.setdefault((provider, s.name), Budget())) for s in scopes]
+        result = admit(
+            now,
+            budgets,
+            paused_until=self._paused_until.get(provider, 0),
+            lowered_limit=aimd_limit(self._aimd.get(provider), now),
+            max_wait=micros(max_wait),
+            lease_id=str(next(self._ids)),
+            lease_expires_at=math.inf,
+        )
+        if isinstance(result, Blocked):
+            return result
+        return _LocalLease(self, provider, budgets, result)
+
+    def release(
+        self,
+        provider: str,
+        budgets: list[tuple[Scope, Budget]],
+        granted: Granted,
+        completion: Completion,
+    ) -> None:
+        now = micros(self._clock())
+        own = next(((s, b) for s, b in budgets if s.name == PROVIDER_SCOPE), None)
+        in_flight = own[1].leases.count(now) if own is not None else 1
+        for _, budget in budgets:
+            budget.leases.release(granted.lease_id)
+        state = self._aimd.get(provider)
+        if completion is Completion.CONCURRENCY_LIMITED:
+            configured = own[0].concurrency if own is not None else None
+            state = aimd_after_concurrency_429(
+                state, now=now, admitted_at=granted.admitted_at, in_flight=in_flight, configured=configured
+            )
+        elif completion is Completion.OK:
+            state = aimd_after_success(state, now)
+        if state is None:
+            self._aimd.pop(provider, None)
+        else:
+            self._aimd[provider] = state
+
+    def lowered_limit(self, provider: str) -> int | None:
+        """The AIMD limit in force for ``provider`` (None: not lowered), for inspection."""
+        return aimd_limit(self._aimd.get(provider), micros(self._clock()))
+
+    async def pause(self, provider: str, seconds_: float) -> float:
+        now = micros(self._clock())
+        until = max(self._paused_until.get(provider, 0), now + micros(max(0.0, seconds_)))
+        self._paused_until[provider] = until
+        return seconds(until - now)
+
+    async def paused_for(self, provider: str) -> float:
+        now = micros(self._clock())
+        return seconds(max(0, self._paused_until.get(provider, 0) - now))
+
+    async def aclose(self) -> None:
+        """Nothing to close: the state is plain memory."""
+
+
+def local_limiter(
+    *, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
+) -> QueuedLimiter:
+    """The per-sidecar limiter (monotonic ``clock``, ``sleep`` as ``asyncio.sleep``)."""
+    return QueuedLimiter(LocalBackend(clock=clock), clock=clock, sleep=sleep)

@@ -1,0 +1,264 @@
+"""The fleet limiter on a real redis-server: separate sidecars (clients, limiters) share one budget."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from sidecar.fleet.limiter import RedisBackend, fleet_limiter
+from sidecar.limits.api import Completion, FleetUnavailable, RateLimited, Slot
+from sidecar.limits.queue import QueuedLimiter
+from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
+from sidecar.policy.gcra import MICROS
+
+from .redis_server import RedisServer
+
+P = "replicate"
+Sidecars = Callable[..., list[QueuedLimiter]]
+
+
+def scope(name: str = PROVIDER_SCOPE, **limit: float) -> Scope:
+    return Scope.of(name, RateLimitConfig(**limit))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def sidecars(clients: Callable[[], Redis]) -> AsyncIterator[Sidecars]:
+    """``sidecars(n, lease_ttl=...)``: n limiters, each on its own Redis client."""
+    made: list[QueuedLimiter] = []
+
+    def make(n: int, **options: float) -> list[QueuedLimiter]:
+        loop = asyncio.get_running_loop()
+        fresh = [fleet_limiter(clients(), clock=loop.time, sleep=asyncio.sleep, **options) for _ in range(n)]
+        made.extend(fresh)
+        return fresh
+
+    yield make
+    for limiter in made:
+        await limiter.aclose()
+
+
+def _assert_window_bound(starts: list[int], rpm: float, burst: int) -> None:
+    times = sorted(starts)
+    for i in range(len(times)):
+        for j in range(i, len(times)):
+            assert j - i + 1 <= burst + (times[j] - times[i]) * rpm / (60 * MICROS), (i, j)
+
+
+async def test_sidecars_sharing_a_rate_never_exceed_it_together(sidecars: Sidecars) -> None:
+    """Three sidecars hammering one 1200/min budget, burst 3, stay within it in every window."""
+    rpm, burst = 1200.0, 3
+    budget = [scope(requests_per_minute=rpm, burst=burst)]
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + 1.0
+    starts: list[int] = []
+
+    async def worker(limiter: QueuedLimiter, max_wait: float) -> None:
+        while loop.time() < stop_at:
+            try:
+                slot = await limiter.acquire(P, budget, max_wait=max_wait)
+            except RateLimited as refused:
+                assert refused.reason is Reason.RATE
+                await asyncio.sleep(min(refused.retry_after, 0.01))
+                continue
+            starts.append(slot.booked_start)
+            await slot.release(Completion.OK)
+
+    fleet = sidecars(3)
+    await asyncio.gather(*(worker(limiter, wait) for limiter in fleet for wait in (0.0, 0.0, 0.2)))
+    _assert_window_bound(starts, rpm, burst)
+    assert len(starts) >= 15  # ~20 in the second, plus the burst: the budget was really used
+
+
+async def test_sidecars_sharing_a_concurrency_never_run_more_calls_together(sidecars: Sidecars) -> None:
+    """concurrency 3 across three sidecars of three callers each: never more than 3 in flight."""
+    budget = [scope(concurrency=3)]
+    live, peak, done = [0], [0], [0]
+
+    async def worker(limiter: QueuedLimiter) -> None:
+        for _ in range(4):
+            async with await limiter.acquire(P, budget, max_wait=5) as slot:
+                live[0] += 1
+                peak[0] = max(peak[0], live[0])
+                await asyncio.sleep(0.02)
+                live[0] -= 1
+                slot.complete(Completion.OK)
+            done[0] += 1
+
+    await asyncio.gather(*(worker(limiter) for limiter in sidecars(3) for _ in range(3)))
+    assert peak[0] == 3
+    assert done[0] == 36
+
+
+async def test_a_dead_sidecars_slots_come_back_after_the_lease_time(sidecars: Sidecars) -> None:
+    """Slots never given back (the pod was killed) are free again once their 0.5 s lease runs out."""
+    budget = [scope(concurrency=3)]
+    dead, alive = sidecars(2, lease_ttl=0.5)
+    loop = asyncio.get_running_loop()
+    kept = await alive.acquire(P, budget, max_wait=0)  # renewed all along: the lease set stays
+    for _ in range(2):
+        await dead.acquire(P, budget, max_wait=0)
+    died_at = loop.time()
+    await dead.aclose()  # no release, no renewal: as after SIGKILL
+    with pytest.raises(RateLimited) as refused:
+        await alive.acquire(P, budget, max_wait=0)
+    assert refused.value.reason is Reason.CONCURRENCY
+    slots = [await alive.acquire(P, budget, max_wait=3) for _ in range(2)]
+    assert 0.4 <= loop.time() - died_at <= 1.0
+    for slot in [kept, *slots]:
+        await slot.release()
+
+
+async def test_renewal_keeps_a_long_call_its_slot(sidecars: Sidecars) -> None:
+    """A call running four lease times keeps its slot: the other sidecar is refused all along."""
+    budget = [scope(concurrency=1)]
+    holder, other = sidecars(2, lease_ttl=0.3)
+    slot = await holder.acquire(P, budget, max_wait=0)
+    for _ in range(6):
+        await asyncio.sleep(0.2)
+        with pytest.raises(RateLimited):
+            await other.acquire(P, budget, max_wait=0)
+    await slot.release()
+    await (await other.acquire(P, budget, max_wait=0)).release()
+
+
+async def test_a_release_wakes_a_waiter_of_another_sidecar(sidecars: Sidecars) -> None:
+    """A caller waiting on one sidecar gets the slot soon after another sidecar gives it back."""
+    budget = [scope(concurrency=1)]
+    first, second = sidecars(2)
+    held = await first.acquire(P, budget, max_wait=0)
+    waiting = asyncio.ensure_future(second.acquire(P, budget, max_wait=3))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await held.release()
+    slot = await asyncio.wait_for(waiting, 1.0)
+    assert 0.2 <= slot.waited < 0.5
+    await slot.release()
+
+
+async def test_a_pause_set_by_one_sidecar_holds_them_all(sidecars: Sidecars) -> None:
+    """One sidecar's pause refuses short waits everywhere and lets longer ones go when it ends."""
+    setter, refused_one, waiter = sidecars(3)
+    assert await setter.pause(P, 0.6) == pytest.approx(0.6, abs=0.01)
+    assert 0.3 < await refused_one.paused_for(P) <= 0.6
+    with pytest.raises(RateLimited) as refused:
+        await refused_one.acquire(P, [scope()], max_wait=0.1)
+    assert refused.value.reason is Reason.PROVIDER_PAUSE
+    assert 0.3 < refused.value.retry_after <= 0.6
+    slot = await waiter.acquire(P, [scope()], max_wait=2)
+    assert 0.3 < slot.waited < 0.8
+    await slot.release()
+    assert await setter.pause(P, 5) == pytest.approx(5, abs=0.01)
+    assert await waiter.pause(P, 1) == pytest.approx(5, abs=0.05)  # never shortened
+
+
+async def test_a_concurrency_429_lowers_the_fleets_concurrency(sidecars: Sidecars) -> None:
+    """One sidecar's concurrency 429 halves the limit that every sidecar then applies."""
+    budget = [scope(concurrency=4)]
+    one, other = sidecars(2)
+    slots = [await one.acquire(P, budget, max_wait=0) for _ in range(4)]
+    await slots[0].release(Completion.CONCURRENCY_LIMITED)
+    backend = other.backend
+    assert isinstance(backend, RedisBackend)
+    assert await backend.lowered_limit(P) == 2
+    await slots[1].release(Completion.CONCURRENCY_LIMITED)  # admitted before: not halved again
+    assert await backend.lowered_limit(P) == 2
+    with pytest.raises(RateLimited):
+        await other.acquire(P, budget, max_wait=0)  # 2 still in flight
+    await slots[2].release(Completion.ABANDONED)
+    extra = await other.acquire(P, budget, max_wait=0)
+    with pytest.raises(RateLimited):
+        await other.acquire(P, budget, max_wait=0)
+    await extra.release()
+    await slots[3].release()
+
+
+async def test_a_route_budget_is_shared_on_top_of_the_providers(sidecars: Sidecars) -> None:
+    """A full route refuses its callers on every sidecar; other routes of the provider still go."""
+    provider = scope(concurrency=10)
+    create, other = [provider, scope("create", concurrency=1)], [provider, scope("get")]
+    first, second = sidecars(2)
+    held = await first.acquire(P, create, max_wait=0)
+    with pytest.raises(RateLimited):
+        await second.acquire(P, create, max_wait=0)
+    await (await second.acquire(P, other, max_wait=0)).release()
+    await held.release()
+
+
+async def _until_it_works(limiter: QueuedLimiter, budget: list[Scope], within: float) -> Slot:
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + within
+    while True:
+        try:
+            return await limiter.acquire(P, budget, max_wait=0)
+        except FleetUnavailable:
+            if loop.time() > give_up:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_redis_down_fails_fast_and_up_again_works(
+    sidecars: Sidecars, redis_server: RedisServer
+) -> None:
+    """Redis killed: every call, waiting ones included, fails fast and typed; restarted: it works."""
+    budget = [scope(concurrency=1)]
+    (limiter,) = sidecars(1)
+    loop = asyncio.get_running_loop()
+    held = await limiter.acquire(P, budget, max_wait=0)
+    waiting = asyncio.ensure_future(limiter.acquire(P, budget, max_wait=30))
+    await asyncio.sleep(0.1)
+    await redis_server.kill()
+    with pytest.raises(FleetUnavailable):
+        await asyncio.wait_for(waiting, 1.0)
+    for call in (lambda: limiter.acquire(P, budget, max_wait=10), lambda: limiter.pause(P, 1)):
+        started = loop.time()
+        with pytest.raises(FleetUnavailable):
+            await call()
+        assert loop.time() - started < 0.6
+    await held.release()  # the lease can't be given back: logged, left to expire
+    await redis_server.start()
+    slot = await _until_it_works(limiter, budget, within=3)
+    await slot.release(Completion.OK)
+
+
+async def test_successes_give_the_fleets_slots_back_one_by_one(
+    sidecars: Sidecars, clients: Callable[[], Redis]
+) -> None:
+    """After a halving, a success once the increase interval has passed adds one slot, up to the top."""
+    budget = [scope(concurrency=4)]
+    (limiter,) = sidecars(1)
+    backend = limiter.backend
+    assert isinstance(backend, RedisBackend)
+    slots = [await limiter.acquire(P, budget, max_wait=0) for _ in range(4)]
+    await slots[0].release(Completion.CONCURRENCY_LIMITED)
+    for slot in slots[1:]:
+        await slot.release(Completion.ABANDONED)
+    key, admin = backend.keys.aimd(P), clients()
+
+    async def age_the_last_change() -> None:  # as if the increase interval (5 s) had passed
+        changed = int(await admin.hget(key, "changed_at"))
+        await admin.hset(key, "changed_at", changed - 5 * MICROS)
+
+    for expected in (3, None):
+        await (await limiter.acquire(P, budget, max_wait=0)).release(Completion.OK)  # too soon
+        assert await backend.lowered_limit(P) == (2 if expected == 3 else 3)
+        await age_the_last_change()
+        await (await limiter.acquire(P, budget, max_wait=0)).release(Completion.OK)
+        assert await backend.lowered_limit(P) == expected
+
+
+async def test_a_caller_giving_up_mid_decision_leaves_no_slot_behind(sidecars: Sidecars) -> None:
+    """Cancelled while Redis decides: the slot granted to nobody is given back, not left to expire."""
+    budget = [scope(concurrency=1)]
+    quitter, other = sidecars(2)  # leases last 30 s: only an explicit release frees the slot soon
+    for _ in range(5):
+        gives_up = asyncio.ensure_future(quitter.acquire(P, budget, max_wait=0))
+        await asyncio.sleep(0)  # the script is on its way
+        gives_up.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gives_up
+        slot = await other.acquire(P, budget, max_wait=1)
+        assert slot.waited < 0.5
+        await slot.release()

@@ -1,0 +1,149 @@
+"""What only the Redis ledger has: key layout and TTLs, prefixes, real expiry, TLS from the URL."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio.connection import Connection, SSLConnection
+
+from sidecar.state import RedisStore, StoredResponse, StoreUnavailable
+from sidecar.state.redis_codec import member, split_member
+from sidecar.state.redis_store import redis_client
+
+from .redis_server import RedisServer
+
+FP = "f" * 64
+PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=255)
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the test server, to look at what the store wrote."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@given(PRINTABLE, PRINTABLE)
+def test_member_escaping_is_reversible_and_free_of_separators(provider: str, key: str) -> None:
+    """(provider, key) -> one Redis key part with no ':', '{', '}', '*' or space, and back."""
+    m = member(provider, key)
+    assert split_member(m) == (provider, key)
+    assert m.count("/") == 1
+    assert not set(m) & set(":{}*? []")
+
+
+async def test_every_key_is_namespaced_and_expires(redis_server: RedisServer, raw: aioredis.Redis) -> None:
+    """All keys the store writes start with its prefix and carry a TTL no longer than the record's."""
+    store = RedisStore(redis_server.url, instance_id="pod-a", prefix="ns-ttl:", ttl=600)
+    await store.start()
+    claim = await store.claim("replicate", "a:b{c}", FP)
+    await store.complete("replicate", "a:b{c}", claim.record.claim_id, StoredResponse(200, (), b"x"))
+    await store.claim("bfl", "other", FP, ttl=30)
+    keys = sorted([k.decode() async for k in raw.scan_iter(match="ns-ttl:*")])
+    assert keys == ["ns-ttl:claims", "ns-ttl:expiry", "ns-ttl:r:bfl/other", "ns-ttl:r:replicate/a%3Ab%7Bc%7D",
+                    "ns-ttl:seq"]
+    ttls = {k: await raw.pttl(k) for k in keys}
+    assert all(0 < t <= 600_000 for t in ttls.values()), ttls
+    assert ttls["ns-ttl:r:bfl/other"] <= 30_000
+    await store.close()
+
+
+async def test_prefixes_keep_two_ledgers_apart(redis_server: RedisServer) -> None:
+    """Two stores on one Redis with different prefixes never see each other's keys."""
+    one = RedisStore(redis_server.url, instance_id="pod-a", prefix="bot-one:")
+    two = RedisStore(redis_server.url, instance_id="pod-a", prefix="bot-two:")
+    for store in (one, two):
+        await store.start()
+    assert (await one.claim("replicate", "k", FP)).claimed
+    assert (await two.claim("replicate", "k", FP)).claimed
+    assert [r.key for r in await two.list()] == ["k"]
+    await one.release("replicate", "k")
+    assert await two.get("replicate", "k") is not None
+    for store in (one, two):
+        await store.close()
+
+
+async def test_redis_drops_an_expired_record_on_its_own(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    """With the real clock, a record with a 300 ms ttl is gone from Redis itself shortly after."""
+    store = RedisStore(redis_server.url, instance_id="pod-a", prefix="ns-real:", ttl=0.3)
+    await store.start()
+    await store.claim("replicate", "short", FP)
+    assert await raw.exists("ns-real:r:replicate/short") == 1
+    end = time.monotonic() + 10
+    while await raw.exists("ns-real:r:replicate/short"):
+        assert time.monotonic() < end, "Redis kept an expired record"
+        await asyncio.sleep(0.05)
+    assert await store.get("replicate", "short") is None
+    assert (await store.claim("replicate", "short", FP)).claimed
+    await store.close()
+
+
+def test_rediss_urls_configure_tls() -> None:
+    """rediss:// builds SSL connections that verify the server, and ssl_* query arguments pass through."""
+    tls = redis_client("rediss://:pw@redis.example:6380/2?ssl_ca_certs=/etc/ca.pem", op_timeout=1,
+                       connect_timeout=0.5)
+    pool = tls.connection_pool
+    assert pool.connection_class is SSLConnection
+    kwargs = pool.connection_kwargs
+    where = (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"])
+    assert where == ("redis.example", 6380, 2, "pw")
+    assert kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    assert kwargs["socket_timeout"] == 1 and kwargs["socket_connect_timeout"] == 0.5
+    connection = pool.make_connection()
+    assert isinstance(connection, SSLConnection)
+    assert connection.ssl_context.cert_reqs.name == "CERT_REQUIRED"
+    assert connection.ssl_context.check_hostname
+    plain = redis_client("redis://127.0.0.1:6379/0", op_timeout=1, connect_timeout=0.5)
+    assert plain.connection_pool.connection_class is Connection
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    d = tmp_path_factory.mktemp("tls")
+    files = {"ca": d / "ca.pem", "ca_key": d / "ca.key", "cert": d / "server.pem", "key": d / "server.key"}
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", str(files["ca_key"]), "-out", str(files["ca"]))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(files["key"]),
+            "-out", str(d / "server.csr"))
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(files["ca"]), "-CAkey",
+            str(files["ca_key"]), "-CAcreateserial", "-days", "2", "-extfile", str(d / "ext.cnf"),
+            "-out", str(files["cert"]))
+    return files
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path, certificates: dict[str, Path]) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis-tls", tls=certificates).start()
+    yield server
+    server.kill()
+
+
+async def test_a_real_tls_redis_works_through_rediss(tls_redis: RedisServer) -> None:
+    """Against redis-server speaking only TLS, a rediss:// URL with the CA claims; plain redis:// can't."""
+    store = RedisStore(tls_redis.url, instance_id="pod-a", prefix="tls:")
+    await store.start()
+    await store.ping()
+    assert (await store.claim("replicate", "k", FP)).claimed
+    await store.close()
+    plain = RedisStore(f"redis://127.0.0.1:{tls_redis.port}/0", instance_id="pod-a", op_timeout=0.5)
+    await plain.start()
+    with pytest.raises(StoreUnavailable):
+        await plain.ping()
+    await plain.close()
