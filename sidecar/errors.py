@@ -87,15 +87,10 @@ class ErrorCode(StrEnum):
     LEDGER_UNAVAILABLE = "ledger_unavailable", 503
 
 
-# Codes of the contract whose features (fleet rate limits, the idempotency ledger) are not built
-# yet: nothing answers them, so the user documentation lists them only once those features land.
+# Codes of the contract whose features (fleet rate limits) are not built yet: nothing answers
+# them, so the user documentation lists them only once those features land.
 PLANNED = frozenset({
     ErrorCode.RATE_LIMITED,
-    ErrorCode.IDEMPOTENCY_KEY_REUSED,
-    ErrorCode.IDEMPOTENCY_IN_FLIGHT,
-    ErrorCode.OUTCOME_UNKNOWN,
-    ErrorCode.IDEMPOTENCY_REPLAY_UNAVAILABLE,
-    ErrorCode.LEDGER_UNAVAILABLE,
 })
 
 # Code -> status, for the codes the sidecar answers today.

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -33,8 +34,9 @@ POLICY_KEYS = ("breaker", "retry", "failure_statuses", "max_request_body", "time
 DURATION_KEYS = frozenset({
     "monitoring_period", "recovery_timeout", "max_recovery_timeout", "slow_call_duration",
     "base_delay", "max_delay", "connect", "attempt", "total", "interval", "timeout",
-    "drain_time", "shutdown_grace", "header_read_timeout"})
-SIZE_KEYS = frozenset({"max_buffered_body", "max_request_body", "max_download_size"})
+    "drain_time", "shutdown_grace", "header_read_timeout", "idempotency_window", "ttl"})
+SIZE_KEYS = frozenset({"max_buffered_body", "max_request_body", "max_download_size",
+                       "max_stored_body"})
 
 
 def dump_effective(config: SidecarConfig) -> str:
@@ -42,8 +44,21 @@ def dump_effective(config: SidecarConfig) -> str:
     document = {
         "server": _plain(config.server),
         "providers": {name: _dump_provider(p) for name, p in config.providers.items()},
+        "ledger": {**_plain(config.ledger), "url": _redact_url(config.ledger.url)},
     }
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+
+
+def _redact_url(url: str | None) -> str | None:
+    """A Redis URL with its password, if any, shown as ``<redacted>``."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
 
 
 def _plain(item: Any) -> dict[str, Any]:
@@ -74,6 +89,8 @@ def _dump_provider(provider: ProviderConfig) -> dict[str, Any]:
             {"header": a.header, "prefix": a.prefix, "env": a.env,
              "value": REDACTED if a.value else None} for a in provider.auth]
         out["health"] = None if provider.health is None else _plain(provider.health)
+        out["native_idempotency"] = provider.native_idempotency
+        out["reconcile"] = provider.reconcile
     for key in POLICY_KEYS:
         out[key] = _plain_value(key, getattr(provider, key))
     if provider.download is not None:

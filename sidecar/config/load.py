@@ -26,6 +26,7 @@ from .model import (
     BreakerConfig,
     DownloadConfig,
     HealthConfig,
+    LedgerConfig,
     MiB,
     ProviderConfig,
     RetryConfig,
@@ -38,7 +39,7 @@ from .schema import ENV_BREAKER, ENV_REFERENCE, UPSTREAM_VARIABLE, upstream_vari
 from .units import format_duration
 
 ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses")
-PROXY_KEYS = ("upstream", "auth", "health", "routes")
+PROXY_KEYS = ("upstream", "auth", "health", "routes", *s.PROVIDER_JOB_FIELDS)
 PROVIDER_KEYS = ("kind", "critical", *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
 EMBEDDED = "<embedded default.yaml>"
 __all__ = ["ConfigError", "dump_effective", "load_config", "parse_config", "read_document"]
@@ -133,14 +134,15 @@ def parse_config(data: object, environ: Mapping[str, str]) -> SidecarConfig:
     root = s.as_mapping(problems, "", data)
     if root is None:
         raise ConfigError(_unexpand(problems.items, raw, environ))
-    s.check_keys(problems, "", root, ("server", "defaults", "providers"))
+    s.check_keys(problems, "", root, ("server", "defaults", "providers", "ledger"))
     server = _server(problems, root.get("server"))
+    ledger = _ledger(problems, root.get("ledger"))
     defaults = _defaults(problems, root.get("defaults"), environ)
     providers = _providers(problems, root.get("providers"), defaults, environ)
     _stray_upstream_variables(problems, root.get("providers"), environ)
     if problems.items:
         raise ConfigError(_unexpand(problems.items, raw, environ))
-    return SidecarConfig(server=server, providers=MappingProxyType(providers))
+    return SidecarConfig(server=server, providers=MappingProxyType(providers), ledger=ledger)
 
 
 def _expand(value: object, environ: Mapping[str, str]) -> object:
@@ -173,6 +175,13 @@ def _server(problems: s.Problems, raw: object) -> ServerConfig:
     if server.port and server.port == server.ops_port and server.host == server.ops_host:
         problems.add("server.ops_port", f"must differ from server.port, got {server.port}")
     return server
+
+
+def _ledger(problems: s.Problems, raw: object) -> LedgerConfig:
+    ledger = LedgerConfig(**s.parse_fields(problems, "ledger", raw, s.LEDGER_FIELDS))
+    if ledger.backend == "redis" and not ledger.url:
+        problems.add("ledger.url", "is required when ledger.backend is redis")
+    return ledger
 
 
 def _policies(problems: s.Problems, path: str, block: Mapping[str, object],
@@ -300,7 +309,12 @@ def _proxy_parts(problems: s.Problems, name: str, path: str, block: Mapping[str,
     if block.get("health") is not None:
         values = s.parse_fields(problems, f"{path}.health", block["health"], s.HEALTH_FIELDS)
         health = HealthConfig(**values)
+    jobs = s.parse_fields(problems, path, _pick(block, tuple(s.PROVIDER_JOB_FIELDS)),
+                          s.PROVIDER_JOB_FIELDS)
+    # Replicate can be asked what became of a create: that is the default for the provider so named.
+    jobs.setdefault("reconcile", "replicate" if name == "replicate" else None)
     return {
+        **jobs,
         "upstream": upstream if ok else "",
         "auth": _auth(problems, f"{path}.auth", block.get("auth"), environ),
         "health": health,
@@ -362,6 +376,8 @@ def _route(problems: s.Problems, path: str, raw: object, policies: Policies) -> 
     values = s.parse_fields(problems, path, _pick(block, tuple(s.ROUTE_FIELDS)), s.ROUTE_FIELDS,
                             required=("name", "path"))
     merged = _policies(problems, path, _pick(block, ROUTE_POLICY_KEYS), policies)
+    if values.get("idempotency_window") is not None and not values.get("creates_job"):
+        problems.add(f"{path}.idempotency_window", "needs creates_job: true on the same route")
     if len(problems.items) != before:
         return None
     return RouteConfig(**values, retry=merged.retry, timeouts=merged.timeouts,

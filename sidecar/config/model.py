@@ -13,6 +13,8 @@ from typing import Literal
 MiB = 1024 * 1024
 
 ProviderKind = Literal["proxy", "download"]
+LedgerBackendName = Literal["sqlite", "memory", "redis"]
+ReconcileKind = Literal["replicate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ class RouteConfig:
     retry: RetryConfig = RetryConfig()
     timeouts: Timeouts = Timeouts()
     failure_statuses: frozenset[int] = frozenset({500, 502, 503, 504})
+    creates_job: bool = False  # a paid job: keyed requests go through the ledger, never retried
+    idempotency_window: float | None = None  # keyless identical requests within it are repeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,8 @@ class ProviderConfig:
     max_concurrent: int | None = None
     routes: tuple[RouteConfig, ...] = ()
     download: DownloadConfig | None = None
+    native_idempotency: bool = False  # the provider honours Idempotency-Key itself (sync.so)
+    reconcile: ReconcileKind | None = None  # how to ask the provider about an unknown outcome
 
     @property
     def configured(self) -> bool:
@@ -129,9 +135,24 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """The job ledger (``ledger:``): where the records of paid jobs live and how long."""
+
+    backend: LedgerBackendName = "sqlite"
+    path: str | None = None  # sqlite: the file; None -> ledger.sqlite3 in the state directory
+    url: str | None = None  # redis: redis://host:6379/0, rediss:// for TLS
+    prefix: str = "sidecar:"
+    ttl: float = 86400.0
+    max_stored_body: int = 1 * MiB
+    max_entries: int = 100_000
+    on_unavailable: Literal["forward", "refuse"] = "forward"
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarConfig:
     server: ServerConfig = ServerConfig()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    ledger: LedgerConfig = LedgerConfig()
 
 
 # The first path segments of the sidecar's own endpoints: never a provider name.

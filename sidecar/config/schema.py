@@ -395,4 +395,33 @@ ROUTE_FIELDS: dict[str, Converter] = {
     "method": optional(method),
     "path": path_template,
     "idempotent": optional(boolean),
+    "creates_job": boolean,
+    "idempotency_window": optional(duration()),
+}
+# Proxy providers only: how the job ledger treats the provider.
+PROVIDER_JOB_FIELDS: dict[str, Converter] = {
+    "native_idempotency": boolean,
+    "reconcile": optional(one_of("replicate")),
+}
+
+
+def ledger_url(value: object) -> str | None:
+    """``redis://``, ``rediss://`` (TLS) or ``unix://``; empty (an unset ``${VAR}``) is null."""
+    url = string(value).strip()
+    if not url:
+        return None
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")  # never echoed: a password
+    return url
+
+
+LEDGER_FIELDS: dict[str, Converter] = {
+    "backend": one_of("sqlite", "memory", "redis"),
+    "path": optional(text(re.compile(r".+"), "a file path")),
+    "url": optional(ledger_url),
+    "prefix": text(re.compile(r"[!-~]{1,64}"), "1 to 64 printable ASCII characters, no space"),
+    "ttl": duration(),
+    "max_stored_body": size(),
+    "max_entries": integer(1),
+    "on_unavailable": one_of("forward", "refuse"),
 }

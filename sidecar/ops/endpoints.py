@@ -6,10 +6,12 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from ..providers.ledger import JobLedger
 from ..providers.registry import ProviderRegistry
 from .admin import AdminHandlers
 from .checks import LocalChecks
 from .health import HealthHandlers, ProcessStatus
+from .jobs import JobsAdmin
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .probes import ProbeRunner
 
@@ -29,14 +31,16 @@ def add_own_routes(
     status: ProcessStatus,
     bound_host: str,
     environ: Mapping[str, str],
+    jobs: JobLedger | None = None,
 ) -> None:
     """Add the own endpoints of a listener bound to ``bound_host``; ``environ`` is read once, here."""
     checks = LocalChecks(registry.clock)
     admin = AdminHandlers(registry, environ, bound_host=bound_host)
     app[CHECKS] = checks
     app[ADMIN] = admin
-    HealthHandlers(registry, probes, checks, status).add_routes(app)
+    HealthHandlers(registry, probes, checks, status, jobs=jobs).add_routes(app)
     admin.add_routes(app)
+    JobsAdmin(jobs, registry.known).add_routes(app, admin.guard)
 
     async def render(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

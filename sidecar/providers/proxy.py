@@ -24,9 +24,13 @@ from ..headers import (
     filter_headers,
 )
 from ..policy.retry import request_is_retryable
+from ..state import InvalidIdempotencyKey, Outcome, fingerprint, validate_idempotency_key, window_scope
 from ..upstream.attempts import AttemptLoop, Body, Outbound
 from ..upstream.h1pool import H1Response
+from .ledger import OUTCOME, JobLedger, JobRequest
+from .reconcile import replicate_reconciler
 from .runtime import ProxyRuntime
+from .tap import Tap, relay_tapped
 
 # Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
 _SMALL_BODY = 64 * 1024
@@ -137,8 +141,9 @@ async def _read_body(
 class ProxyHandler:
     """Forwards one client request through its provider's breaker and its route's retry policy."""
 
-    def __init__(self, loop: AttemptLoop) -> None:
+    def __init__(self, loop: AttemptLoop, jobs: JobLedger | None = None) -> None:
         self._loop = loop
+        self._jobs = jobs
 
     async def forward(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str,
@@ -150,8 +155,16 @@ class ProxyHandler:
         for name, value in rt.auth_headers:
             if name not in headers:
                 headers[name] = value
+        if route.creates_job and self._jobs is not None:
+            keys = request.headers.getall(IDEMPOTENCY_KEY, [])
+            if keys or route.idempotency_window is not None:
+                return await self._forward_job(request, rt, rest, query, route, request_id, headers,
+                                               keys)
         eligible = (
-            request_is_retryable(request.method, IDEMPOTENCY_KEY in headers, route.idempotent)
+            # A paid job is never re-sent on the sidecar's account, unless the provider itself
+            # recognises the key (native_idempotency).
+            (not route.creates_job or rt.config.native_idempotency)
+            and request_is_retryable(request.method, IDEMPOTENCY_KEY in headers, route.idempotent)
             and route.retry.max_attempts > 1
         )
         try:
@@ -175,6 +188,69 @@ class ProxyHandler:
             assert exchange.error is not None
             return _with_request_id(to_response(exchange.error), request_id)
         return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
+
+
+    async def _forward_job(
+        self, request: web.Request, rt: ProxyRuntime, rest: str, query: str, route: RouteConfig,
+        request_id: str, headers: CIMultiDict[str], keys: list[str],
+    ) -> web.StreamResponse:
+        """A creates_job request with a key (its own, or its fingerprint within the window)."""
+        jobs = self._jobs
+        assert jobs is not None
+        try:
+            if len(keys) > 1:
+                raise InvalidIdempotencyKey("Idempotency-Key must be sent once")
+            key = validate_idempotency_key(keys[0]) if keys else None
+            # The fingerprint needs the whole body before the claim: it is read (up to
+            # max_request_body), and then sent from memory.
+            read, _ = await read_body(request, rt, rt.config.max_request_body, True, route.timeouts.total)
+        except InvalidIdempotencyKey as bad:
+            refused = SidecarError(ErrorCode.BAD_REQUEST, str(bad), provider=rt.name)
+            return _with_request_id(to_response(refused), request_id)
+        except SidecarError as refused:
+            return _with_request_id(to_response(refused), request_id)
+        body = read if isinstance(read, bytes) else b""
+        path = rest or "/"
+        digest = fingerprint(request.method, path, query, body)
+        job = JobRequest(
+            provider=rt.name,
+            scope=rt.name if key is not None else window_scope(rt.name),
+            key=key if key is not None else digest,
+            fingerprint=digest,
+            ttl=None if key is not None else route.idempotency_window,
+            total=route.timeouts.total,
+            request_id=request_id,
+            reconcile=replicate_reconciler(rt, path, body) if rt.config.reconcile == "replicate" else None,
+        )
+        # Keyed retries only where the provider itself recognises the key it is sent.
+        retryable = key is not None and rt.config.native_idempotency and route.retry.max_attempts > 1
+        out = Outbound(
+            method=request.method, url=None, headers=headers, body=body if read is not None else None,
+            route=route, retryable=retryable, target=upstream_target(rt.pool.prefix, rest, query),
+        )
+
+        async def send(tap: Tap | None) -> web.StreamResponse:
+            exchange = await self._loop.run_pooled(rt, rt.pool, out)
+            up = exchange.response
+            if up is None:
+                assert exchange.error is not None
+                resp = _with_request_id(to_response(exchange.error), request_id)
+                if tap is not None:
+                    tap.unanswered(exchange.sent)
+                    if tap.outcome is Outcome.UNKNOWN:
+                        resp.headers[OUTCOME] = "unknown"
+                return resp
+            if tap is None:
+                return await relay(request, up, exchange.attempts, request_id, rt.name)
+            answer = filter_headers(up.headers, RESPONSE_DROP)
+            tap.answered(up.status, answer)  # what a replay gives back, before per-request headers
+            answer[ATTEMPTS] = str(exchange.attempts)
+            answer[REQUEST_ID] = request_id
+            if tap.outcome is Outcome.UNKNOWN:
+                answer[OUTCOME] = "unknown"
+            return await relay_tapped(request, up, answer, tap)
+
+        return await jobs.handle(job, send)
 
 
 def _with_request_id(resp: web.Response, request_id: str) -> web.Response:

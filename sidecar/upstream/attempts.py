@@ -78,6 +78,9 @@ class Exchange(Generic[R]):
     response: R | None
     error: SidecarError | None
     attempts: int
+    # Whether any byte of the request went upstream on any attempt (a connect failure or a pool
+    # timeout sends nothing): the job ledger tells "no job" from "outcome unknown" by it.
+    sent: bool = False
 
 
 class AttemptLoop:
@@ -106,20 +109,29 @@ class AttemptLoop:
                     out.method, url, headers=out.headers, data=out.body, allow_redirects=False
                 )
 
-        return await self._run(target, out, send)
+        exchange = await self._run(target, out, send)
+        exchange.sent = exchange.attempts > 0  # a session can't tell: assume the worst
+        return exchange
 
     async def run_pooled(self, target: Target, pool: H1Pool, out: Outbound) -> Exchange[H1Response]:
         """Send through a lean connection pool (it enforces the attempt timeout itself)."""
 
         timeouts = out.route.timeouts
+        sent = False
+
+        def wrote() -> None:
+            nonlocal sent
+            sent = True
 
         def send(seconds: float) -> Awaitable[H1Response]:
             return pool.request(
                 out.method, out.target, out.headers, out.body, seconds,
-                connect_timeout=timeouts.connect, read_timeout=timeouts.attempt,
+                connect_timeout=timeouts.connect, read_timeout=timeouts.attempt, on_write=wrote,
             )
 
-        return await self._run(target, out, send)
+        exchange = await self._run(target, out, send)
+        exchange.sent = sent
+        return exchange
 
     async def _run(self, target: Target, out: Outbound, send: Send[R]) -> Exchange[R]:
         clock = self._clock

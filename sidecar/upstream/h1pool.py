@@ -27,7 +27,7 @@ import asyncio
 import collections
 import functools
 import ssl as _ssl
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 import aiohttp
 import aiohttp.connector
@@ -182,11 +182,14 @@ class H1Pool:
         *,
         connect_timeout: float | None = None,
         read_timeout: float | None = None,
+        on_write: Callable[[], None] | None = None,
     ) -> H1Response:
         """Send one request and wait (at most ``timeout`` s in all) for the response head.
 
         ``target`` is the origin-form request target (path and query), sent as is. A route's own
-        ``connect_timeout`` and body ``read_timeout`` override the pool's.
+        ``connect_timeout`` and body ``read_timeout`` override the pool's. ``on_write`` is called
+        just before the first byte of the request is handed to a connection: from then on the
+        provider may have received it, whatever happens next.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -212,9 +215,14 @@ class H1Pool:
             if transport is None:
                 raise aiohttp.ServerDisconnectedError()
             if body is None or isinstance(body, bytes):
-                transport.write(self._head(method, target, headers, body))
+                data = self._head(method, target, headers, body)
+                if on_write is not None:
+                    on_write()
+                transport.write(data)
             else:
                 upload = _Upload()
+                if on_write is not None:
+                    on_write()  # the writer task starts with the head
                 writer = loop.create_task(
                     self._write_stream(proto, method, target, headers, body, upload)
                 )

@@ -69,6 +69,7 @@ def create_app(
     add_own_routes(
         app, registry=svc.registry, probes=svc.probes, metrics=svc.metrics, status=svc.status,
         bound_host=bound_host, environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
+        jobs=svc.jobs,
     )
     handler = _proxy_dispatch(svc) if role == "proxy" else _not_found
     app.router.register_resource(CatchAllResource(handler))
@@ -96,7 +97,7 @@ Forward = Callable[
 
 def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     registry = svc.registry
-    proxy = ProxyHandler(svc.attempts)
+    proxy = ProxyHandler(svc.attempts, jobs=svc.jobs)
     download = DownloadHandler(registry, svc.attempts)
 
     async def forward(
