@@ -21,7 +21,7 @@ ERRORS_HEADING = "Errors the sidecar answers itself"
 # Each block of the configuration file: the heading of its table in docs/configuration.md, and the
 # keys the loader accepts in it.
 BLOCKS: dict[str, Iterable[str]] = {
-    "Top level": ("server", "defaults", "providers"),
+    "Top level": ("server", "defaults", "providers", "ledger"),
     "`server`": config_schema.SERVER_FIELDS,
     "`defaults` and the policy keys of a provider": POLICY_KEYS,
     "`breaker`": config_schema.BREAKER_FIELDS,
@@ -33,6 +33,7 @@ BLOCKS: dict[str, Iterable[str]] = {
     "`health`": config_schema.HEALTH_FIELDS,
     "`routes`": (*config_schema.ROUTE_FIELDS, *config_load.ROUTE_POLICY_KEYS),
     "Download providers (`kind: download`)": config_schema.DOWNLOAD_FIELDS,
+    "`ledger`": config_schema.LEDGER_FIELDS,
 }
 
 
