@@ -59,6 +59,7 @@ class HostBreakers:
         clock: Callable[[], float],
         metrics: ProviderMetrics,
         capacity: int = DEFAULT_CAPACITY,
+        on_transition: Callable[[Transition, str], None] | None = None,
     ) -> None:
         self.provider = provider
         self.config = config
@@ -68,6 +69,7 @@ class HostBreakers:
         self._hosts: OrderedDict[str, _Entry] = OrderedDict()
         self._mode: BreakerState | None = None  # FORCED_OPEN or DISABLED, set by admin
         self._log = get_logger("breaker")
+        self._on_transition = on_transition
         self.evicted = 0
 
     def target(self, host: str, budget: RetryBudget, session: aiohttp.ClientSession) -> HostTarget:
@@ -146,6 +148,8 @@ class HostBreakers:
                 "breaker_transition", provider=self.provider, host=host,
                 from_state=t.from_state.value, to_state=t.to_state.value, reason=t.reason,
             )
+            if self._on_transition is not None:
+                self._on_transition(t, host)
 
         breaker = CircuitBreaker(self.provider, self.config, clock=self._clock,
                                  on_transition=on_transition)

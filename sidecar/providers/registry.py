@@ -150,6 +150,8 @@ class Gateway:
         self.started_at = clock()
         self.draining = False
         self.probes: ProbeRunner | None = None  # from start() to close()
+        # Called with every breaker transition (and the download host it happened on, if any).
+        self.transition_listeners: list[Callable[[Transition, str | None], None]] = []
         self.providers: dict[str, ProviderRuntime] = {
             name: self._runtime(pc) for name, pc in config.providers.items()
         }
@@ -168,6 +170,7 @@ class Gateway:
                 to_state=t.to_state.value,
                 reason=t.reason,
             )
+            self.notify_transition(t, None)
 
         rt = ProviderRuntime(
             config=cfg,
@@ -185,9 +188,14 @@ class Gateway:
         )
         self.metrics.inflight.labels(cfg.name).set_function(lambda: rt.inflight)
         if cfg.kind == "download":
-            rt.hosts = HostBreakers(cfg.name, cfg.breaker, clock=self.clock, metrics=pm)
+            rt.hosts = HostBreakers(cfg.name, cfg.breaker, clock=self.clock, metrics=pm,
+                                    on_transition=self.notify_transition)
         pm.export_state(lambda: rt.control.state.value)
         return rt
+
+    def notify_transition(self, t: Transition, host: str | None) -> None:
+        for listener in self.transition_listeners:
+            listener(t, host)
 
     async def start(self) -> None:
         for rt in self.providers.values():
