@@ -17,6 +17,7 @@ from ..headers import OPERATION, REQUEST_ID
 from ..logs import get_logger
 from ..ops.endpoints import add_own_routes
 from ..ops.metrics import Metrics, OperationMetrics
+from ..ops.status_page import add_status_routes
 from ..providers.download import DownloadHandler
 from ..providers.proxy import ProxyHandler, split_target
 from ..providers.registry import Gateway, ProviderRuntime
@@ -66,6 +67,7 @@ def create_app(
             gw, AttemptLoop(clock=gw.clock, sleep=sleep, rng=gw.rng, wall=gw.wall)
         )
     else:
+        add_status_routes(app, gw)  # the status page: on the ops listener only
         handler = _not_found
     app.router.register_resource(CatchAllResource(handler))
     if owns:
@@ -83,7 +85,7 @@ def _gateway_lifetime(gw: Gateway) -> Callable[[web.Application], AsyncIterator[
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
-    return error_response("not_found", "the ops listener serves only /health*, /metrics and /admin")
+    return error_response("not_found", "the ops listener serves only /health*, /metrics, /admin and /status")
 
 
 class Handler(Protocol):
