@@ -25,6 +25,7 @@ from sidecar.providers.registry import Gateway
 
 from ..conftest import provider, sidecar_config
 from ..support.browser import Element, dump_dom, parse
+from ..support.cdp import Cdp
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.process import start_sidecar
 
@@ -217,3 +218,68 @@ async def test_browser_marks_the_page_stale_when_a_refresh_fails(aiohttp_server:
     assert "HTTP 500" in doc.find("span", id="updated").all_text()
     assert card(doc, HOSTILE) is not None  # the last good data is still shown
     assert len(calls) >= 2
+
+
+TOKEN = "status-page-T0KEN"
+FLAKY = 'document.querySelector(\'article[data-provider="flaky"]\')'
+
+
+async def test_browser_buttons_call_admin_with_the_pasted_token(tmp_path: Path) -> None:
+    """Reset without a token shows the admin 401; with the pasted token it resets; force-open asks first."""
+    flaky = await FakeProvider().start()
+    flaky.default = Reply(status=503)
+    steady = await FakeProvider().start()
+    sc = await start_sidecar(CONFIG.format(flaky=flaky.url, steady=steady.url), tmp_path,
+                             env={"SIDECAR_ADMIN_TOKEN": TOKEN})
+    browser = await Cdp.launch()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                await (await session.get(f"{sc.proxy}/flaky/v1/predictions")).read()
+
+            async def state() -> str:
+                async with session.get(f"{sc.ops}/health/detailed") as resp:
+                    return str((await resp.json())["providers"]["flaky"]["state"])
+
+            assert await state() == "open"
+            await browser.send("Page.navigate", url=f"{sc.ops}/status")
+            await browser.until(f"{FLAKY}?.dataset.state", lambda v: v == "open")
+
+            async def click(action: str) -> None:
+                await browser.evaluate(f"{FLAKY}.querySelector('button[data-action=\"{action}\"]').click()")
+
+            result = "document.getElementById('action-result').textContent"
+            await click("reset")
+            shown = await browser.until(result, lambda v: "HTTP" in v)
+            assert "flaky reset: HTTP 401 unauthorized" in shown and "paste the admin token" in shown
+            assert await state() == "open"
+
+            await browser.evaluate("document.getElementById('token').focus()")
+            await browser.send("Input.insertText", text=TOKEN)  # typed, as a user would paste it
+            assert await browser.evaluate("sessionStorage.getItem('sidecar.adminToken')") == TOKEN
+            await browser.evaluate("window.beforeReload = true")
+            await browser.send("Page.reload")
+            await browser.until("!window.beforeReload && document.readyState", lambda v: v == "complete")
+            assert await browser.evaluate("document.getElementById('token').value") == TOKEN
+            await browser.until(f"{FLAKY}?.dataset.state", lambda v: v == "open")
+            assert await browser.evaluate("localStorage.length + document.cookie.length") == 0
+
+            await click("reset")
+            assert await browser.until(result, lambda v: "now" in v) == "flaky reset: now closed"
+            await browser.until(f"{FLAKY}.dataset.state", lambda v: v == "closed")
+            assert await state() == "closed"
+            await click("force-open")
+            assert browser.dialogs == ["force-open the breaker of flaky?"]
+            await browser.until(f"{FLAKY}.dataset.state", lambda v: v == "forced_open")
+            assert await state() == "forced_open"
+            actions = [(e["action"], e["state"]) for e in sc.events("admin_action")]
+            assert actions == [("reset", "closed"), ("force-open", "forced_open")]
+
+            await browser.evaluate("document.getElementById('forget').click()")
+            assert await browser.evaluate("sessionStorage.getItem('sidecar.adminToken')") is None
+            assert await browser.evaluate("document.getElementById('token').value") == ""
+    finally:
+        await browser.close()
+        await sc.stop()
+        await flaky.close()
+        await steady.close()
