@@ -42,6 +42,11 @@
   const clock = (ms) => new Date(ms).toTimeString().slice(0, 8);
   const errText = (err) => (err && err.name === "AbortError" ? "timed out" : String(err && err.message || err));
 
+  function when(iso) {  // an ISO-8601 time from the sidecar, shown in the browser's local time
+    const ms = Date.parse(String(iso));
+    return Number.isNaN(ms) ? scalar(iso) : clock(ms);
+  }
+
   function duration(seconds) {
     const s = Math.max(0, Math.round(seconds));
     const h = Math.floor(s / 3600);
@@ -187,6 +192,10 @@
         `${b.consecutive_failures} of ${limit}`), el("span", {class: "muted"}, " to open"));
     }
     if (num(b.retry_after_seconds)) fact("trial calls in", `${b.retry_after_seconds.toFixed(1)} s`);
+    if (state === "half_open" && num(b.half_open_successes)) {
+      fact("trial calls", `${b.half_open_successes} of ${scalar(cfg.success_threshold)} succeeded, ` +
+        `${scalar(b.half_open_in_flight)} in flight`);
+    }
     if (state === "forced_open") fact("forced open", "until an admin reset");
     if (state === "disabled") fact("disabled", "every call is let through until an admin reset");
     fact("totals", [
@@ -213,7 +222,7 @@
     const over = rate !== null && threshold !== null && rate >= threshold;
     const wrap = el("div", {class: "rate", "data-rate": rate === null ? "none" : rate});
     wrap.append(el("span", {class: over ? "bad" : null},
-      rate === null ? `no calls${period}` : `${pct(rate)} (${failures} of ${calls} calls${period})`));
+      rate === null ? `no calls${period}` : `${pct(rate)}: ${failures} of ${calls} calls failed${period}`));
     const meter = el("div", {class: "meter"});
     const fill = el("div", {class: "fill", "data-over": over});
     fill.style.width = `${Math.min(100, Math.max(0, (rate || 0) * 100))}%`;  // CSSOM, allowed by the CSP
@@ -240,7 +249,7 @@
       el("span", {class: ok ? "good" : "bad"}, ok ? "ok" : "failed"),
       probe.status !== null && probe.status !== undefined ? ` HTTP ${scalar(probe.status)}` : "",
       num(probe.latency_ms) ? `, ${probe.latency_ms} ms` : "",
-      probe.checked_at ? el("span", {class: "muted"}, ` at ${scalar(probe.checked_at)}`) : "",
+      probe.checked_at ? el("span", {class: "muted", title: scalar(probe.checked_at)}, ` at ${when(probe.checked_at)}`) : "",
       probe.error ? el("div", {class: "bad"}, scalar(probe.error)) : "");
   }
 
