@@ -94,7 +94,7 @@ async def main(out: Path) -> None:
         sc = await start_sidecar(CONFIG.format(up=up, probe=PROBE), Path(tmp))
         try:
             await drive(sc.proxy, sc.ops)
-            await screenshot(f"{sc.ops}/status", out.resolve())
+            await screenshot(f"{sc.ops}/status", out)
         finally:
             await sc.stop()
             await runner.cleanup()
@@ -106,4 +106,4 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "status-page.png")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    asyncio.run(main(args.out))
+    asyncio.run(main(args.out.resolve()))
