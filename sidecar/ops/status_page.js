@@ -134,8 +134,10 @@
   function renderUpdated() {
     const node = $("updated");
     if (healthError === null) {
-      node.dataset.stale = "false";
-      node.textContent = `updated ${clock(lastOk)}, every ${REFRESH_MS / 1000} s`;
+      // The transitions are secondary: the page is fresh, but says when they could not be read.
+      node.dataset.stale = eventsError === null ? "false" : "partial";
+      node.textContent = `updated ${clock(lastOk)}, every ${REFRESH_MS / 1000} s` +
+        (eventsError === null ? "" : `; transitions not updated: ${eventsError}`);
     } else {
       node.dataset.stale = "true";
       node.textContent = lastOk

@@ -283,3 +283,32 @@ async def test_browser_buttons_call_admin_with_the_pasted_token(tmp_path: Path) 
         await sc.stop()
         await flaky.close()
         await steady.close()
+
+
+async def test_browser_says_when_only_the_transitions_failed(aiohttp_server: Any) -> None:
+    """/status/events failing while /health/detailed answers: the page is drawn and names what failed."""
+    gw = _gateway()
+
+    @web.middleware
+    async def events_down(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/status/events":
+            return web.Response(status=502, text="bad gateway")
+        return await handler(request)
+
+    app = web.Application(middlewares=[events_down])
+    add_status_routes(app, gw)
+
+    async def detailed(request: web.Request) -> web.Response:
+        return web.json_response(_detailed(gw))
+
+    app.router.add_get("/health/detailed", detailed)
+    server = await aiohttp_server(app)
+
+    def problems(doc: Element) -> list[str]:
+        updated = doc.find("span", id="updated")
+        return [] if updated.attrs.get("data-stale") == "partial" else [updated.all_text()]
+
+    doc = await poll_dom(str(server.make_url("/status")), problems)
+    assert "transitions not updated: status/events: HTTP 502" in doc.find("span", id="updated").all_text()
+    hostile = card(doc, HOSTILE)
+    assert hostile is not None and "unavailable: status/events: HTTP 502" in hostile.all_text()

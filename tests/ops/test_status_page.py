@@ -8,7 +8,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
@@ -26,7 +26,8 @@ from ..support.browser import parse
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.fakes import FakeClock
 
-AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+if TYPE_CHECKING:
+    AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 
 @dataclass
