@@ -15,6 +15,7 @@ import sys
 import tempfile
 from itertools import count
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -48,6 +49,11 @@ providers:
   supabase:
     upstream: "{up}/ok"
     {probe}
+  file-download:
+    kind: download
+    allowed_hosts: [127.0.0.1]
+    allowed_schemes: [http]
+    allow_private_networks: true
 """
 
 
@@ -69,7 +75,7 @@ async def fake_upstream() -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
-async def drive(proxy: str, ops: str) -> None:
+async def drive(proxy: str, ops: str, up: str) -> None:
     """Traffic and admin actions that put each breaker in the state the picture shows."""
     async with aiohttp.ClientSession() as s:
 
@@ -83,6 +89,8 @@ async def drive(proxy: str, ops: str) -> None:
         await get(f"{proxy}/supabase/rest/v1/jobs", 12)
         await get(f"{proxy}/bfl/v1/flux-pro", 3)
         await get(f"{proxy}/synclabs/v2/generate", 2)
+        for path in ("ok/avatar.png", "down/voice.mp3", "ok/video.mp4"):
+            await get(f"{proxy}/file-download?url={quote(f'{up}/{path}', safe='')}", 1)
         async with s.post(f"{ops}/admin/breakers/bfl/force-open") as resp:
             resp.raise_for_status()
         await asyncio.sleep(2.5)  # synclabs' 1 s recovery passes (half-open); probes report
@@ -93,7 +101,7 @@ async def main(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sc = await start_sidecar(CONFIG.format(up=up, probe=PROBE), Path(tmp))
         try:
-            await drive(sc.proxy, sc.ops)
+            await drive(sc.proxy, sc.ops, up)
             await screenshot(f"{sc.ops}/status", out)
         finally:
             await sc.stop()
