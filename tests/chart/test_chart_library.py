@@ -71,14 +71,14 @@ spec:
         {{- include "sidecar.initContainer" $sidecar | nindent 8 }}
       {{- end }}
       containers:
+        {{- if not (include "sidecar.native" $sidecar) }}
+        {{- include "sidecar.container" $sidecar | nindent 8 }}
+        {{- end }}
         - name: mybot
           image: registry.example.com/mybot:1.0
           env:
             - name: SIDECAR_URL
               value: http://127.0.0.1:8080
-        {{- if not (include "sidecar.native" $sidecar) }}
-        {{- include "sidecar.container" $sidecar | nindent 8 }}
-        {{- end }}
       volumes:
         {{- include "sidecar.volumes" $sidecar | nindent 8 }}
 """
@@ -113,6 +113,8 @@ def test_parent_chart_gets_the_sidecar_in_its_pod(parent_chart: Path, kube: str,
     spec = dep["spec"]["template"]["spec"]
     container, is_native = sidecar_container(spec)
     assert is_native is native
+    assert spec["containers"][0]["name"] == ("mybot" if native else "sidecar")
+    assert ("postStart" in container.get("lifecycle", {})) is not native
     assert arg_value(container, "--ops-host") == "0.0.0.0"
     cm_name = next(v["configMap"]["name"] for v in spec["volumes"] if v["name"] == "sidecar-config")
     cm = next(d for d in maybe(docs, "ConfigMap") if d["metadata"]["name"] == cm_name)

@@ -17,7 +17,7 @@ def _metadata() -> configparser.SectionProxy:
 
 
 def test_distribution_has_a_name_of_its_own() -> None:
-    """The PyPI name is not `sidecar` (another project's); the import package and the script stay `sidecar`."""
+    """The PyPI name is not `sidecar` (another project's); the import package and script stay `sidecar`."""
     meta = _metadata()
     assert meta["name"] == "egress-sidecar"
     cfg = configparser.ConfigParser()
@@ -36,7 +36,7 @@ def test_license_file_matches_the_metadata() -> None:
 
 
 def test_image_installs_the_distribution_by_its_name() -> None:
-    """The runtime stage's `pip install --no-index` names setup.cfg's distribution (a wrong name finds no wheel)."""
+    """The image's `pip install --no-index` names setup.cfg's distribution (a wrong name finds no wheel)."""
     text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
     installs = [ln for ln in text.splitlines() if "pip install" in ln and "--no-index" in ln]
     assert len(installs) == 1, installs

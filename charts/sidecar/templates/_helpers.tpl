@@ -104,6 +104,26 @@ prometheus.io/path: /metrics
     sizeLimit: {{ .Values.sidecar.tmpSizeLimit }}
 {{- end -}}
 
+{{/* Classic variant's postStart hook: kubelet starts a pod's containers in order and waits for each
+     one's postStart hook, so with the sidecar first the bot starts only once this returns. It polls
+     /health/ready on the ops port and exits 0 on the first 200, or 1 after holdBotUntilReady.timeoutSeconds
+     (kubelet then kills the sidecar and restarts it, and records a FailedPostStartHook event). The image
+     is python:3.11-slim (no curl), so the interpreter does the HTTP. */}}
+{{- define "sidecar.holdScript" -}}
+import sys, time, urllib.request
+url = "http://127.0.0.1:{{ .Values.sidecar.opsPort }}/health/ready"
+deadline = time.monotonic() + {{ .Values.sidecar.holdBotUntilReady.timeoutSeconds }}
+while True:
+    try:
+        if urllib.request.urlopen(url, timeout=1).status == 200:
+            sys.exit(0)
+    except Exception:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.2)
+{{- end -}}
+
 {{/* The container body shared by both variants; `native` picks the variant. */}}
 {{- define "sidecar.containerSpec" -}}
 {{- $v := .ctx.Values -}}
@@ -170,6 +190,14 @@ readinessProbe:
   {{- toYaml $s.probes.readiness | nindent 2 }}
 {{- if not .native }}
 lifecycle:
+  {{- if $s.holdBotUntilReady.enabled }}
+  postStart:
+    exec:
+      command:
+        - python
+        - -c
+        - {{ include "sidecar.holdScript" .ctx | quote }}
+  {{- end }}
   preStop:
     exec:
       command: ["sleep", {{ $s.preStopSleepSeconds | quote }}]
