@@ -6,9 +6,11 @@ by name next to tests/chart/conftest.py).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -16,6 +18,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "sidecar-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "sidecar-alerts.yaml"
+MONITORING_CHART = ROOT / "charts" / "sidecar-monitoring"
+# Where the documentation site is published by default (mkdocs.yml site_url, the chart's runbookBaseUrl).
+DOCS_URL = "https://owner.github.io/sidecar"
 
 # SPEC section 6: the contract with the dashboard and the alerts.
 SPEC_COUNTERS_GAUGES = {
@@ -28,6 +33,8 @@ SPEC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt
 SPEC_SERIES = SPEC_COUNTERS_GAUGES | {
     f"{h}{s}" for h in SPEC_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 WITHOUT_PROVIDER = {"sidecar_build_info"}
+WITH_OPERATION = {"sidecar_requests_total", "sidecar_request_duration_seconds_bucket",
+                  "sidecar_request_duration_seconds_sum", "sidecar_request_duration_seconds_count"}
 
 _KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
              "offset", "inf", "nan"}
@@ -85,11 +92,25 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in dashboard_panels() for t in p.get("targets", [])]
 
 
+DASHBOARD_VARIABLES = ("namespace", "job", "pod", "provider", "operation")
+
+
 def substitute_grafana(expr: str) -> str:
-    """Grafana's variables as a query against all providers over 1m windows would see them."""
-    return (expr.replace("$__rate_interval", "1m").replace("${__rate_interval}", "1m")
-            .replace("$__interval", "1m").replace("$__range", "1m")
-            .replace("${provider}", ".*").replace("$provider", ".*"))
+    """Grafana's variables as a query with every variable on "All" over 1m windows would see them."""
+    expr = (expr.replace("$__rate_interval", "1m").replace("${__rate_interval}", "1m")
+            .replace("$__interval", "1m").replace("$__range", "1m"))
+    for name in DASHBOARD_VARIABLES:
+        expr = expr.replace(f"${{{name}}}", ".*").replace(f"${name}", ".*")
+    return expr
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a generator script by path (scripts/ and deploy/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def alert_rules() -> list[dict[str, Any]]:
