@@ -37,8 +37,6 @@ sidecar:
   metrics:
     podMonitor:
       enabled: true
-  prometheusRule:
-    enabled: true
   config:
     providers:
       replicate:
@@ -126,7 +124,7 @@ def test_parent_chart_gets_the_sidecar_in_its_pod(parent_chart: Path, kube: str,
     assert len(meta["annotations"]["checksum/sidecar-config"]) == 64
     pm = one(docs, "PodMonitor")
     assert all(meta["labels"].get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
-    one(docs, "PrometheusRule")
+    assert not maybe(docs, "PrometheusRule"), "alerts are cluster-wide: the sidecar-monitoring chart's"
     assert not [d for d in maybe(docs, "Deployment") if d["metadata"]["name"] != "prod-mybot"]
 
 
