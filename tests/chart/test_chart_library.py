@@ -26,7 +26,7 @@ name: mybot
 version: 1.0.0
 dependencies:
   - name: sidecar
-    version: 0.1.0
+    version: 0.2.0
     repository: file://../sidecar
 """
 
