@@ -148,3 +148,23 @@ def test_library_example_depends_on_the_current_chart_version() -> None:
     meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
     text = (ROOT / "tests" / "chart" / "test_chart_library.py").read_text()
     assert f"    version: {meta['version']}\n" in text
+
+
+@pytest.mark.parametrize("chart", CHARTS, ids=lambda c: c.name)
+def test_deploying_page_has_a_row_for_every_value(chart: Path) -> None:
+    """docs/deploying.md's values tables name every documented key (the alerts by name and setting)."""
+    page = (ROOT / "docs" / "deploying.md").read_text()
+    _, rows = _script().rows(chart / "values.yaml")
+    missing = []
+    for row in rows:
+        parts = row.key.split(".")
+        if parts[:2] == ["prometheusRule", "alerts"]:
+            alert, setting = parts[2], parts[3]
+            line = next((ln for ln in page.splitlines() if ln.startswith(f"| `{alert}` |")), "")
+            if setting not in ("enabled", "for", "severity") and f"`{setting}: " not in line:
+                missing.append(row.key)
+            if not line:
+                missing.append(row.key)
+        elif f"| `{row.key}` |" not in page:
+            missing.append(row.key)
+    assert not missing, f"docs/deploying.md has no row for {missing}"
