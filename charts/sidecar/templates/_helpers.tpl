@@ -137,15 +137,16 @@ prometheus.io/path: /metrics
      (kubelet then kills the sidecar and restarts it, and records a FailedPostStartHook event). The image
      is python:3.11-slim (no curl), so the interpreter does the HTTP. */}}
 {{- define "sidecar.holdScript" -}}
-import sys, time, urllib.request
+import http.client, sys, time, urllib.request
 url = "http://127.0.0.1:{{ .Values.sidecar.opsPort }}/health/ready"
 deadline = time.monotonic() + {{ .Values.sidecar.holdBotUntilReady.timeoutSeconds }}
 while True:
     try:
-        if urllib.request.urlopen(url, timeout=1).status == 200:
-            sys.exit(0)
-    except Exception:
-        pass
+        with urllib.request.urlopen(url, timeout=1) as answer:
+            if answer.status == 200:
+                sys.exit(0)
+    except (OSError, http.client.HTTPException):
+        pass  # not listening yet, a 503 (HTTPError), a broken answer
     if time.monotonic() > deadline:
         sys.exit(1)
     time.sleep(0.2)
