@@ -23,16 +23,16 @@ MONITORING_CHART = ROOT / "charts" / "sidecar-monitoring"
 # Where the documentation site is published by default (mkdocs.yml site_url, the chart's runbookBaseUrl).
 DOCS_URL = "https://owner.github.io/sidecar"
 
-# SPEC section 6: the contract with the dashboard and the alerts.
-SPEC_COUNTERS_GAUGES = {
+# The metric names of GET /metrics (docs/endpoints.md): the contract with the dashboard and the alerts.
+METRIC_COUNTERS_GAUGES = {
     "sidecar_requests_total", "sidecar_upstream_attempts_total", "sidecar_retries_total",
     "sidecar_retry_budget_exhausted_total", "sidecar_breaker_state", "sidecar_breaker_transitions_total",
     "sidecar_short_circuited_total", "sidecar_inflight_requests", "sidecar_probe_up",
     "sidecar_probe_duration_seconds", "sidecar_build_info",
 }
-SPEC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds"}
-SPEC_SERIES = SPEC_COUNTERS_GAUGES | {
-    f"{h}{s}" for h in SPEC_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+METRIC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds"}
+METRIC_SERIES = METRIC_COUNTERS_GAUGES | {
+    f"{h}{s}" for h in METRIC_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 WITHOUT_PROVIDER = {"sidecar_build_info"}
 WITH_OPERATION = {"sidecar_requests_total", "sidecar_request_duration_seconds_bucket",
                   "sidecar_request_duration_seconds_sum", "sidecar_request_duration_seconds_count"}
@@ -64,13 +64,13 @@ def selectors(expr: str) -> list[tuple[str, str]]:
     out = []
     for m in SELECTOR.finditer(text):
         name = m.group(1)
-        if name in SPEC_SERIES or name.startswith("process_") or name == "up":
+        if name in METRIC_SERIES or name.startswith("process_") or name == "up":
             out.append((name, m.group(2) or ""))
     return out
 
 
 def allowed(name: str) -> bool:
-    return name in SPEC_SERIES or name.startswith("process_") or name == "up"
+    return name in METRIC_SERIES or name.startswith("process_") or name == "up"
 
 
 def dashboard() -> dict[str, Any]:

@@ -74,7 +74,7 @@ async def serve(provider: FakeProvider) -> AsyncIterator[FakeProvider]:
 
 
 def sidecar_config(flaky: FakeProvider, budget: FakeProvider, port: int, ops_port: int) -> dict[str, Any]:
-    """SPEC section 3: short breaker timings so the breaker opens and recovers within seconds."""
+    """Short breaker timings, so that the breaker opens and recovers within seconds."""
     probe = {"method": "GET", "path": "/health", "interval": "1s", "timeout": "1s"}
     return {
         "server": {"host": "127.0.0.1", "port": port, "ops_host": "127.0.0.1", "ops_port": ops_port,
