@@ -155,6 +155,8 @@ class HealthHandlers:
         ledger = await ledger_health(self.jobs)
         if ledger is not None and not ledger["ok"] and status == "healthy":
             status = "degraded"  # requests still flow (on_unavailable), without protection or with 503s
-        body = {"status": status, **self._base(), "providers": providers, "checks": checks,
-                "ledger": ledger}
+        body: dict[str, object] = {"status": status, **self._base(), "providers": providers,
+                                   "checks": checks}
+        if ledger is not None:  # only when some route creates jobs
+            body["ledger"] = ledger
         return web.json_response(body, status=503 if status == "unhealthy" else 200)

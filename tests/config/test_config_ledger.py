@@ -74,7 +74,8 @@ def test_route_and_provider_job_keys() -> None:
 def test_replicate_reconciles_by_default_and_may_opt_out() -> None:
     """The provider named replicate gets reconcile: replicate unless it says null."""
     block = {"upstream": "https://api.replicate.com"}
-    assert parse_config({"providers": {"replicate": block}}, {}).providers["replicate"].reconcile == "replicate"
+    config = parse_config({"providers": {"replicate": block}}, {})
+    assert config.providers["replicate"].reconcile == "replicate"
     off = {"providers": {"replicate": {**block, "reconcile": None}}}
     assert parse_config(off, {}).providers["replicate"].reconcile is None
 

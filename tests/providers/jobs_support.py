@@ -55,10 +55,10 @@ async def post(client: Any, key: str | None = None, body: bytes = b'{"input": 1}
         return resp.status, resp.headers.copy(), await resp.read()
 
 
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    """Poll ``predicate()`` until true, failing after ``timeout`` seconds."""
+async def until(predicate: Any, within: float = 5.0) -> None:
+    """Poll ``predicate()`` until true, failing after ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)

@@ -41,7 +41,7 @@ async def test_the_same_key_with_another_body_is_422(fake: FakeProvider, sidecar
     """A key reused for a different request is refused without reaching the provider."""
     client = await sidecar(job_config(fake.url))
     assert (await post(client, "k", body=b'{"input": 1}'))[0] == 200
-    status, headers, body = await post(client, "k", body=b'{"input": 2}')
+    status, headers, _ = await post(client, "k", body=b'{"input": 2}')
     assert status == 422 and headers["X-Sidecar-Error"] == "idempotency_key_reused"
     assert len(fake.seen) == 1 and counted(client, "reused") == 1
 
