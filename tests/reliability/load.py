@@ -219,24 +219,21 @@ class _Run:
                 headers["Idempotency-Key"] = f"k{n}"
             self.sent[rid] = kind
             method = "GET" if kind == "GET" else "POST"
-<<<<<<< HEAD
             path = f"/p/v1/jobs/{n}" if kind == "JOB" else f"/p/v1/items/{n}"
             data = None if method == "GET" else b'{"n": %d}' % n
-=======
             sent_at = time.monotonic()
->>>>>>> main
             try:
                 async with session.request(method, f"{self.sc.proxy}{path}", headers=headers,
                                            data=data) as resp:
                     body = await resp.read()
                     code = self._check(rid, kind, resp, body)
-                if kind == "JOB" and code == "200":
-                    await self._repeat_job(session, rid, path, headers, data)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.report.client_errors[type(exc).__name__] += 1
                 code = "client error"
             self.report.by_code[code] += 1
             self.report.latencies_ms.append((time.monotonic() - sent_at) * 1000)
+            if kind == "JOB" and code == "200":
+                await self._repeat_job(session, rid, path, headers, data)
             self.done += 1
             if self.spec.requests and self.done >= self.spec.outage_at * self.spec.requests:
                 self.outage_due.set()
@@ -247,13 +244,18 @@ class _Run:
                           headers: dict[str, str], data: bytes | None) -> None:
         """The bot repeats a create that succeeded: the ledger answers, the provider sees nothing."""
         again = {**headers, "X-Request-Id": f"{rid}-again"}
-        async with session.post(f"{self.sc.proxy}{path}", headers=again, data=data) as resp:
-            body = await resp.read()
-            if (resp.status, body, resp.headers.get("X-Sidecar-Replayed")) != (200, OK_BODY, "true"):
-                self.report.malformed.append(f"{rid}: repeat of a created job got {resp.status} "
-                                             f"{resp.headers.get('X-Sidecar-Error')} {body[:80]!r}")
-            else:
-                self.report.job_replays += 1
+        try:
+            async with session.post(f"{self.sc.proxy}{path}", headers=again, data=data) as resp:
+                status, replayed, error, body = (resp.status, resp.headers.get("X-Sidecar-Replayed"),
+                                                 resp.headers.get("X-Sidecar-Error"), await resp.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.report.client_errors[type(exc).__name__] += 1
+            return
+        if (status, body, replayed) != (200, OK_BODY, "true"):
+            self.report.malformed.append(f"{rid}: repeat of a created job got {status} {error} "
+                                         f"{body[:80]!r}")
+        else:
+            self.report.job_replays += 1
 
     def _check(self, rid: str, kind: str, resp: aiohttp.ClientResponse, body: bytes) -> str:
         bad = self.report.malformed
@@ -404,14 +406,11 @@ def _provider_figures(report: Report, fp: FaultProvider, spec: Spec, attempts: d
                       unsteady: list[tuple[float, float]]) -> None:
     report.provider_requests = len(fp.seen)
     report.provider_faults = Counter(fp.counts)
-<<<<<<< HEAD
     jobs = Counter(s.idempotency_key for s in fp.seen if "/v1/jobs/" in s.path)
     report.job_duplicates = sum(1 for n in jobs.values() if n > 1)
-=======
     steady = [s for s in fp.seen if not any(a <= s.at < b for a, b in unsteady)]
     report.steady_requests = len(steady)
     report.steady_faults = sum(s.fault != "ok" for s in steady)
->>>>>>> main
     counts = fp.by_request_id()
     report.max_per_request_id = max(counts.values(), default=0)
     for rid, n in counts.items():
