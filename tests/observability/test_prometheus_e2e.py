@@ -7,7 +7,6 @@ Written against the documented interface only (`python -m sidecar --config ... -
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -16,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,8 @@ import pytest
 import yaml
 from aiohttp import web
 from promql_names import ALERTS, ROOT, alert_rules, dashboard_exprs, substitute_grafana
+
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -116,17 +116,15 @@ def process(cmd: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen[b
 async def until(what: str, check: Callable[[], Awaitable[bool]], *, within: float,
                 alive: Sequence[tuple[subprocess.Popen[bytes], Path]] = ()) -> None:
     """Poll `check` until it is true; fail after `within` seconds or when a process died."""
-    deadline = time.monotonic() + within
-    while True:
+
+    async def alive_and_checked() -> bool:
         for proc, log in alive:
             if proc.poll() is not None:
                 pytest.fail(f"{proc.args[0]} exited {proc.returncode} while waiting for {what}:\n"
                             f"{log.read_text(errors='replace')[-4000:]}", pytrace=False)
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}", pytrace=False)
-        await asyncio.sleep(0.1)
+        return await check()
+
+    await eventually(alive_and_checked, timeout=within, interval=0.1, what=what)
 
 
 async def get_status(session: aiohttp.ClientSession, url: str) -> int:

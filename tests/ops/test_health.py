@@ -20,11 +20,11 @@ from sidecar.policy.breaker import CircuitBreaker
 from sidecar.policy.host_breakers import FROM_WORST, SUMMED
 from sidecar.web.app import SERVICES, create_app
 
-from ..conftest import provider, sidecar_config, start_listener
-from ..ops.test_probes import QUIET
-from ..providers.test_download import dead_port
+from ..support.configs import QUIET, provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.fakes import FakeClock
+from ..support.ports import free_port
+from ..support.sidecar_listener import start_listener
 
 OK_CHECKS = {"filesystem": {"ok": True}, "memory": {"ok": True}}
 
@@ -318,7 +318,7 @@ async def test_breaker_objects_have_one_shape_after_hosts_failed(
     try:
         client = await sidecar(default_config_with({"SIDECAR_REPLICATE_UPSTREAM": fake.url}),
                                clock=clock)
-        dead = f"http://127.0.0.1:{dead_port()}/f"
+        dead = f"http://127.0.0.1:{free_port()}/f"
         assert (await client.get(download(dead))).status == 502  # 3 refused attempts: opens
         assert (await client.get(download(dead))).status == 503  # short-circuited
         fake.then(Reply(status=500), Reply(body=b"ok"))  # 2 calls, 1 failure, then closed

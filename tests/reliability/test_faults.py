@@ -8,7 +8,7 @@ import pytest
 from sidecar.config import Timeouts
 from sidecar.web.app import SERVICES
 
-from ..conftest import provider, sidecar_config
+from ..support.configs import provider, sidecar_config
 from .faults import OK_BODY, Fault, FaultProvider
 
 
