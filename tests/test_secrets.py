@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .reliability.faults import Fault, FaultProvider
+from .support.fault_provider import Fault, FaultProvider
 from .support.polling import eventually
 from .support.process import start_sidecar
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import ALL_BRANCHES, CLASSIC, pod_spec, render, sidecar_container
 
+from tests.support.helm_chart import ALL_BRANCHES, CLASSIC, pod_spec, render, sidecar_container
 from tests.support.polling import eventually
 
 

@@ -27,9 +27,15 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from promql_names import MONITORING_CHART, ROOT, dashboard_exprs, load_script, substitute_grafana
 
 from tests.support.polling import eventually
+from tests.support.promql_names import (
+    MONITORING_CHART,
+    ROOT,
+    dashboard_exprs,
+    load_script,
+    substitute_grafana,
+)
 
 pytestmark = pytest.mark.timeout(150)
 

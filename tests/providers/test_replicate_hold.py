@@ -25,7 +25,7 @@ from sidecar.config import ProviderConfig, RouteConfig, Timeouts
 from sidecar.config.load import load_config
 from sidecar.config.units import format_duration
 
-from ..support.fake_replicate import MARGIN, REPLICATE_MAX_HOLD, FakeReplicate, outlasts_hold
+from ..support.fake_replicate_hold import MARGIN, REPLICATE_MAX_HOLD, FakeReplicate, outlasts_hold
 from ..support.process import start_sidecar
 
 SCALE = 1 / 50

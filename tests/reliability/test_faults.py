@@ -9,7 +9,7 @@ from sidecar.config import Timeouts
 from sidecar.web.app import SERVICES
 
 from ..support.configs import provider, sidecar_config
-from .faults import OK_BODY, Fault, FaultProvider
+from ..support.fault_provider import OK_BODY, Fault, FaultProvider
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ from sidecar.state import (
     replicate_job,
 )
 from sidecar.state.reconcile import MatchStep, parse_created_at, target_of
-
-from .fake_replicate import FakeReplicate, prediction
+from tests.support.fake_replicate_listing import FakeReplicate, prediction
 
 SENT = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 JOB = ReplicateJob("/v1/predictions", model="acme/painter", version="v1", input={"prompt": "a cat"})

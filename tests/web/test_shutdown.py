@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ..reliability.faults import OK_BODY, FaultProvider, mix
+from ..support.fault_provider import OK_BODY, FaultProvider, mix
 from ..support.polling import eventually
 from ..support.process import start_sidecar
 
