@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+from pytest_aiohttp import AiohttpServer
 
 from sidecar.config import SidecarConfig
 from sidecar.web.app import create_app
@@ -25,10 +26,9 @@ pytest_plugins = ("tests.support.redis_server",)
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    fp = await FakeProvider().start()
-    yield fp
-    await fp.close()
+async def fake(aiohttp_server: AiohttpServer) -> FakeProvider:
+    """A scripted fake provider on 127.0.0.1 (pytest-aiohttp serves it and closes it after the test)."""
+    return await FakeProvider().start(aiohttp_server)
 
 
 @pytest.fixture

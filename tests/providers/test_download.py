@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpServer
 from structlog.testing import capture_logs
 
 from sidecar.config import RetryConfig, ServerConfig
@@ -247,13 +248,11 @@ async def test_redirect_hops_are_checked(fake: FakeProvider, sidecar, location: 
 
 
 @pytest.fixture
-async def fake6() -> Any:
+async def fake6(aiohttp_server: AiohttpServer) -> FakeProvider:
     """A fake file server on [::1]; the test is skipped where the machine has no IPv6 loopback."""
     if not has_ipv6_loopback():
         pytest.skip("this machine has no IPv6 loopback")
-    fp = await FakeProvider(host="::1").start()
-    yield fp
-    await fp.close()
+    return await FakeProvider(host="::1").start(aiohttp_server)
 
 
 def loaded_download_config(*hosts: str, allow_private: bool = True) -> Any:
