@@ -75,7 +75,7 @@ async def test_probe_path_with_query_is_sent_as_configured(fake: FakeProvider, s
         (Reply(status=503), "http_503", 503),
         (Reply(status=401), "auth_failed", 401),
         (Reply(status=403), "auth_failed", 403),
-        (Reply(delay=2.0), "timeout", None),
+        (Reply(hold=asyncio.Event()), "timeout", None),  # never released: no answer comes at all
         (Reply(reset=True), "connect_error", None),
     ],
 )

@@ -27,6 +27,7 @@ from ..support.downloads import NAME, MiB, download_config, path_for
 from ..support.fake_provider import FakeProvider, Reply, has_ipv6_loopback
 from ..support.fakes import FakeClock
 from ..support.metric_samples import metric
+from ..support.polling import eventually
 from ..support.ports import free_port
 from ..support.process import start_sidecar
 from ..support.resolvers import StaticResolver
@@ -362,17 +363,16 @@ async def test_admin_actions_apply_to_every_host(fake: FakeProvider, sidecar) ->
 
 async def test_bulkhead_refuses_downloads_over_max_concurrent(fake: FakeProvider, sidecar) -> None:
     """With max_concurrent 1 and a download in flight, the next is 503 provider_overloaded, unsent."""
-    fake.then(Reply(delay=0.5, body=b"file"))
+    release = asyncio.Event()
+    fake.then(Reply(hold=release, body=b"file"))
     cfg = download_config()
     client = await sidecar(sidecar_config(dataclasses.replace(cfg.providers[NAME], max_concurrent=1)))
     slow = asyncio.ensure_future(client.get(path_for(f"{fake.url}/slow")))
-    for _ in range(200):
-        if fake.inflight:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: fake.inflight, what="the first download at the file server")
     resp = await client.get(path_for(f"{fake.url}/fast"), headers={"X-Request-Id": "r-2"})
     assert resp.status == 503 and (await resp.json())["error"] == "provider_overloaded"
     assert resp.headers["X-Request-Id"] == "r-2" and "Retry-After" not in resp.headers
+    release.set()
     assert (await slow).status == 200 and len(fake.seen) == 1
     assert metric(client, "sidecar_requests_total", provider=NAME, code="503") == 1
 

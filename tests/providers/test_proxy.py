@@ -361,16 +361,12 @@ async def test_client_gone_mid_body_is_a_client_error(
     _, writer = await asyncio.open_connection("127.0.0.1", client.port)
     writer.write(b"POST /p/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n" + b"x" * 1000)
     await writer.drain()
-    for _ in range(200):  # wait until the handler is reading the body, then vanish
-        if client.app[SERVICES].registry.providers["p"].inflight:
-            break
-        await asyncio.sleep(0.01)
+    # Wait until the handler is reading the body, then vanish.
+    runtime = client.app[SERVICES].registry.providers["p"]
+    await eventually(lambda: runtime.inflight, what="the upload in flight")
     writer.transport.abort()
     requests = "sidecar_requests_total"
-    for _ in range(200):
-        if metric(client, requests, provider="p"):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: metric(client, requests, provider="p"), what="the request counted")
     assert metric(client, requests, provider="p", code="400") == 1
     assert metric(client, requests, provider="p", code="500") == 0
     assert fake.seen == []

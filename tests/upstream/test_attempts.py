@@ -134,7 +134,7 @@ async def test_dropped_keepalive_connection_is_not_silently_resent(
 
 async def test_attempt_timeout_gives_504(fake: FakeProvider, sidecar) -> None:
     """A provider slower than timeouts.attempt is abandoned; after retries the client gets 504."""
-    fake.default = Reply(delay=2.0)
+    fake.default = Reply(hold=asyncio.Event())  # never released: no answer comes at all
     slow = provider(
         "p",
         fake.url,
