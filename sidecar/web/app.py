@@ -19,7 +19,7 @@ from ..ops.metrics import RouteMetrics
 from ..providers.download import DownloadHandler
 from ..providers.proxy import ProxyHandler, split_target
 from ..providers.runtime import ProviderRuntime, ProxyRuntime
-from .catch_all import CatchAllResource
+from .catch_all import add_catch_all
 from .services import Services
 
 Role = Literal["proxy", "ops"]
@@ -71,7 +71,7 @@ def create_app(
         bound_host=bound_host, environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
     )
     handler = _proxy_dispatch(svc) if role == "proxy" else _not_found
-    app.router.register_resource(CatchAllResource(handler))
+    add_catch_all(app.router, handler)
     if owns:
         app.cleanup_ctx.append(_lifetime(svc))
     return app

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from multidict import CIMultiDict
 
-from sidecar.web.catch_all import CatchAllResource
+from sidecar.web.catch_all import add_catch_all
 
 
 @dataclass
@@ -77,7 +77,7 @@ class FakeProvider:
 
     async def start(self) -> FakeProvider:
         app = web.Application()
-        app.router.register_resource(CatchAllResource(self._handle))  # also matches "%0a" paths
+        add_catch_all(app.router, self._handle)  # also matches "%0a" paths
         self._runner = web.AppRunner(
             app, auto_decompress=False, access_log=None, shutdown_timeout=0.5
         )
