@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -17,7 +21,7 @@ from sidecar.policy.breaker import (
     Transition,
 )
 from sidecar.policy.window import SlidingCounter
-from tests.support.fakes import FakeClock
+from tests.support.fakes import FakeClock, seeded_rng
 
 S = BreakerState
 START = 1000.0
@@ -441,3 +445,175 @@ def test_sliding_counter_granularity() -> None:
     assert counter.total(1060.0) == 0
     counter.add(2000.5)
     assert counter.total(1_000_000.0) == 0  # a long idle empties it in bounded work
+
+
+# --- concurrency: runs in the order calls were sent, not the order they were answered --------
+
+
+def sent(rig: Rig, n: int) -> list[Permit]:
+    """``n`` calls sent one after the other, all still in flight."""
+    return [rig.permit() for _ in range(n)]
+
+
+def test_failures_answered_before_calls_sent_ahead_of_them_are_not_a_run(rig: Rig) -> None:
+    """Four failures interleaved with four slower successes in sending order never make a run."""
+    calls = sent(rig, 8)  # success, failure, success, failure, ...
+    for permit in calls[1::2]:
+        rig.breaker.record(permit, Outcome.FAILURE)  # the fast failures arrive first
+    assert rig.breaker.state is S.CLOSED
+    for permit in calls[0::2]:
+        rig.breaker.record(permit, Outcome.SUCCESS)
+    assert rig.events == []
+    assert rig.stat("total_failures") == 4
+
+
+def test_a_call_in_flight_joins_the_run_once_it_fails(rig: Rig) -> None:
+    """Failures either side of a call still in flight form a run of three when it fails too."""
+    first, middle, last = sent(rig, 3)
+    rig.breaker.record(first, Outcome.FAILURE)
+    rig.breaker.record(last, Outcome.FAILURE)
+    assert rig.breaker.state is S.CLOSED
+    assert rig.stat("consecutive_failures") == 1
+    rig.breaker.record(middle, Outcome.FAILURE)
+    assert rig.events == [t(S.CLOSED, S.OPEN, "consecutive_failures", START)]
+
+
+def test_ignored_call_in_flight_bridges_the_run(rig: Rig) -> None:
+    """A 429 between failures in sending order neither breaks nor lengthens the run."""
+    first, bridge, second, third = sent(rig, 4)
+    for permit in (first, second):
+        rig.breaker.record(permit, Outcome.FAILURE)
+    rig.breaker.record(bridge, Outcome.IGNORED)
+    assert rig.stat("consecutive_failures") == 2
+    rig.breaker.record(third, Outcome.FAILURE)
+    assert rig.breaker.state is S.OPEN
+
+
+def test_calls_timing_out_together_among_good_answers_do_not_open(rig: Rig) -> None:
+    """Three calls sent together that time out while later calls succeed are left to the rate."""
+    stuck = sent(rig, 3)
+    rig.clock.advance(0.1)
+    rig.succeed(10)  # the provider answers everybody sent after them
+    rig.clock.advance(4.9)
+    for permit in stuck:
+        rig.breaker.record(permit, Outcome.FAILURE)
+    assert rig.events == []
+    # Had the later calls failed as well, the same three would have opened it.
+    other = Rig()
+    stuck = sent(other, 3)
+    other.fail(2)
+    other.succeed()
+    for permit in stuck:
+        other.breaker.record(permit, Outcome.FAILURE)
+    assert [e.reason for e in other.events] == ["consecutive_failures"]
+
+
+def test_failure_rate_counts_calls_in_flight_as_calls() -> None:
+    """Ten fast failures among thirty calls in flight are a third, not all, of the calls made."""
+    rig = Rig(RATE_ONLY)
+    calls = sent(rig, 30)
+    for permit in calls[:10]:
+        rig.breaker.record(permit, Outcome.FAILURE)
+    assert rig.breaker.state is S.CLOSED
+    for permit in calls[10:15]:
+        rig.breaker.record(permit, Outcome.FAILURE)  # 15 of 30: half the calls made
+    assert [e.reason for e in rig.events] == ["failure_rate"]
+
+
+# The load-with-faults scenario's breaker: 8 in a row, a 10 s window, half failing over 20 calls.
+LOAD = BreakerConfig(failure_threshold=8, monitoring_period=10.0, recovery_timeout=1.0,
+                     success_threshold=1)
+RATE = 2000.0  # calls per second
+BURST = 200  # calls in flight at once
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    sent: float
+    latency: float
+    failed: bool
+
+
+Stream = Callable[[random.Random, float, float, float], list[Call]]
+
+
+def interleaved(rng: random.Random, start: float, seconds: float, p: float) -> list[Call]:
+    """Calls at random instants, answered after 1-200 ms whatever their outcome."""
+    calls, at = [], start
+    while at < start + seconds:
+        at += rng.expovariate(RATE)
+        calls.append(Call(at, rng.uniform(0.001, 0.2), rng.random() < p))
+    return calls
+
+
+def clustered(rng: random.Random, start: float, seconds: float, p: float) -> list[Call]:
+    """Bursts of 200 calls sent at once: failures answered in 1 ms, successes in 50-100 ms."""
+    calls, at = [], start
+    while at < start + seconds:
+        for _ in range(BURST):
+            failed = rng.random() < p
+            calls.append(Call(at, 0.001 if failed else rng.uniform(0.05, 0.1), failed))
+        at += BURST / RATE
+    return calls
+
+
+def timeout_bursts(rng: random.Random, start: float, seconds: float, p: float) -> list[Call]:
+    """``interleaved``, plus every 2 s forty calls sent at once (new connections to a provider
+    slow to accept them) that all time out at 5 s."""
+    calls = interleaved(rng, start, seconds, p)
+    for at in range(int(start) + 1, int(start + seconds) - 5, 2):
+        calls += [Call(at + i * 1e-6, 5.0, True) for i in range(40)]
+    return calls
+
+
+def replay(rig: Rig, calls: list[Call]) -> list[bool]:
+    """Send and answer the calls on the fake clock in time order; the outcomes in arrival order."""
+    events = [(c.sent, 0, i) for i, c in enumerate(calls)]
+    events += [(c.sent + c.latency, 1, i) for i, c in enumerate(calls)]
+    heapq.heapify(events)
+    permits: dict[int, Permit] = {}
+    arrived = []
+    while events:
+        at, answer, i = heapq.heappop(events)
+        rig.clock.advance(max(0.0, at - rig.clock.now))
+        if not answer:
+            got = rig.breaker.acquire()
+            if isinstance(got, Permit):
+                permits[i] = got
+        elif i in permits:
+            arrived.append(calls[i].failed)
+            rig.breaker.record(permits.pop(i), Outcome.FAILURE if calls[i].failed else Outcome.SUCCESS)
+    return arrived
+
+
+def longest_run(outcomes: list[bool]) -> int:
+    best = run = 0
+    for failed in outcomes:
+        run = run + 1 if failed else 0
+        best = max(best, run)
+    return best
+
+
+@pytest.mark.parametrize("stream", [interleaved, clustered, timeout_bursts])
+def test_steady_12_percent_failures_at_a_high_rate_never_open(stream: Stream) -> None:
+    """20 s at 2000 calls/s with 12% failures: never opened, though arrival order shows long runs."""
+    rig = Rig(LOAD)
+    rig.clock.now = 0.0
+    arrived = replay(rig, stream(seeded_rng(), 0.0, 20.0, 0.12))
+    assert rig.events == []
+    assert rig.stat("total_calls") == len(arrived) > 35_000
+    if stream is not interleaved:
+        # Counted as they arrive, these runs would have opened it (8 in a row) again and again.
+        assert longest_run(arrived) >= 3 * LOAD.failure_threshold
+
+
+@pytest.mark.parametrize("stream", [interleaved, clustered])
+@pytest.mark.parametrize("failing", [1.0, 0.6])
+def test_outage_at_a_high_rate_opens_promptly(stream: Stream, failing: float) -> None:
+    """After 10 s at 12%, 100% or 60% failures open it within half a second, and not before."""
+    rig = Rig(LOAD)
+    rig.clock.now = 0.0
+    rng = seeded_rng()
+    replay(rig, stream(rng, 0.0, 10.0, 0.12) + stream(rng, 10.0, 2.0, failing))
+    opened = [e for e in rig.events if e.from_state is S.CLOSED]
+    assert opened and 10.0 <= opened[0].at < 10.5

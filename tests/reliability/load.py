@@ -93,6 +93,9 @@ class Report:
     transitions: list[tuple[float, str, str]] = field(default_factory=list)
     close_delays: list[float | None] = field(default_factory=list)  # outage end -> closed, seconds
     recovery_bound: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)  # each request, as its client saw it
+    steady_requests: int = 0  # what the provider saw outside outages and the clean spells after
+    steady_faults: int = 0
 
     def problems(self) -> list[str]:
         out = [f"malformed: {m}" for m in self.malformed[:20]]
@@ -109,6 +112,8 @@ class Report:
             out.append(f"/health/live: {self.live_failures} failures, max {self.live_max_ms:.1f} ms")
         if self.rss_end - self.rss_start >= 50 * MiB:
             out.append(f"RSS grew {(self.rss_end - self.rss_start) / MiB:.1f} MiB")
+        if outside := self.opens_outside_outages():
+            out.append(f"breaker opened {outside} time(s) outside an outage (steady faults only)")
         for (start, end), delay in zip(self.outages, self.close_delays, strict=True):
             if not any(start <= t <= end + 0.5 and to == "open" for t, _, to in self.transitions):
                 out.append(f"breaker did not open during the outage at {start:.1f}")
@@ -120,14 +125,24 @@ class Report:
         return sum(1 for t, a, b in self.transitions if (a, b) == ("closed", "open") and not any(
             start - 0.5 <= t <= end + 0.5 for start, end in self.outages))
 
+    def latency_ms(self, share: float) -> float:
+        """The request latency below which ``share`` of the requests finished (0.0 when none)."""
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(int(share * len(ordered)), len(ordered) - 1)] if ordered else 0.0
+
     def summary(self) -> str:
         rate = self.requests / self.elapsed if self.elapsed else 0.0
+        steady_share = self.steady_faults / self.steady_requests if self.steady_requests else 0.0
         lines = [
             f"requests: {self.requests} in {self.elapsed:.1f} s ({rate:.0f}/s)",
+            f"request latency ms: p50 {self.latency_ms(0.5):.1f}, p99 {self.latency_ms(0.99):.1f},"
+            f" max {max(self.latencies_ms, default=0.0):.1f}",
             "responses: " + ", ".join(f"{k}: {n}" for k, n in sorted(self.by_code.items())),
             f"client errors: {sum(self.client_errors.values())}, malformed: {len(self.malformed)}",
             f"provider saw {self.provider_requests} requests; faults injected: "
             + ", ".join(f"{k}: {n}" for k, n in sorted(self.provider_faults.items())),
+            f"outside outages: {self.steady_faults} of {self.steady_requests} provider answers"
+            f" were faults ({steady_share:.1%})",
             f"duplicates: plain POST {self.post_duplicates}, over max_attempts {self.over_max_attempts},"
             f" max sends of one request id {self.max_per_request_id}",
             f"retries: {self.retries:.0f} (bound {self.retry_budget_bound:.0f}),"
@@ -173,6 +188,7 @@ class _Run:
         self.deadline = time.monotonic() + spec.duration if spec.duration else None
         self.finished = asyncio.Event()
         self.outage_due = asyncio.Event()  # count mode: set once outage_at of the requests are done
+        self.unsteady: list[tuple[float, float]] = []  # monotonic: each outage and its clean spell
 
     def _next(self) -> int | None:
         n = next(self.counter)
@@ -191,6 +207,7 @@ class _Run:
                 headers["Idempotency-Key"] = f"k{n}"
             self.sent[rid] = kind
             method = "GET" if kind == "GET" else "POST"
+            sent_at = time.monotonic()
             try:
                 async with session.request(method, f"{self.sc.proxy}/p/v1/items/{n}", headers=headers,
                                            data=None if method == "GET" else b'{"n": %d}' % n) as resp:
@@ -200,6 +217,7 @@ class _Run:
                 self.report.client_errors[type(exc).__name__] += 1
                 code = "client error"
             self.report.by_code[code] += 1
+            self.report.latencies_ms.append((time.monotonic() - sent_at) * 1000)
             self.done += 1
             if self.spec.requests and self.done >= self.spec.outage_at * self.spec.requests:
                 self.outage_due.set()
@@ -257,6 +275,7 @@ class _Run:
             end, m1, done1 = time.time(), time.monotonic(), self.done
             await asyncio.sleep(clean)
             fp.mix = normal
+            self.unsteady.append((m0, time.monotonic()))
             self.report.outages.append((start, end))
             # How much of the clients' traffic still reached the provider while it was down.
             self.report.outage_provider_share.append(fp.seen_between(m0, m1) / max(done1 - done0, 1))
@@ -322,7 +341,7 @@ async def run(spec: Spec, tmp: Path) -> Report:
             report.live_max_ms = live["max_ms"]
             report.live_p99_ms = live["p99_ms"]
             report.rss_end = sc.rss()
-            _provider_figures(report, fp, spec, load.attempts)
+            _provider_figures(report, fp, spec, load.attempts, load.unsteady)
             values = await metric_values(sc)
             report.retries = values.get("sidecar_retries_total", 0.0)
             report.budget_exhausted = values.get("sidecar_retry_budget_exhausted_total", 0.0)
@@ -350,9 +369,13 @@ def run_on_uvloop(spec: Spec, tmp: Path) -> Report:
         return runner.run(run(spec, tmp))
 
 
-def _provider_figures(report: Report, fp: FaultProvider, spec: Spec, attempts: dict[str, int]) -> None:
+def _provider_figures(report: Report, fp: FaultProvider, spec: Spec, attempts: dict[str, int],
+                      unsteady: list[tuple[float, float]]) -> None:
     report.provider_requests = len(fp.seen)
     report.provider_faults = Counter(fp.counts)
+    steady = [s for s in fp.seen if not any(a <= s.at < b for a, b in unsteady)]
+    report.steady_requests = len(steady)
+    report.steady_faults = sum(s.fault != "ok" for s in steady)
     counts = fp.by_request_id()
     report.max_per_request_id = max(counts.values(), default=0)
     for rid, n in counts.items():

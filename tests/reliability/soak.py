@@ -1,7 +1,8 @@
 """``python -m tests.reliability.soak --duration 10m``: the load-with-faults scenario, for longer.
 
-Prints the figures (requests, responses by code, duplicates, RSS start/peak/end, breaker
-transitions, outages) and exits 1 if any invariant of ``tests/reliability/test_load.py`` broke.
+Prints the figures (requests, request latency, responses by code, the provider's fault share
+outside outages, duplicates, RSS start/peak/end, breaker transitions and openings outside outages,
+outages) and exits 1 if any invariant of ``tests/reliability/test_load.py`` broke.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from .load import Spec, run_on_uvloop
 
 @pytest.mark.slow
 async def test_load_with_faults_keeps_every_invariant(tmp_path: Path) -> None:
-    """200 clients, 10% 503, 2% resets, latency and an outage: every invariant of the report holds."""
+    """200 clients, 10% 503, 2% resets, latency and an outage: every invariant holds, among them
+    that the breaker opens during the outage and never outside it."""
     spec = Spec(requests=int(os.environ.get("RELIABILITY_REQUESTS", "20000")))
     # Its own thread and uvloop: the generator stays light, and the test's loop stays free.
     report = await asyncio.to_thread(run_on_uvloop, spec, tmp_path)
