@@ -25,8 +25,9 @@ from ..headers import (
 )
 from ..policy.retry import request_is_retryable
 from ..state import InvalidIdempotencyKey, Outcome, fingerprint, validate_idempotency_key, window_scope
-from ..upstream.attempts import AttemptLoop, Body, Outbound
-from ..upstream.h1pool import H1Response
+from ..upstream.attempts import AttemptLoop
+from ..upstream.h1pool import Body, H1Response
+from ..upstream.transports import pool_send
 from .ledger import OUTCOME, JobLedger, JobRequest
 from .reconcile import replicate_reconciler
 from .runtime import ProxyRuntime
@@ -174,21 +175,13 @@ class ProxyHandler:
         except SidecarError as refused:
             return _with_request_id(to_response(refused), request_id)
         pool = rt.pool
-        out = Outbound(
-            method=request.method,
-            url=None,
-            headers=headers,
-            body=body,
-            route=route,
-            retryable=eligible and replayable,
-            target=upstream_target(pool.prefix, rest, query),
-        )
-        exchange = await self._loop.run_pooled(rt, pool, out)
+        target = upstream_target(pool.prefix, rest, query)
+        send = pool_send(pool, request.method, target, headers, body, route.timeouts)
+        exchange = await self._loop.run(rt, send, route=route, retryable=eligible and replayable)
         if exchange.response is None:
             assert exchange.error is not None
             return _with_request_id(to_response(exchange.error), request_id)
         return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
-
 
     async def _forward_job(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str, route: RouteConfig,
@@ -224,13 +217,10 @@ class ProxyHandler:
         )
         # Keyed retries only where the provider itself recognises the key it is sent.
         retryable = key is not None and rt.config.native_idempotency and route.retry.max_attempts > 1
-        out = Outbound(
-            method=request.method, url=None, headers=headers, body=body if read is not None else None,
-            route=route, retryable=retryable, target=upstream_target(rt.pool.prefix, rest, query),
-        )
-
+        send_once = pool_send(rt.pool, request.method, upstream_target(rt.pool.prefix, rest, query),
+                              headers, body if read is not None else None, route.timeouts)
         async def send(tap: Tap | None) -> web.StreamResponse:
-            exchange = await self._loop.run_pooled(rt, rt.pool, out)
+            exchange = await self._loop.run(rt, send_once, route=route, retryable=retryable)
             up = exchange.response
             if up is None:
                 assert exchange.error is not None

@@ -11,8 +11,8 @@ from multidict import CIMultiDict
 from sidecar.config import LedgerConfig, RetryConfig, RouteConfig, SidecarConfig, Timeouts
 from sidecar.web.app import SERVICES
 
-from ..conftest import provider
-from ..upstream.test_attempts import metric
+from ..support.configs import provider
+from ..support.metric_samples import metric
 
 CREATE = "/jobs/v1/create"
 FAST_RETRY = RetryConfig(base_delay=0.01, max_delay=1.0)

@@ -12,8 +12,8 @@ from sidecar.config import LedgerConfig, Timeouts
 from sidecar.state import fingerprint
 from sidecar.web.app import SERVICES
 
-from ..conftest import raw_http
 from ..support.fake_provider import FakeProvider, Reply
+from ..support.raw_http import raw_http
 from .jobs_support import CREATE, counted, job_config, job_route, post, store_of, until
 
 CREATED = Reply(status=201, body=b'{"id": "job-1", "status": "starting"}',

@@ -12,7 +12,7 @@ import pytest
 from sidecar.config import AuthHeader, LedgerConfig, RouteConfig, SidecarConfig, Timeouts
 from sidecar.web.app import SERVICES
 
-from ..conftest import SECRET, provider
+from ..support.configs import SECRET, provider
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.fake_replicate_jobs import CreateMode, FakeReplicateJobs
 from .jobs_support import FAST_RETRY, counted, job_config, post, store_of

@@ -10,8 +10,7 @@ import aiohttp
 
 from tests.support.fake_provider import FakeProvider, Reply
 from tests.support.process import Sidecar, start_sidecar
-
-from .redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 CONFIG = """\
 providers:
@@ -45,10 +44,9 @@ async def until(predicate: object, within: float = 10.0) -> None:
 
 
 async def test_two_sidecars_on_one_redis_send_a_key_once(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, fake: FakeProvider, tmp_path: Path
 ) -> None:
     """The same key sent to two sidecars at once reaches the provider once; both get the same answer."""
-    fake = await FakeProvider().start()
     hold = asyncio.Event()
     fake.default = Reply(status=201, body=b'{"id": "only-one"}', hold=hold)
     ledger = f"{{backend: redis, url: '{redis_server.url}', prefix: 'two-{uuid.uuid4().hex[:6]}:'}}"
@@ -72,14 +70,13 @@ async def test_two_sidecars_on_one_redis_send_a_key_once(
         hold.set()
         await a.stop()
         await b.stop()
-        await fake.close()
 
 
 async def test_a_redis_outage_forwards_or_refuses_and_never_hangs(
-    own_redis: RedisServer, tmp_path: Path
+    redis_server: RedisServer, fake: FakeProvider, tmp_path: Path
 ) -> None:
     """Redis killed mid-run: forward keeps serving (counted unprotected), refuse answers 503, both fast."""
-    fake = await FakeProvider().start()
+    own_redis = redis_server
     base = f"backend: redis, url: '{own_redis.url}'"
     (tmp_path / "f").mkdir()
     (tmp_path / "r").mkdir()
@@ -105,7 +102,7 @@ async def test_a_redis_outage_forwards_or_refuses_and_never_hangs(
                 metrics = await resp.text()
         assert ledger["ok"] is False and ledger["unprotected"] == 1
         assert 'sidecar_idempotency_total{provider="jobs",result="unprotected"} 1.0' in metrics
-        own_redis.start()
+        await own_redis.start()
 
         async def ledger_ok() -> bool:
             async with aiohttp.ClientSession() as session, session.get(
@@ -127,12 +124,10 @@ async def test_a_redis_outage_forwards_or_refuses_and_never_hangs(
     finally:
         await forward.stop()
         await refuse.stop()
-        await fake.close()
 
 
-async def test_a_sidecar_killed_mid_create_leaves_the_key_unknown(tmp_path: Path) -> None:
+async def test_a_sidecar_killed_mid_create_leaves_the_key_unknown(fake: FakeProvider, tmp_path: Path) -> None:
     """SIGKILL while the provider holds the create; restarted on the same SQLite file: 409, never resent."""
-    fake = await FakeProvider().start()
     hold = asyncio.Event()
     fake.default = Reply(status=201, body=b'{"id": "j"}', hold=hold)
     env = {"SIDECAR_STATE_DIR": str(tmp_path / "state"), "SIDECAR_INSTANCE_ID": "pod-1"}
@@ -155,4 +150,3 @@ async def test_a_sidecar_killed_mid_create_leaves_the_key_unknown(tmp_path: Path
         hold.set()
         pending.cancel()
         await asyncio.gather(pending, return_exceptions=True)
-        await fake.close()
