@@ -7,6 +7,7 @@ the configured base plus the rest *as received*: nothing the client sends can ch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -26,6 +27,7 @@ from ..headers import (
 from ..policy.retry import request_is_retryable
 from ..upstream.attempts import AttemptLoop, Body, Outbound
 from ..upstream.h1pool import H1Response
+from .admission import Limits, Ticket
 from .runtime import ProxyRuntime
 
 # Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
@@ -137,8 +139,9 @@ async def _read_body(
 class ProxyHandler:
     """Forwards one client request through its provider's breaker and its route's retry policy."""
 
-    def __init__(self, loop: AttemptLoop) -> None:
+    def __init__(self, loop: AttemptLoop, limits: Limits | None = None) -> None:
         self._loop = loop
+        self._limits = limits
 
     async def forward(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str,
@@ -170,7 +173,28 @@ class ProxyHandler:
             retryable=eligible and replayable,
             target=upstream_target(pool.prefix, rest, query),
         )
-        exchange = await self._loop.run_pooled(rt, pool, out)
+        if self._limits is None:
+            return await self._send(request, rt, out, request_id, None)
+        try:
+            ticket = await self._limits.admit(rt.name, route, route.timeouts.total)
+        except SidecarError as refused:
+            return _with_request_id(to_response(refused), request_id)
+        async with ticket:
+            return await self._send(request, rt, out, request_id, ticket)
+
+    async def _send(
+        self, request: web.Request, rt: ProxyRuntime, out: Outbound, request_id: str,
+        ticket: Ticket | None,
+    ) -> web.StreamResponse:
+        if ticket is not None:
+            out.gate = ticket
+            if ticket.waited > 0:  # timeouts.total bounds the wait and the attempts together
+                timeouts = out.route.timeouts
+                left = dataclasses.replace(timeouts, total=max(0.0, timeouts.total - ticket.waited))
+                out.route = dataclasses.replace(out.route, timeouts=left)
+        exchange = await self._loop.run_pooled(rt, rt.pool, out)
+        if ticket is not None:
+            ticket.finish(None if exchange.response is None else exchange.response.status)
         if exchange.response is None:
             assert exchange.error is not None
             return _with_request_id(to_response(exchange.error), request_id)

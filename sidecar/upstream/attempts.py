@@ -60,6 +60,19 @@ class SessionTarget(Target, Protocol):
     def session(self) -> aiohttp.ClientSession: ...
 
 
+class AttemptGate(Protocol):
+    """A say in each retry and a look at each answer, given by the request's limits.
+
+    ``before_retry`` runs after the wait and before the breaker is asked: False keeps the answer
+    retried over and sends nothing more. ``answered`` sees every answer from the pool as it comes
+    (it may read a small body, as long as the same bytes stay readable).
+    """
+
+    async def before_retry(self, remaining: float) -> bool: ...
+
+    async def answered(self, response: H1Response) -> None: ...
+
+
 @dataclass(slots=True)
 class Outbound:
     method: str
@@ -69,6 +82,7 @@ class Outbound:
     route: RouteConfig  # its retry policy, timeouts and failure statuses
     retryable: bool  # method/key/route allow it and the body can be sent again
     target: str = ""  # origin-form path and query, for a pool
+    gate: AttemptGate | None = None  # the limits' say in retries and look at answers (pool only)
 
 
 @dataclass(slots=True)
@@ -119,7 +133,20 @@ class AttemptLoop:
                 connect_timeout=timeouts.connect, read_timeout=timeouts.attempt,
             )
 
-        return await self._run(target, out, send)
+        gate = out.gate
+        if gate is None:
+            return await self._run(target, out, send)
+
+        async def send_through_gate(seconds: float) -> H1Response:
+            response = await send(seconds)
+            try:
+                await gate.answered(response)
+            except BaseException:
+                response.close()
+                raise
+            return response
+
+        return await self._run(target, out, send_through_gate)
 
     async def _run(self, target: Target, out: Outbound, send: Send[R]) -> Exchange[R]:
         clock = self._clock
@@ -153,14 +180,17 @@ class AttemptLoop:
             delay = retry_delay(attempts, retry_cfg, self._rng, retry_after)
             if delay is None or not self._may_retry(target, out.route, delay, deadline):
                 return _finish(response, error, attempts)
-            target.metrics.retries.inc()
             held = (response, error)
             try:
                 await self._sleep(delay)
+                go_on = out.gate is None or await out.gate.before_retry(deadline - clock())
             except BaseException:
                 if response is not None:
                     response.release()
                 raise
+            if not go_on:
+                return _finish(response, error, attempts)
+            target.metrics.retries.inc()
 
     async def _attempt(
         self, target: Target, out: Outbound, permit: Permit, remaining: float, send: Send[R]

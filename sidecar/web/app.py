@@ -96,7 +96,7 @@ Forward = Callable[
 
 def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     registry = svc.registry
-    proxy = ProxyHandler(svc.attempts)
+    proxy = ProxyHandler(svc.attempts, svc.limits)
     download = DownloadHandler(registry, svc.attempts)
 
     async def forward(

@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from .. import __version__
 from ..config import SidecarConfig
+from ..fleet.wiring import FleetState
 from ..ops.health import ProcessStatus
 from ..ops.metrics import Metrics
 from ..ops.probes import ProbeRunner
+from ..providers.admission import Limits
 from ..providers.registry import ProviderRegistry
 from ..upstream.attempts import AttemptLoop
 
@@ -26,7 +28,8 @@ __all__ = ["Services"]
 
 
 class Services:
-    """Metrics, the provider registry, the attempt loop, the probes and the process status.
+    """Metrics, the provider registry, the attempt loop, the probes, the process status, and the
+    limits (this sidecar's, or the fleet's through Redis).
 
     ``clock`` (monotonic seconds), ``wall`` (epoch seconds), ``sleep`` and ``rng`` reach every part
     that waits, times or draws, so tests can inject all of them in one place.
@@ -54,6 +57,14 @@ class Services:
             self.registry, self.metrics, clock=clock, wall=wall, sleep=sleep, rng=rng
         )
         self.status = ProcessStatus(clock)
+        fallbacks = self.metrics.limit_families.fallback
+        self.fleet = FleetState.build(
+            config, clock=clock, sleep=sleep, environ=self.environ,
+            on_switch=lambda mode: fallbacks("limiter", mode),
+        )
+        self.limits = Limits(
+            config.providers.values(), self.fleet.limiter, metrics=self.metrics, wall=wall
+        )
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Services]:
@@ -66,4 +77,7 @@ class Services:
             try:
                 await self.probes.close()
             finally:
-                await self.registry.close()
+                try:
+                    await self.registry.close()
+                finally:
+                    await self.fleet.aclose()
