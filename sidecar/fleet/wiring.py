@@ -19,8 +19,9 @@ from sidecar.fleet.breaker import SharedBreakers
 from sidecar.fleet.client import redis_client
 from sidecar.fleet.keys import FleetKeys
 from sidecar.fleet.limiter import DEFAULT_LEASE_TTL, RedisBackend
-from sidecar.limits import FallbackLimiter, Limiter, QueuedLimiter, local_limiter
+from sidecar.limits import FallbackLimiter, FleetUnavailable, Limiter, LocalBackend, QueuedLimiter
 from sidecar.limits.fallback import Mode
+from sidecar.policy.admission import Scope
 
 __all__ = ["LEASE_TTL_VARIABLE", "FleetState", "lease_ttl_from"]
 
@@ -47,9 +48,11 @@ class FleetState:
     """The limiter every provider's requests go through, and the fleet's store when there is one."""
 
     limiter: Limiter
+    local: LocalBackend
     redis: Redis | None = None
     breakers: SharedBreakers | None = None
     backend: RedisBackend | None = None
+    breakers_reachable: bool = True  # the shared breakers' last word from Redis
 
     @property
     def mode(self) -> Mode:
@@ -68,10 +71,11 @@ class FleetState:
         on_switch: Callable[[Mode], None] | None = None,
     ) -> FleetState:
         """Nothing connects yet: the Redis client connects on first use."""
-        local = local_limiter(clock=clock, sleep=sleep)
+        own = LocalBackend(clock=clock)
+        local = QueuedLimiter(own, clock=clock, sleep=sleep)
         where = shared_redis(config)
         if where is None:
-            return cls(local)
+            return cls(local, own)
         redis = redis_client(where.url)
         keys = FleetKeys(where.prefix)
         backend = RedisBackend(redis, keys=keys, lease_ttl=lease_ttl_from(environ), sleep=sleep)
@@ -79,7 +83,25 @@ class FleetState:
         limiter = FallbackLimiter(
             fleet, local, ping=backend.ping, clock=clock, sleep=sleep, on_switch=on_switch
         )
-        return cls(limiter, redis, SharedBreakers(redis, keys=keys, clock=clock), backend)
+        return cls(limiter, own, redis, SharedBreakers(redis, keys=keys, clock=clock), backend)
+
+    async def usage(self, provider: str, scope: Scope) -> tuple[int, float]:
+        """(slots held, seconds until a start would be allowed) of one budget, where it lives now."""
+        if self.backend is not None and self.mode == "fleet":
+            try:
+                return await self.backend.usage(provider, scope)
+            except FleetUnavailable:
+                pass
+        return self.local.usage(provider, scope)
+
+    async def lowered(self, provider: str) -> int | None:
+        """The provider's concurrency lowered after its concurrency 429s (None: not lowered)."""
+        if self.backend is not None and self.mode == "fleet":
+            try:
+                return await self.backend.lowered_limit(provider)
+            except FleetUnavailable:
+                pass
+        return self.local.lowered_limit(provider)
 
     async def aclose(self) -> None:
         try:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..policy.breaker import BreakerState
+from ..providers.admission import Limits
 from ..providers.registry import ProviderRegistry
 from ..providers.runtime import DownloadRuntime, ProviderRuntime
 from .checks import Check, LocalChecks
@@ -111,11 +112,13 @@ class HealthHandlers:
         probes: ProbeRunner,
         checks: LocalChecks,
         status: ProcessStatus,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
         self.probes = probes
         self.checks = checks
         self.status = status
+        self.limits = limits
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/health", self.health)
@@ -139,11 +142,26 @@ class HealthHandlers:
             return web.json_response({"status": "not_ready", "reasons": problems}, status=503)
         return web.json_response({"status": "ready"})
 
+    async def _with_limits(self, rt: ProviderRuntime, view: dict[str, object]) -> dict[str, object]:
+        """Add the provider's ``limits`` (null for downloads) and, in its breaker object, whether
+        it follows the fleet's record (``shared``) and whether that store answers (null: not shared)."""
+        limits = self.limits
+        view["limits"] = None if limits is None else await limits.usage(rt.name)
+        breaker = view["breaker"]
+        assert isinstance(breaker, dict)
+        shared = rt.config.breaker.shared and rt.config.kind == "proxy"
+        breaker["shared"] = shared
+        breaker["shared_store_reachable"] = (
+            limits.fleet.breakers_reachable if shared and limits is not None else None
+        )
+        return view
+
     async def detailed(self, request: web.Request) -> web.Response:
         providers: dict[str, object] = {}
         faults: dict[str, tuple[bool, str | None]] = {}
         for name, rt in self.registry.providers.items():
-            providers[name], fault = _provider_view(rt, self.probes.result(name))
+            view, fault = _provider_view(rt, self.probes.result(name))
+            providers[name] = await self._with_limits(rt, view)
             faults[name] = (rt.config.critical, fault)
         checks = await self.checks.run()
         status = overall_status(faults, checks)

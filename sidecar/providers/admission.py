@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol
 
@@ -31,6 +32,7 @@ from aiohttp.base_protocol import BaseProtocol
 
 from ..config import ProviderConfig, RateLimitConfig, RouteConfig
 from ..errors import ErrorCode, SidecarError
+from ..fleet.wiring import FleetState
 from ..limits import Completion, Limiter, RateLimited, Slot
 from ..logs import get_logger
 from ..policy.admission import PROVIDER_SCOPE, Reason, Scope
@@ -187,12 +189,13 @@ class Limits:
     def __init__(
         self,
         providers: Iterable[ProviderConfig],
-        limiter: Limiter,
+        fleet: FleetState,
         *,
         metrics: LimitMetricsSource,
         wall: Callable[[], float],
     ) -> None:
-        self.limiter = limiter
+        self.fleet = fleet
+        self.limiter = fleet.limiter
         self._wall = wall
         self.providers = {
             p.name: ProviderLimits(p, metrics.limits(p.name), wall)
@@ -217,7 +220,41 @@ class Limits:
         return Ticket(self.limiter, limits, plan, slot, self._wall)
 
     async def aclose(self) -> None:
-        await self.limiter.aclose()
+        """Stop the limiter and close the fleet's Redis (at shutdown, once requests are done)."""
+        await self.fleet.aclose()
+
+    async def usage(self, provider: str) -> dict[str, object] | None:
+        """The provider's limits as /health/detailed shows them (None: a download provider).
+
+        ``budgets`` lists the provider's own (``*``) and each route budget: its configured terms,
+        the slots held now (fleet-wide on the fleet limiter) and the seconds until a start would be
+        allowed. ``in_flight`` counts this sidecar's requests holding a place.
+        """
+        limits = self.providers.get(provider)
+        if limits is None:
+            return None
+        fleet = self.fleet
+        budgets: dict[str, object] = {}
+        for name, limit in limits.budgets.items():
+            held, wait = await fleet.usage(provider, Scope.of(name, limit))
+            budgets[name] = {
+                "requests_per_minute": limit.requests_per_minute, "burst": limit.burst,
+                "concurrency": limit.concurrency, "in_use": held,
+                "next_start_in_seconds": round(wait, 3),
+            }
+        left = await self.limiter.paused_for(provider)
+        pause = None
+        if left > 0:
+            until = datetime.fromtimestamp(self._wall() + left, UTC)
+            pause = {"reason": "provider_429", "seconds_left": round(left, 3),
+                     "until": until.isoformat(timespec="milliseconds")}
+        return {
+            "backend": fleet.mode,
+            "in_flight": limits.in_flight,
+            "lowered_concurrency": await fleet.lowered(provider),
+            "pause": pause,
+            "budgets": budgets,
+        }
 
 
 _WHY = {

@@ -69,6 +69,7 @@ def create_app(
     add_own_routes(
         app, registry=svc.registry, probes=svc.probes, metrics=svc.metrics, status=svc.status,
         bound_host=bound_host, environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
+        limits=svc.limits,
     )
     handler = _proxy_dispatch(svc) if role == "proxy" else _not_found
     app.router.register_resource(CatchAllResource(handler))

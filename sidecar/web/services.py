@@ -62,9 +62,7 @@ class Services:
             config, clock=clock, sleep=sleep, environ=self.environ,
             on_switch=lambda mode: fallbacks("limiter", mode),
         )
-        self.limits = Limits(
-            config.providers.values(), self.fleet.limiter, metrics=self.metrics, wall=wall
-        )
+        self.limits = Limits(config.providers.values(), self.fleet, metrics=self.metrics, wall=wall)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Services]:
@@ -80,4 +78,4 @@ class Services:
                 try:
                     await self.registry.close()
                 finally:
-                    await self.fleet.aclose()
+                    await self.limits.aclose()
