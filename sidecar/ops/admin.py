@@ -6,6 +6,12 @@ set, ``/admin`` answers only on a listener whose configured bind address is loop
 (``0.0.0.0``, ``::``, a pod IP, a host name other than ``localhost``) it is 403. Neither the peer's
 address nor the local address a connection arrived on counts: behind a local proxy (a mesh's
 inbound proxy, ``kubectl port-forward``) every remote caller arrives from and on 127.0.0.1.
+
+Without a token, a browser on the operator's machine is the remaining way in: a web page can send a
+simple POST to ``127.0.0.1`` (cross-site request forgery) or rebind its own name to it (DNS
+rebinding). So such requests must also name a loopback ``Host`` and come from no other site: an
+``Origin`` that is not loopback, or ``Sec-Fetch-Site: cross-site``, is 403. Tools such as curl send
+neither header and are unaffected; the status page is same-origin.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -43,6 +50,27 @@ def is_loopback_binding(host: str) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped.is_loopback
     return addr.is_loopback
+
+
+def _host_of(authority: str) -> str:
+    """The host of ``host[:port]`` or ``[v6]:port``, without brackets; empty when unparsable."""
+    try:
+        return urlsplit("//" + authority).hostname or ""
+    except ValueError:
+        return ""
+
+
+def browser_refusal(headers: Mapping[str, str]) -> str | None:
+    """Why a token-less admin request looks like it came from another site through a browser."""
+    host = headers.get("Host")
+    if host is not None and not is_loopback_binding(_host_of(host)):
+        return f"Host {host[:100]!r} is not a loopback address (DNS rebinding)"
+    origin = headers.get("Origin")
+    if origin is not None and not is_loopback_binding(urlsplit(origin).hostname or ""):
+        return f"Origin {origin[:100]!r} is another site"
+    if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return "a cross-site browser request"
+    return None
 
 
 def token_matches(header: str | None, token: str) -> bool:
@@ -96,6 +124,10 @@ class AdminHandlers:
                     ErrorCode.FORBIDDEN,
                     f"admin without {TOKEN_ENV} answers only on a listener bound to loopback; "
                     f"this one is bound to {self.bound_host or 'every interface'}",
+                )
+            elif (why := browser_refusal(request.headers)) is not None:
+                return error_response(
+                    ErrorCode.FORBIDDEN, f"admin without {TOKEN_ENV} refuses {why}"
                 )
             return await handler(request)
 

@@ -36,6 +36,8 @@ class ProviderRegistry:
         self.config = config
         self.metrics = metrics
         self.clock = clock
+        # Called with every breaker transition (and the download host it happened on, if any).
+        self.transition_listeners: list[Callable[[Transition, str | None], None]] = []
         self.providers: dict[str, ProviderRuntime] = {
             name: self._runtime(pc) for name, pc in config.providers.items()
         }
@@ -51,7 +53,7 @@ class ProviderRegistry:
                 download=cfg.download or DownloadConfig(),
                 hosts=HostBreakers(
                     cfg.name, cfg.breaker, clock=self.clock,
-                    on_transition=_host_transition_listener(pm),
+                    on_transition=_host_transition_listener(pm, self.notify_transition),
                     on_evict=_host_evict_listener(cfg.name),
                 ),
                 budget=budget,
@@ -62,7 +64,8 @@ class ProviderRegistry:
             rt = ProxyRuntime(
                 config=cfg,
                 breaker=CircuitBreaker(
-                    cfg.name, cfg.breaker, clock=self.clock, on_transition=_transition_listener(pm)
+                    cfg.name, cfg.breaker, clock=self.clock,
+                    on_transition=_transition_listener(pm, self.notify_transition),
                 ),
                 budget=budget,
                 metrics=pm,
@@ -76,6 +79,10 @@ class ProviderRegistry:
         pm.export_state(lambda: runtime.control.state.value)
         return rt
 
+    def notify_transition(self, t: Transition, host: str | None) -> None:
+        for listener in self.transition_listeners:
+            listener(t, host)
+
     async def start(self) -> None:
         for rt in self.providers.values():
             await rt.open()
@@ -85,8 +92,11 @@ class ProviderRegistry:
             await rt.close()
 
 
-def _transition_listener(pm: ProviderMetrics) -> Callable[[Transition], None]:
-    """Count and log a provider breaker's transition."""
+Notify = Callable[[Transition, str | None], None]
+
+
+def _transition_listener(pm: ProviderMetrics, notify: Notify) -> Callable[[Transition], None]:
+    """Count and log a provider breaker's transition, then tell the registry's listeners."""
     log = get_logger("breaker")
 
     def on_transition(t: Transition) -> None:
@@ -98,11 +108,12 @@ def _transition_listener(pm: ProviderMetrics) -> Callable[[Transition], None]:
             to_state=t.to_state.value,
             reason=t.reason,
         )
+        notify(t, None)
 
     return on_transition
 
 
-def _host_transition_listener(pm: ProviderMetrics) -> Callable[[str, Transition], None]:
+def _host_transition_listener(pm: ProviderMetrics, notify: Notify) -> Callable[[str, Transition], None]:
     """Count and log a download host's breaker transition under its provider's name."""
     log = get_logger("breaker")
 
@@ -112,6 +123,7 @@ def _host_transition_listener(pm: ProviderMetrics) -> Callable[[str, Transition]
             "breaker_transition", provider=t.provider, host=host,
             from_state=t.from_state.value, to_state=t.to_state.value, reason=t.reason,
         )
+        notify(t, host)
 
     return on_transition
 

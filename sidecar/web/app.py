@@ -16,6 +16,7 @@ from ..headers import CALLER_OPERATION, REQUEST_ID
 from ..logs import get_logger
 from ..ops.endpoints import add_own_routes
 from ..ops.metrics import RouteMetrics
+from ..ops.status_page import add_status_routes
 from ..providers.download import DownloadHandler
 from ..providers.proxy import ProxyHandler, split_target
 from ..providers.runtime import ProviderRuntime, ProxyRuntime
@@ -71,7 +72,11 @@ def create_app(
         bound_host=bound_host, environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
         limits=svc.limits,
     )
-    handler = _proxy_dispatch(svc) if role == "proxy" else _not_found
+    if role == "proxy":
+        handler = _proxy_dispatch(svc)
+    else:
+        add_status_routes(app, svc.registry, clock=svc.clock, wall=svc.wall)  # ops listener only
+        handler = _not_found
     app.router.register_resource(CatchAllResource(handler))
     if owns:
         app.cleanup_ctx.append(_lifetime(svc))
@@ -87,7 +92,9 @@ def _lifetime(svc: Services) -> Callable[[web.Application], AsyncIterator[None]]
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
-    return error_response(ErrorCode.NOT_FOUND, "the ops listener serves only /health*, /metrics and /admin")
+    return error_response(
+        ErrorCode.NOT_FOUND, "the ops listener serves only /health*, /metrics, /admin and /status"
+    )
 
 
 Forward = Callable[

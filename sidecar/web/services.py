@@ -48,6 +48,7 @@ class Services:
         rng = rng or random.Random()
         self.config = config
         self.clock = clock
+        self.wall = wall
         self.rng = rng
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.metrics = Metrics(__version__)

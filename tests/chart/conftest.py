@@ -21,6 +21,9 @@ CHART = ROOT / "charts" / "sidecar"
 CI_VALUES = CHART / "ci"
 ALL_BRANCHES = CI_VALUES / "all-branches-values.yaml"
 CLASSIC = CI_VALUES / "classic-values.yaml"
+MONITORING = ROOT / "charts" / "sidecar-monitoring"
+MON_ALL = MONITORING / "ci" / "all-branches-values.yaml"
+MON_MINIMAL = MONITORING / "ci" / "minimal-values.yaml"
 HELM = ROOT / ".tools" / "bin" / "helm"
 CRD_GROUPS = ("monitoring.coreos.com",)
 SECRET_ENV = (
@@ -87,11 +90,43 @@ def render(values: Iterable[Path | str] = (), sets: Iterable[str] = (), kube_ver
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def render_fails(sets: Iterable[str] = (), values: Iterable[Path | str] = ()) -> str:
+def render_fails(sets: Iterable[str] = (), values: Iterable[Path | str] = (), chart: Path = CHART) -> str:
     """Render that must fail; returns helm's error output."""
-    proc = helm(*template_args(values, sets), check=False)
+    proc = helm(*template_args(values, sets, chart=chart), check=False)
     assert proc.returncode != 0, f"helm template accepted {list(sets)}:\n{proc.stdout[:2000]}"
     return proc.stderr
+
+
+def notes(chart: Path = CHART, sets: Iterable[str] = (), values: Iterable[Path | str] = ()) -> str:
+    """The release notes (NOTES.txt) as `helm install --dry-run=client` prints them."""
+    args = ["install", "r", str(chart), "--namespace", "bots", "--dry-run=client"]
+    for v in values:
+        args += ["-f", str(v)]
+    for s in sets:
+        args += ["--set", s]
+    out = helm(*args).stdout
+    assert "\nNOTES:\n" in out, out[-2000:]
+    return out.split("\nNOTES:\n", 1)[1]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with a key twice (yaml.safe_load keeps the last silently)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        raise AssertionError(f"duplicate keys {sorted(map(str, dupes))} at line {node.start_mark.line + 1}")
+    return dict(loader.construct_mapping(node, deep=deep))
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def load_all_strict(text: str) -> list[dict[str, Any]]:
+    """Rendered manifests, refusing duplicate keys (a label rendered twice, say)."""
+    return [d for d in yaml.load_all(text, Loader=_UniqueKeyLoader) if d]
 
 
 def is_crd(doc: dict[str, Any]) -> bool:

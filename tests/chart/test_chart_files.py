@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CHART
+from conftest import CHART, MONITORING
 
 ROOT = CHART.parents[1]
 
 
 @pytest.mark.parametrize("source,copy", [
     ("configs/sidecar.yaml", "charts/sidecar/files/sidecar.yaml"),
-    ("deploy/grafana/sidecar-dashboard.json", "charts/sidecar/files/sidecar-dashboard.json"),
-    ("deploy/prometheus/sidecar-alerts.yaml", "charts/sidecar/files/sidecar-alerts.yaml"),
+    ("deploy/grafana/sidecar-dashboard.json", "charts/sidecar-monitoring/files/sidecar-dashboard.json"),
 ])
 def test_chart_copy_is_identical(source: str, copy: str) -> None:
     """The chart's copy is byte-identical to the file it copies (refresh with cp when this fails)."""
@@ -23,7 +22,16 @@ def test_chart_copy_is_identical(source: str, copy: str) -> None:
 
 
 def test_chart_has_a_values_file_for_every_ci_case() -> None:
-    """ci/ holds the all-branches values and the classic-branch values that the render tests use."""
+    """ci/ holds the all-branches values and the values of the remaining branches, for each chart."""
     names = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
     assert names == ["all-branches-values.yaml", "classic-values.yaml"]
-    assert Path(CHART / "values.schema.json").is_file()
+    assert sorted(p.name for p in (MONITORING / "ci").glob("*.yaml")) == [
+        "all-branches-values.yaml", "minimal-values.yaml"]
+    for chart in (CHART, MONITORING):
+        assert Path(chart / "values.schema.json").is_file()
+        assert "ci/" in (chart / ".helmignore").read_text().splitlines()
+
+
+def test_alerts_are_no_longer_copied_into_a_chart() -> None:
+    """The alerts are rendered from the monitoring chart's values; no static copy lingers in a chart."""
+    assert not list(ROOT.glob("charts/*/files/sidecar-alerts.yaml"))

@@ -26,7 +26,7 @@ name: mybot
 version: 1.0.0
 dependencies:
   - name: sidecar
-    version: 0.1.0
+    version: 0.2.0
     repository: file://../sidecar
 """
 
@@ -37,8 +37,6 @@ sidecar:
   metrics:
     podMonitor:
       enabled: true
-  prometheusRule:
-    enabled: true
   config:
     providers:
       replicate:
@@ -71,14 +69,14 @@ spec:
         {{- include "sidecar.initContainer" $sidecar | nindent 8 }}
       {{- end }}
       containers:
+        {{- if not (include "sidecar.native" $sidecar) }}
+        {{- include "sidecar.container" $sidecar | nindent 8 }}
+        {{- end }}
         - name: mybot
           image: registry.example.com/mybot:1.0
           env:
             - name: SIDECAR_URL
               value: http://127.0.0.1:8080
-        {{- if not (include "sidecar.native" $sidecar) }}
-        {{- include "sidecar.container" $sidecar | nindent 8 }}
-        {{- end }}
       volumes:
         {{- include "sidecar.volumes" $sidecar | nindent 8 }}
 """
@@ -113,6 +111,8 @@ def test_parent_chart_gets_the_sidecar_in_its_pod(parent_chart: Path, kube: str,
     spec = dep["spec"]["template"]["spec"]
     container, is_native = sidecar_container(spec)
     assert is_native is native
+    assert spec["containers"][0]["name"] == ("mybot" if native else "sidecar")
+    assert ("postStart" in container.get("lifecycle", {})) is not native
     assert arg_value(container, "--ops-host") == "0.0.0.0"
     cm_name = next(v["configMap"]["name"] for v in spec["volumes"] if v["name"] == "sidecar-config")
     cm = next(d for d in maybe(docs, "ConfigMap") if d["metadata"]["name"] == cm_name)
@@ -124,7 +124,7 @@ def test_parent_chart_gets_the_sidecar_in_its_pod(parent_chart: Path, kube: str,
     assert len(meta["annotations"]["checksum/sidecar-config"]) == 64
     pm = one(docs, "PodMonitor")
     assert all(meta["labels"].get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
-    one(docs, "PrometheusRule")
+    assert not maybe(docs, "PrometheusRule"), "alerts are cluster-wide: the sidecar-monitoring chart's"
     assert not [d for d in maybe(docs, "Deployment") if d["metadata"]["name"] != "prod-mybot"]
 
 

@@ -25,7 +25,6 @@ from conftest import (
     validate_crd_structure,
 )
 
-ROOT = CHART.parents[1]
 CASES = [(ALL_BRANCHES, "1.28.0"), (ALL_BRANCHES, "1.31.0"), (CLASSIC, "1.28.0"), (CLASSIC, "1.31.0")]
 
 
@@ -57,10 +56,9 @@ def test_render_validates_for_kubernetes_version(case: tuple[Path, str], tmp_pat
 def test_all_branches_renders_every_template() -> None:
     """The all-branches values produce every kind of resource the chart can make."""
     kinds = sorted(d["kind"] for d in render([ALL_BRANCHES]))
-    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "PodMonitor", "PrometheusRule"]
+    assert kinds == ["ConfigMap", "Deployment", "PodMonitor"]
     assert sorted(t.name for t in (CHART / "templates").glob("*.yaml")) == [
-        "configmap.yaml", "dashboard-configmap.yaml", "deployment.yaml", "podmonitor.yaml",
-        "prometheusrule.yaml"]
+        "configmap.yaml", "deployment.yaml", "podmonitor.yaml"]
 
 
 @pytest.mark.parametrize("kube,native", [
@@ -199,17 +197,6 @@ def test_empty_config_renders_the_default_unchanged() -> None:
     assert _config([]) == yaml.safe_load((CHART / "files" / "sidecar.yaml").read_text())
 
 
-def test_dashboard_configmap_is_labelled_for_grafana() -> None:
-    """The dashboard ConfigMap carries grafana_dashboard: "1" and the dashboard JSON unchanged."""
-    cm = next(d for d in render([ALL_BRANCHES]) if d["metadata"]["name"].endswith("-dashboard"))
-    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert cm["metadata"]["namespace"] == "monitoring"
-    assert cm["metadata"]["annotations"] == {"grafana_folder": "Bots"}
-    shipped = (CHART / "files" / "sidecar-dashboard.json").read_text()
-    assert cm["data"]["sidecar-dashboard.json"] == shipped.rstrip("\n")
-    assert not maybe(render(sets=["dashboard.enabled=false"]), "ConfigMap")[1:]
-
-
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_restricted_security_context(case: tuple[Path, str]) -> None:
     """The sidecar runs non-root (numeric uid), read-only root with /tmp on an emptyDir, no privileges."""
@@ -235,9 +222,15 @@ def test_pod_monitor_when_enabled() -> None:
     meta = pod_meta(docs)
     assert all(meta["labels"].get(k) == v for k, v in pm["spec"]["selector"]["matchLabels"].items())
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["bots"]}
-    assert pm["spec"]["podMetricsEndpoints"] == [
-        {"port": "sidecar-ops", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}]
-    assert "sidecar" in pm["metadata"]["name"], "SidecarDown matches the job label on 'sidecar'"
+    assert pm["spec"]["podMetricsEndpoints"] == [{
+        "port": "sidecar-ops", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s",
+        "relabelings": [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}],
+        "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "process_max_fds", "action": "drop"}],
+    }]
+    # SidecarDown finds sidecar targets by this target label, or by "sidecar" in the job label.
+    assert pm["spec"]["podTargetLabels"] == ["egress-sidecar.io/injected"]
+    assert meta["labels"]["egress-sidecar.io/injected"] == "true"
+    assert "sidecar" in pm["metadata"]["name"]
     assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert not [k for k in meta["annotations"] if k.startswith("prometheus.io/")]
 
@@ -252,26 +245,6 @@ def test_scrape_annotations_without_pod_monitor() -> None:
     assert ann["prometheus.io/path"] == "/metrics"
 
 
-def test_prometheus_rule_renders_the_rule_file_groups() -> None:
-    """The PrometheusRule holds the rule file's groups, runbook URLs of docs pages, the values' job regex."""
-    rule = one(render([ALL_BRANCHES]), "PrometheusRule")
-    plain = yaml.safe_load((ROOT / "deploy" / "prometheus" / "sidecar-alerts.yaml").read_text())["groups"]
-    rendered = rule["spec"]["groups"]
-    assert [g["name"] for g in rendered] == [g["name"] for g in plain]
-    for pg, rg in zip(plain, rendered, strict=True):
-        for pr, rr in zip(pg["rules"], rg["rules"], strict=True):
-            assert rr["alert"] == pr["alert"]
-            assert rr.get("for") == pr.get("for")
-            page = f"runbooks/{pr['alert'].lower()}/"
-            assert pr["annotations"]["runbook"] == page
-            assert rr["annotations"]["runbook"] == f"https://docs.example.com/sidecar/{page}"
-            assert (ROOT / "docs" / page.rstrip("/")).with_suffix(".md").is_file()
-            expected = pr["expr"].replace('job=~".*sidecar.*"', 'job=~".*sidecar.*|kubernetes-pods"')
-            assert rr["expr"] == expected
-            assert rr["labels"] == pr["labels"]
-    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-
-
 def test_bot_deployment_reaches_the_sidecar_on_loopback() -> None:
     """The example bot gets the sidecar URL and its own /tmp; its pod is restricted too."""
     spec = pod_spec(render([ALL_BRANCHES]))
@@ -281,18 +254,3 @@ def test_bot_deployment_reaches_the_sidecar_on_loopback() -> None:
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["terminationGracePeriodSeconds"] == 45
     assert not maybe(render(), "Deployment"), "bot.enabled defaults to false"
-
-
-def test_rendered_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
-    """The PrometheusRule's groups, as rendered, are a valid rule file for promtool."""
-    import shutil
-    import subprocess
-
-    exe = shutil.which("promtool")
-    if exe is None:
-        pytest.fail("promtool is not on PATH (Debian package `prometheus`)", pytrace=False)
-    rule = one(render([ALL_BRANCHES]), "PrometheusRule")
-    path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    proc = subprocess.run([exe, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr

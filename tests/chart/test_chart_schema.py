@@ -20,10 +20,22 @@ from conftest import ALL_BRANCHES, CHART, render_fails
     "config.providers.health.upstream=https://x",
     "config.unknown_section.x=1",
     "metrics.podMonitor.interval=often",
-    "prometheusRule.runbookBaseUrl=not-a-url",
+    "metrics.podMonitor.relabelings[0]=x",
     "bot.replicas=-1",
     "typo_at_top_level=1",
     "sidecar.probes.liveness.periodSeconds=0",
+    "sidecar.holdBotUntilReady.timeoutSeconds=0",
+    "sidecar.extraVolumes[0].configMap.name=x",
+    "sidecar.extraVolumeMounts[0].name=x",
+    "image.digest=latest",
+    "commonLabels.team=1",
+    "ledger.state.mountPath=var/lib/sidecar",
+    "ledger.state.sizeLimit=lots",
+    "ledger.redis.existingSecret=Not_A_Name",
+    "ledger.redis.key=",
+    # The alerts and the dashboard moved to the sidecar-monitoring chart: an old values file fails loudly.
+    "prometheusRule.enabled=true",
+    "dashboard.enabled=true",
 ])
 def test_schema_refuses_bad_value(bad: str) -> None:
     """helm template fails, and says it is the schema that refused."""

@@ -6,9 +6,12 @@ by name next to tests/chart/conftest.py).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -16,18 +19,23 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "sidecar-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "sidecar-alerts.yaml"
+MONITORING_CHART = ROOT / "charts" / "sidecar-monitoring"
+# Where the documentation site is published by default (mkdocs.yml site_url, the chart's runbookBaseUrl).
+DOCS_URL = "https://owner.github.io/sidecar"
 
-# The metric contract with the dashboard and the alerts.
-CONTRACT_COUNTERS_GAUGES = {
+# The metric names of GET /metrics (docs/endpoints.md): the contract with the dashboard and the alerts.
+METRIC_COUNTERS_GAUGES = {
     "sidecar_requests_total", "sidecar_upstream_attempts_total", "sidecar_retries_total",
     "sidecar_retry_budget_exhausted_total", "sidecar_breaker_state", "sidecar_breaker_transitions_total",
     "sidecar_short_circuited_total", "sidecar_inflight_requests", "sidecar_probe_up",
     "sidecar_probe_duration_seconds", "sidecar_build_info",
 }
-CONTRACT_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds"}
-CONTRACT_SERIES = CONTRACT_COUNTERS_GAUGES | {
-    f"{h}{s}" for h in CONTRACT_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+METRIC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds"}
+METRIC_SERIES = METRIC_COUNTERS_GAUGES | {
+    f"{h}{s}" for h in METRIC_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 WITHOUT_PROVIDER = {"sidecar_build_info"}
+WITH_OPERATION = {"sidecar_requests_total", "sidecar_request_duration_seconds_bucket",
+                  "sidecar_request_duration_seconds_sum", "sidecar_request_duration_seconds_count"}
 
 _KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
              "offset", "inf", "nan"}
@@ -56,13 +64,13 @@ def selectors(expr: str) -> list[tuple[str, str]]:
     out = []
     for m in SELECTOR.finditer(text):
         name = m.group(1)
-        if name in CONTRACT_SERIES or name.startswith("process_") or name == "up":
+        if name in METRIC_SERIES or name.startswith("process_") or name == "up":
             out.append((name, m.group(2) or ""))
     return out
 
 
 def allowed(name: str) -> bool:
-    return name in CONTRACT_SERIES or name.startswith("process_") or name == "up"
+    return name in METRIC_SERIES or name.startswith("process_") or name == "up"
 
 
 def dashboard() -> dict[str, Any]:
@@ -85,11 +93,26 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in dashboard_panels() for t in p.get("targets", [])]
 
 
+DASHBOARD_VARIABLES = ("namespace", "job", "pod", "provider", "operation")
+
+
 def substitute_grafana(expr: str) -> str:
-    """Grafana's variables as a query against all providers over 1m windows would see them."""
-    return (expr.replace("$__rate_interval", "1m").replace("${__rate_interval}", "1m")
-            .replace("$__interval", "1m").replace("$__range", "1m")
-            .replace("${provider}", ".*").replace("$provider", ".*"))
+    """Grafana's variables as a query with every variable on "All" over 1m windows would see them."""
+    expr = (expr.replace("$__rate_interval", "1m").replace("${__rate_interval}", "1m")
+            .replace("$__interval", "1m").replace("$__range", "1m"))
+    for name in DASHBOARD_VARIABLES:
+        expr = expr.replace(f"${{{name}}}", ".*").replace(f"${name}", ".*")
+    return expr
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a generator script by path (scripts/ and deploy/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
 
 
 def alert_rules() -> list[dict[str, Any]]:

@@ -1,8 +1,11 @@
 """End to end: a real Prometheus scrapes a real sidecar while fake providers fail and recover; then every
 dashboard query and every alert expression returns data through Prometheus's HTTP API.
 
-Written against the documented interface only (`python -m sidecar --config ... --port ... --ops-port
-...`, the configuration file format, the contract's metric names). Every wait polls with a deadline.
+Written against the documented interface only (`python -m sidecar --config ... --port ... --ops-port ...`,
+the configuration file format, the metric names of GET /metrics). The alerts are the sidecar-monitoring
+chart's, rendered by the real helm with a latency threshold of their own for one of the fake providers,
+so that both kinds of latency rule (a provider's own, the default for the rest) meet real data. Every
+wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from promql_names import ALERTS, ROOT, alert_rules, dashboard_exprs, substitute_grafana
+from promql_names import MONITORING_CHART, ROOT, dashboard_exprs, load_script, substitute_grafana
 
 pytestmark = pytest.mark.timeout(150)
 
 _COMPARISON = re.compile(r"\s*(==|!=|>=|<=|>|<)\s*[-+]?[0-9.]+(e[-+]?[0-9]+)?\s*$")
+_SET_OPERATOR = re.compile(r" (or|and|unless) ((on|ignoring) ?\([^)]*\) )?")
 
 
 def free_port() -> int:
@@ -70,7 +74,7 @@ async def serve(provider: FakeProvider) -> AsyncIterator[FakeProvider]:
 
 
 def sidecar_config(flaky: FakeProvider, budget: FakeProvider, port: int, ops_port: int) -> dict[str, Any]:
-    """Short breaker timings (configuration file keys) so the breaker opens and recovers within seconds."""
+    """Short breaker timings, so that the breaker opens and recovers within seconds."""
     probe = {"method": "GET", "path": "/health", "interval": "1s", "timeout": "1s"}
     return {
         "server": {"host": "127.0.0.1", "port": port, "ops_host": "127.0.0.1", "ops_port": ops_port,
@@ -153,15 +157,33 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 def alert_data_exprs(expr: str) -> list[str]:
     """The parts of an alert expression that must return data on a healthy-but-exercised system:
-    top-level `or` branches minus `absent(...)`, each without its threshold comparison."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(expr):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0 and expr[i:i + 4] == " or " and i >= start:
+    its top-level `or` / `and` / `unless` operands minus those with `absent(...)`, each without its
+    threshold comparison."""
+    expr = " ".join(expr.split())
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(expr):
+        depth += {"(": 1, ")": -1}.get(expr[i], 0)
+        m = _SET_OPERATOR.match(expr, i) if depth == 0 else None
+        if m:
             parts.append(expr[start:i])
-            start = i + 4
+            start = i = m.end()
+            continue
+        i += 1
     parts.append(expr[start:])
-    return [_COMPARISON.sub("", p.strip()) for p in parts if not p.strip().startswith("absent(")]
+    return [_COMPARISON.sub("", p.strip()) for p in parts if "absent(" not in p]
+
+
+def e2e_rule_groups(tmp_path: Path, own_latency: dict[str, float]) -> list[dict[str, Any]]:
+    """The chart's alerts rendered by helm, with `own_latency` as the only per-provider thresholds."""
+    values = yaml.safe_load((MONITORING_CHART / "values.yaml").read_text())
+    providers: dict[str, float | None] = dict.fromkeys(
+        values["prometheusRule"]["alerts"]["SidecarHighLatencyP99"]["providers"])
+    providers.update(own_latency)
+    path = tmp_path / "e2e-values.yaml"
+    path.write_text(yaml.safe_dump(
+        {"prometheusRule": {"alerts": {"SidecarHighLatencyP99": {"providers": providers}}}}))
+    script = load_script(ROOT / "scripts" / "render_alerts.py")
+    return list(script.rule_groups("-f", str(path)))
 
 
 async def prom_query(session: aiohttp.ClientSession, base: str, expr: str) -> list[Any]:
@@ -172,11 +194,14 @@ async def prom_query(session: aiohttp.ClientSession, base: str, expr: str) -> li
 
 
 def test_e2e_helpers() -> None:
-    """The threshold stripping keeps the data part of each alert and drops absent()."""
+    """The threshold stripping keeps the data parts of each alert and drops absent()."""
     assert alert_data_exprs('up{job=~".*sidecar.*"} == 0 or absent(up{job=~".*sidecar.*"})') == [
         'up{job=~".*sidecar.*"}']
+    down = '(up{a="1"} or up{b="2"}) == 0\nor\n(absent(up{a="1"}) and on () absent(up{b="2"}))'
+    assert alert_data_exprs(down) == ['(up{a="1"} or up{b="2"})']
     assert alert_data_exprs("sum by (a) (rate(x[5m])) / sum by (a) (rate(y[5m])) > 0.5") == [
         "sum by (a) (rate(x[5m])) / sum by (a) (rate(y[5m]))"]
+    assert alert_data_exprs("(\n  x\n  /\n  (x + y)\n) > 0.25\nand\nx >= 5") == ["( x / (x + y) )", "x"]
     assert metric_value('m{provider="a",state="open"} 1.0\nm{provider="b",state="open"} 0.0\n',
                         "m", provider="a") == 1.0
 
@@ -191,10 +216,14 @@ async def test_every_dashboard_and_alert_query_returns_data(tmp_path: Path) -> N
     async with serve(FakeProvider(failing=True)) as flaky, serve(FakeProvider(failing=True)) as budget:
         cfg = tmp_path / "sidecar.yaml"
         cfg.write_text(yaml.safe_dump(sidecar_config(flaky, budget, port, ops_port)))
+        rules = [r for g in e2e_rule_groups(tmp_path, {"flaky": 60}) for r in g["rules"]]
+        assert any('provider="flaky"' in r["expr"] for r in rules)
+        rules_file = tmp_path / "alerts.yaml"
+        rules_file.write_text(yaml.safe_dump({"groups": [{"name": "sidecar", "rules": rules}]}))
         prom_cfg = tmp_path / "prometheus.yml"
         prom_cfg.write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-            "rule_files": [str(ALERTS)],
+            "rule_files": [str(rules_file)],
             "scrape_configs": [{"job_name": "sidecar",
                                 "static_configs": [{"targets": [f"127.0.0.1:{ops_port}"]}]}],
         }))
@@ -207,11 +236,11 @@ async def test_every_dashboard_and_alert_query_returns_data(tmp_path: Path) -> N
         with process(sidecar_cmd, sidecar_log, cwd=ROOT, env=env) as sc, \
                 process(prom_cmd, prom_log, cwd=tmp_path) as prom:
             alive = [(sc, sidecar_log), (prom, prom_log)]
-            await _scenario(port, ops_port, prom_port, flaky, alive)
+            await _scenario(port, ops_port, prom_port, flaky, alive, rules)
 
 
 async def _scenario(port: int, ops_port: int, prom_port: int, flaky: FakeProvider,
-                    alive: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+                    alive: list[tuple[subprocess.Popen[bytes], Path]], rules: list[dict[str, Any]]) -> None:
     proxy, ops, prom = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops_port}", f"http://127.0.0.1:{prom_port}"
     async with aiohttp.ClientSession() as session:
 
@@ -252,7 +281,7 @@ async def _scenario(port: int, ops_port: int, prom_port: int, flaky: FakeProvide
         await until("the flaky breaker to close again", recovered, within=30, alive=alive)
 
         queries = [(f"dashboard: {title}", substitute_grafana(e)) for title, e in dashboard_exprs()]
-        for rule in alert_rules():
+        for rule in rules:
             queries += [(f"alert {rule['alert']}", e) for e in alert_data_exprs(rule["expr"])]
         empty: list[str] = []
 
@@ -270,15 +299,15 @@ async def _scenario(port: int, ops_port: int, prom_port: int, flaky: FakeProvide
             pytest.fail("queries without data:\n" + "\n".join(empty), pytrace=False)
 
         # The full alert expressions evaluate too: the loaded rules report healthy evaluations.
-        for rule in alert_rules():
+        for rule in rules:
             await prom_query(session, prom, rule["expr"])
 
         async def rules_evaluated() -> bool:
             async with session.get(f"{prom}/api/v1/rules") as resp:
                 groups = (await resp.json())["data"]["groups"]
-            rules = [r for g in groups for r in g["rules"]]
-            return len(rules) == len(alert_rules()) and all(
-                r["health"] == "ok" and not r.get("lastError") for r in rules)
+            loaded = [r for g in groups for r in g["rules"]]
+            return len(loaded) == len(rules) and all(
+                r["health"] == "ok" and not r.get("lastError") for r in loaded)
 
         await until("Prometheus to evaluate every alert rule healthily", rules_evaluated, within=15,
                     alive=alive)

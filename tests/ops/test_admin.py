@@ -162,6 +162,35 @@ async def test_admin_on_loopback_without_token(fake: FakeProvider, sidecar) -> N
     assert body["breakers"]["a"]["state"] == "closed"
 
 
+@pytest.mark.parametrize(
+    "headers,allowed",
+    [
+        ({}, True),  # curl, kubectl exec: no browser headers
+        ({"Host": "localhost:8080"}, True),  # a port-forward
+        ({"Origin": "http://127.0.0.1:9901", "Sec-Fetch-Site": "same-origin"}, True),  # status page
+        ({"Origin": "http://[::1]:9901"}, True),
+        ({"Origin": "https://evil.example"}, False),  # a page on another site: CSRF
+        ({"Origin": "null"}, False),  # a sandboxed frame
+        ({"Sec-Fetch-Site": "cross-site"}, False),
+        ({"Host": "evil.example:8080"}, False),  # DNS rebinding: the page's own name, now 127.0.0.1
+        ({"Host": "127.0.0.1.evil.example"}, False),
+    ],
+)
+async def test_admin_without_token_refuses_other_sites_browsers(
+    fake: FakeProvider, sidecar, headers: dict[str, str], allowed: bool
+) -> None:
+    """With no token, a browser request from another site (CSRF) or to a rebound name is 403, and the
+    breaker is untouched; tools and same-origin pages still work."""
+    client = await sidecar(sidecar_config(provider("p", fake.url)), environ={})
+    resp = await client.post("/admin/breakers/p/force-open", headers=headers)
+    state = client.app[SERVICES].registry.providers["p"].breaker.snapshot()["state"]
+    if allowed:
+        assert resp.status == 200 and state == "forced_open"
+    else:
+        assert resp.status == 403 and (await resp.json())["error"] == "forbidden"
+        assert state == "closed"
+
+
 async def test_admin_token_required_accepted_rejected(fake: FakeProvider, sidecar) -> None:
     """With SIDECAR_ADMIN_TOKEN set: no header 401, wrong token 401, the right one 200."""
     client = await sidecar(

@@ -20,11 +20,22 @@ Named templates. Every one of them takes the sidecar chart's own context: `.` in
 {{- end -}}
 {{- end -}}
 
-{{- define "sidecar.labels" -}}
+{{- define "sidecar.standardLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "sidecar.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Labels of an object: the standard ones, then `extra` (an object's own labels from values), then
+     commonLabels; on a clash the earlier wins, so no key appears twice. Takes ctx and extra. */}}
+{{- define "sidecar.labelsWith" -}}
+{{- $std := include "sidecar.standardLabels" .ctx | fromYaml -}}
+{{- toYaml (merge $std (deepCopy (default dict .extra)) (deepCopy (default dict .ctx.Values.commonLabels))) -}}
+{{- end -}}
+
+{{- define "sidecar.labels" -}}
+{{- include "sidecar.labelsWith" (dict "ctx" . "extra" dict) -}}
 {{- end -}}
 
 {{- define "sidecar.selectorLabels" -}}
@@ -42,8 +53,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if contains "sidecar" $full -}}{{ $full }}{{- else -}}{{ printf "%s-sidecar" $full | trunc 63 | trimSuffix "-" }}{{- end -}}
 {{- end -}}
 
+{{/* repository@digest when a digest is given (the tag is then ignored), else repository:tag. */}}
 {{- define "sidecar.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* "true" when the sidecar runs as a native sidecar (init container, restartPolicy Always), else "". */}}
@@ -94,7 +110,8 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
 
-{{/* Pod volumes the sidecar needs (list items). */}}
+{{/* Pod volumes the sidecar needs (list items): its configuration, /tmp, the state directory of the
+     embedded job ledger, and sidecar.extraVolumes. */}}
 {{- define "sidecar.volumes" -}}
 - name: sidecar-config
   configMap:
@@ -102,6 +119,37 @@ prometheus.io/path: /metrics
 - name: sidecar-tmp
   emptyDir:
     sizeLimit: {{ .Values.sidecar.tmpSizeLimit }}
+- name: sidecar-state
+  {{- with .Values.ledger.state.sizeLimit }}
+  emptyDir:
+    sizeLimit: {{ . }}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- with .Values.sidecar.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Classic variant's postStart hook: kubelet starts a pod's containers in order and waits for each
+     one's postStart hook, so with the sidecar first the bot starts only once this returns. It polls
+     /health/ready on the ops port and exits 0 on the first 200, or 1 after holdBotUntilReady.timeoutSeconds
+     (kubelet then kills the sidecar and restarts it, and records a FailedPostStartHook event). The image
+     is python:3.11-slim (no curl), so the interpreter does the HTTP. */}}
+{{- define "sidecar.holdScript" -}}
+import http.client, sys, time, urllib.request
+url = "http://127.0.0.1:{{ .Values.sidecar.opsPort }}/health/ready"
+deadline = time.monotonic() + {{ .Values.sidecar.holdBotUntilReady.timeoutSeconds }}
+while True:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as answer:
+            if answer.status == 200:
+                sys.exit(0)
+    except (OSError, http.client.HTTPException):
+        pass  # not listening yet, a 503 (HTTPError), a broken answer
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.2)
 {{- end -}}
 
 {{/* The container body shared by both variants; `native` picks the variant. */}}
@@ -135,7 +183,6 @@ ports:
     containerPort: {{ $s.opsPort }}
     protocol: TCP
 {{- $keys := $v.secrets.keys | default dict }}
-{{- if or $s.env (and $v.secrets.existingSecret $keys) }}
 env:
 {{- if $v.secrets.existingSecret }}
 {{- range $envName, $key := $keys }}
@@ -149,9 +196,17 @@ env:
 {{- end }}
 {{- end }}
 {{- end }}
+  - name: SIDECAR_STATE_DIR
+    value: {{ $v.ledger.state.mountPath | quote }}
+{{- with $v.ledger.redis.existingSecret }}
+  - name: SIDECAR_REDIS_URL
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $v.ledger.redis.key }}
+{{- end }}
 {{- with $s.env }}
 {{- toYaml . | nindent 2 }}
-{{- end }}
 {{- end }}
 {{- if and $v.secrets.existingSecret $v.secrets.envFrom }}
 envFrom:
@@ -170,6 +225,14 @@ readinessProbe:
   {{- toYaml $s.probes.readiness | nindent 2 }}
 {{- if not .native }}
 lifecycle:
+  {{- if $s.holdBotUntilReady.enabled }}
+  postStart:
+    exec:
+      command:
+        - python
+        - -c
+        - {{ include "sidecar.holdScript" .ctx | quote }}
+  {{- end }}
   preStop:
     exec:
       command: ["sleep", {{ $s.preStopSleepSeconds | quote }}]
@@ -184,6 +247,11 @@ volumeMounts:
     readOnly: true
   - name: sidecar-tmp
     mountPath: /tmp
+  - name: sidecar-state
+    mountPath: {{ $v.ledger.state.mountPath }}
+{{- with $s.extraVolumeMounts }}
+{{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{/* The sidecar as an ordinary container (list item for `containers:`). */}}
