@@ -143,16 +143,14 @@ class HealthHandlers:
         return web.json_response({"status": "ready"})
 
     async def _with_limits(self, rt: ProviderRuntime, view: dict[str, object]) -> dict[str, object]:
-        """Add the provider's ``limits`` (null for downloads) and, in its breaker object, whether
-        it follows the fleet's record (``shared``) and whether that store answers (null: not shared)."""
+        """Add the provider's ``limits`` (null for downloads) and ``shared_breaker``: null unless
+        ``breaker.shared``, else whether the fleet's store answered last time (the breaker object
+        itself keeps one shape everywhere)."""
         limits = self.limits
         view["limits"] = None if limits is None else await limits.usage(rt.name)
-        breaker = view["breaker"]
-        assert isinstance(breaker, dict)
-        shared = rt.config.breaker.shared and rt.config.kind == "proxy"
-        breaker["shared"] = shared
-        breaker["shared_store_reachable"] = (
-            limits.fleet.breakers_reachable if shared and limits is not None else None
+        shared = rt.config.breaker.shared and rt.config.kind == "proxy" and limits is not None
+        view["shared_breaker"] = (
+            {"store_reachable": limits.fleet.breakers_reachable} if shared and limits else None
         )
         return view
 

@@ -277,8 +277,8 @@ async def test_health_shows_each_limit_and_its_use(fake: FakeProvider, start: St
     assert limits["budgets"]["*"] == {"requests_per_minute": 60.0, "burst": 1, "concurrency": 3,
                                       "in_use": 0, "next_start_in_seconds": 1.0}
     assert limits["budgets"]["create"]["next_start_in_seconds"] == 10.0
-    breaker = detailed["providers"]["p"]["breaker"]
-    assert breaker["shared"] is False and breaker["shared_store_reachable"] is None
+    assert detailed["providers"]["p"]["shared_breaker"] is None
+    assert detailed["providers"]["p"]["breaker"]["config"]["shared"] is False
 
 
 async def test_the_place_is_held_while_the_body_streams(start: Start) -> None:
