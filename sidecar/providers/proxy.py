@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -22,13 +22,16 @@ from ..headers import (
     REQUEST_DROP,
     REQUEST_ID,
     RESPONSE_DROP,
+    SIDECAR_ERROR,
     filter_headers,
 )
+from ..policy.breaker import Rejection
 from ..policy.retry import request_is_retryable
 from ..upstream.attempts import AttemptLoop, Body, Outbound
 from ..upstream.h1pool import H1Response
 from .admission import Limits, Ticket
 from .runtime import ProxyRuntime
+from .shared_breaker import SharedBreaker
 
 # Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
 _SMALL_BODY = 64 * 1024
@@ -139,9 +142,13 @@ async def _read_body(
 class ProxyHandler:
     """Forwards one client request through its provider's breaker and its route's retry policy."""
 
-    def __init__(self, loop: AttemptLoop, limits: Limits | None = None) -> None:
+    def __init__(
+        self, loop: AttemptLoop, limits: Limits | None = None,
+        shared: Mapping[str, SharedBreaker] | None = None,
+    ) -> None:
         self._loop = loop
         self._limits = limits
+        self._shared = shared or {}
 
     async def forward(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str,
@@ -173,6 +180,26 @@ class ProxyHandler:
             retryable=eligible and replayable,
             target=upstream_target(pool.prefix, rest, query),
         )
+        link = self._shared.get(rt.name)
+        if link is None:
+            return await self._admitted(request, rt, out, request_id)
+        decision = await link.before(route)
+        if isinstance(decision, Rejection):
+            rt.metrics.short_circuited.inc()
+            return _with_request_id(to_response(_fleet_open(rt.name, decision)), request_id)
+        verdict: bool | None = None
+        try:
+            response = await self._admitted(request, rt, out, request_id)
+            verdict = _trial_verdict(response, route)
+            return response
+        finally:
+            await link.after(decision, verdict)
+
+    async def _admitted(
+        self, request: web.Request, rt: ProxyRuntime, out: Outbound, request_id: str
+    ) -> web.StreamResponse:
+        """Through the provider's limits (when there are any), then sent and relayed."""
+        route = out.route
         if self._limits is None:
             return await self._send(request, rt, out, request_id, None)
         try:
@@ -199,6 +226,25 @@ class ProxyHandler:
             assert exchange.error is not None
             return _with_request_id(to_response(exchange.error), request_id)
         return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
+
+
+_VERDICT_ERRORS = frozenset({ErrorCode.UPSTREAM_TIMEOUT.value, ErrorCode.UPSTREAM_UNREACHABLE.value})
+
+
+def _trial_verdict(response: web.StreamResponse, route: RouteConfig) -> bool | None:
+    """What a request says of its provider, as a breaker would count it (None: nothing)."""
+    error = response.headers.get(SIDECAR_ERROR)
+    if error is not None:
+        return False if error in _VERDICT_ERRORS else None
+    return response.status not in route.failure_statuses
+
+
+def _fleet_open(provider: str, rejection: Rejection) -> SidecarError:
+    state = rejection.state.value
+    return SidecarError(
+        ErrorCode.CIRCUIT_OPEN, f"circuit breaker for {provider} is {state} (shared by the fleet)",
+        provider=provider, retry_after=rejection.retry_after, extra={"state": state},
+    )
 
 
 def _with_request_id(resp: web.Response, request_id: str) -> web.Response:

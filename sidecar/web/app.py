@@ -104,7 +104,7 @@ Forward = Callable[
 
 def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     registry = svc.registry
-    proxy = ProxyHandler(svc.attempts, svc.limits)
+    proxy = ProxyHandler(svc.attempts, svc.limits, svc.shared)
     download = DownloadHandler(registry, svc.attempts)
 
     async def forward(

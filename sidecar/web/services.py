@@ -22,6 +22,7 @@ from ..ops.metrics import Metrics
 from ..ops.probes import ProbeRunner
 from ..providers.admission import Limits
 from ..providers.registry import ProviderRegistry
+from ..providers.shared_breaker import shared_breakers
 from ..upstream.attempts import AttemptLoop
 
 __all__ = ["Services"]
@@ -64,6 +65,13 @@ class Services:
             on_switch=lambda mode: fallbacks("limiter", mode),
         )
         self.limits = Limits(config.providers.values(), self.fleet, metrics=self.metrics, wall=wall)
+        fleet = self.fleet
+
+        def breakers_reachable(up: bool) -> None:
+            fleet.breakers_reachable = up
+            fallbacks("breaker", "fleet" if up else "local")
+
+        self.shared = shared_breakers(self.registry, fleet, clock=clock, on_reachable=breakers_reachable)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Services]:

@@ -234,3 +234,39 @@ async def test_redis_down_means_local_limits_then_fleet_limits_again(
         metrics = await (await session.get(sidecar.ops + "/metrics")).text()
         assert 'sidecar_fleet_fallbacks_total{component="limiter",to="local"} 1.0' in metrics
         assert 'sidecar_fleet_fallbacks_total{component="limiter",to="fleet"} 1.0' in metrics
+
+
+async def test_a_shared_breaker_opens_everywhere_and_one_trial_decides(
+    fleet: Fleet, upstream: CountingProvider
+) -> None:
+    """breaker.shared: one sidecar's opening short-circuits the other two at once; when it is due,
+    exactly one trial reaches the provider, and its success closes every sidecar's breaker."""
+    failing = True
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if failing:
+            return web.json_response({"error": "down"}, status=500)
+        await asyncio.sleep(0.3)  # the trial is still running while the others ask
+        return web.json_response({"ok": True})
+
+    upstream.answer = answer
+    breaker = {"shared": True, "failure_threshold": 2, "minimum_calls": 0, "recovery_timeout": "2s",
+               "success_threshold": 1}
+    a, b, c = await fleet({"breaker": breaker, "retry": {"max_attempts": 1}})
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        assert [(await call(session, a))[0] for _ in range(2)] == [500, 500]
+        opened_at = loop.time()
+        for other in (b, c):
+            status, error, _ = await call(session, other)
+            assert (status, error) == (503, "circuit_open")
+        assert len(upstream.arrivals) == 2
+        failing = False
+        await asyncio.sleep(max(0.0, opened_at + 2.1 - loop.time()))
+        results = await asyncio.gather(*(call(session, s) for s in (a, b, c, a, b, c)))
+        assert sorted(r[0] for r in results) == [200, 503, 503, 503, 503, 503]
+        assert len(upstream.arrivals) == 3
+        await asyncio.sleep(0.3)  # past the read cache: everyone follows the closed record
+        for other in (a, b, c):
+            assert (await call(session, other))[0] == 200
+    assert any(e["to_state"] == "closed" for e in b.events("breaker_transition"))
