@@ -14,11 +14,14 @@ from .model import (
     MiB,
     ProviderConfig,
     ProviderKind,
+    RateLimitConfig,
     RetryConfig,
     RouteConfig,
     ServerConfig,
+    SharedRedis,
     SidecarConfig,
     Timeouts,
+    shared_redis,
 )
 from .units import format_duration, format_size, parse_duration, parse_size
 
@@ -35,9 +38,11 @@ __all__ = [
     "MiB",
     "ProviderConfig",
     "ProviderKind",
+    "RateLimitConfig",
     "RetryConfig",
     "RouteConfig",
     "ServerConfig",
+    "SharedRedis",
     "SidecarConfig",
     "Timeouts",
     "dump_effective",
@@ -47,4 +52,5 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "shared_redis",
 ]

@@ -28,6 +28,7 @@ class BreakerConfig:
     success_threshold: int = 2
     half_open_max_calls: int = 1
     slow_call_duration: float | None = None
+    shared: bool = False  # follow the fleet's record in Redis (needs ledger.backend: redis)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,22 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """``rate_limit`` of a provider or a route. No rate and no concurrency: only pauses apply.
+
+    ``budget`` (routes only) names the budget the route counts in: routes naming the same one share
+    it; by default a route's budget is its own, named after it.
+    """
+
+    requests_per_minute: float | None = None
+    burst: int = 1
+    concurrency: int | None = None
+    max_wait: float = 0.0
+    max_pause: float = 60.0
+    budget: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     """A named operation; its policies are already merged over the provider's."""
 
@@ -81,6 +98,7 @@ class RouteConfig:
     failure_statuses: frozenset[int] = frozenset({500, 502, 503, 504})
     creates_job: bool = False  # a paid job: keyed requests go through the ledger, never retried
     idempotency_window: float | None = None  # keyless identical requests within it are repeats
+    rate_limit: RateLimitConfig | None = None  # the route's own, on top of its provider's
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +128,7 @@ class ProviderConfig:
     download: DownloadConfig | None = None
     native_idempotency: bool = False  # the provider honours Idempotency-Key itself (sync.so)
     reconcile: ReconcileKind | None = None  # how to ask the provider about an unknown outcome
+    rate_limit: RateLimitConfig | None = None
 
     @property
     def configured(self) -> bool:
@@ -136,7 +155,8 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class LedgerConfig:
-    """The job ledger (``ledger:``): where the records of paid jobs live and how long."""
+    """Where the state shared by the sidecars of one bot lives: the job ledger's records, and with
+    ``backend: redis`` also the fleet's rate limits, pauses and shared breakers, under ``prefix``."""
 
     backend: LedgerBackendName = "sqlite"
     path: str | None = None  # sqlite: the file; None -> ledger.sqlite3 in the state directory
@@ -153,6 +173,22 @@ class SidecarConfig:
     server: ServerConfig = ServerConfig()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     ledger: LedgerConfig = LedgerConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRedis:
+    """The Redis every sidecar of the bot shares, and the key prefix of this bot in it."""
+
+    url: str
+    prefix: str
+
+
+def shared_redis(config: SidecarConfig) -> SharedRedis | None:
+    """The fleet's Redis (the ledger's), or None when the ledger is not on Redis."""
+    ledger = config.ledger
+    if ledger.backend != "redis" or not ledger.url:
+        return None
+    return SharedRedis(ledger.url, ledger.prefix)
 
 
 # The first path segments of the sidecar's own endpoints: never a provider name.

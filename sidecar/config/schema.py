@@ -344,6 +344,7 @@ BREAKER_FIELDS: dict[str, Converter] = {
     "success_threshold": integer(1),
     "half_open_max_calls": integer(1),
     "slow_call_duration": optional(duration()),
+    "shared": boolean,
 }
 RETRY_FIELDS: dict[str, Converter] = {
     "max_attempts": integer(1),
@@ -390,6 +391,32 @@ AUTH_FIELDS: dict[str, Converter] = {
     "env": text(ENV_NAME, "an environment variable name"),
     "value": redacted_placeholder,
 }
+RATE_LIMIT_FIELDS: dict[str, Converter] = {
+    "requests_per_minute": optional(number(above=0.0)),
+    "burst": integer(1),
+    "concurrency": optional(integer(1)),
+    "max_wait": duration(allow_zero=True),
+    "max_pause": duration(allow_zero=True),
+}
+# Only on a route: routes naming the same budget count in one budget (a route's own by default).
+ROUTE_RATE_LIMIT_FIELDS: dict[str, Converter] = {
+    **RATE_LIMIT_FIELDS,
+    "budget": text(ROUTE_NAME, "lower-case letters, digits and '_'"),
+}
+
+
+def redis_url(value: object) -> str:
+    """``redis://`` or ``rediss://`` (TLS) with a host; a password in it is allowed (``${VAR}``)."""
+    url = string(value).strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be a redis:// or rediss:// URL like redis://redis:6379/0")
+    return url
+
+
 ROUTE_FIELDS: dict[str, Converter] = {
     "name": text(ROUTE_NAME, "lower-case letters, digits and '_'"),
     "method": optional(method),
@@ -406,20 +433,17 @@ PROVIDER_JOB_FIELDS: dict[str, Converter] = {
 
 
 def ledger_url(value: object) -> str | None:
-    """``redis://``, ``rediss://`` (TLS) or ``unix://``; empty (an unset ``${VAR}``) is null."""
-    url = string(value).strip()
-    if not url:
+    """``redis_url``, with an empty value (an unset ``${VAR}``) read as null."""
+    if isinstance(value, str) and not value.strip():
         return None
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")  # never echoed: a password
-    return url
+    return redis_url(value)
 
 
 LEDGER_FIELDS: dict[str, Converter] = {
     "backend": one_of("sqlite", "memory", "redis"),
     "path": optional(text(re.compile(r".+"), "a file path")),
     "url": optional(ledger_url),
-    "prefix": text(re.compile(r"[!-~]{1,64}"), "1 to 64 printable ASCII characters, no space"),
+    "prefix": text(re.compile(r"[!-~]{1,64}"), "1 to 64 printable characters without spaces"),
     "ttl": duration(),
     "max_stored_body": size(),
     "max_entries": integer(1),

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from ..providers.admission import Limits
 from ..providers.ledger import JobLedger
 from ..providers.registry import ProviderRegistry
 from .admin import AdminHandlers
@@ -31,6 +32,7 @@ def add_own_routes(
     status: ProcessStatus,
     bound_host: str,
     environ: Mapping[str, str],
+    limits: Limits | None = None,
     jobs: JobLedger | None = None,
 ) -> None:
     """Add the own endpoints of a listener bound to ``bound_host``; ``environ`` is read once, here."""
@@ -38,7 +40,7 @@ def add_own_routes(
     admin = AdminHandlers(registry, environ, bound_host=bound_host)
     app[CHECKS] = checks
     app[ADMIN] = admin
-    HealthHandlers(registry, probes, checks, status, jobs=jobs).add_routes(app)
+    HealthHandlers(registry, probes, checks, status, limits, jobs=jobs).add_routes(app)
     admin.add_routes(app)
     JobsAdmin(jobs, registry.known).add_routes(app, admin.guard)
 

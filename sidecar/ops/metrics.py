@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..state import OperationEvent
 from ..upstream.observer import ATTEMPT_RESULTS
+from .limit_metrics import LimitFamilies, ProviderLimitMetrics
 
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -130,6 +131,7 @@ class Metrics:
         )
         build = Gauge("sidecar_build_info", "Build information.", ("version",), registry=r)
         build.labels(version).set(1)
+        self.limit_families = LimitFamilies(r)
         self._providers: dict[str, ProviderMetrics] = {}
 
     def provider(self, name: str, routes: Iterable[str] = ()) -> ProviderMetrics:
@@ -137,6 +139,10 @@ class Metrics:
         if pm is None:
             pm = self._providers[name] = ProviderMetrics(self, name, routes)
         return pm
+
+    def limits(self, name: str) -> ProviderLimitMetrics:
+        """Rate-limit and pause metrics of provider ``name``."""
+        return self.limit_families.provider(name)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

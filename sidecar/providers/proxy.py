@@ -7,7 +7,9 @@ the configured base plus the rest *as received*: nothing the client sends can ch
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -21,16 +23,20 @@ from ..headers import (
     REQUEST_DROP,
     REQUEST_ID,
     RESPONSE_DROP,
+    SIDECAR_ERROR,
     filter_headers,
 )
+from ..policy.breaker import Rejection
 from ..policy.retry import request_is_retryable
 from ..state import InvalidIdempotencyKey, Outcome, fingerprint, validate_idempotency_key, window_scope
 from ..upstream.attempts import AttemptLoop
 from ..upstream.h1pool import Body, H1Response
-from ..upstream.transports import pool_send
+from ..upstream.transports import gated, pool_send
+from .admission import Limits, Ticket
 from .ledger import OUTCOME, JobLedger, JobRequest
 from .reconcile import replicate_reconciler
 from .runtime import ProxyRuntime
+from .shared_breaker import SharedBreaker
 from .tap import Tap, relay_tapped
 
 # Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
@@ -139,11 +145,28 @@ async def _read_body(
     return _LimitedStream(b"".join(chunks), request.content, limit), False
 
 
+@dataclass(frozen=True, slots=True)
+class _Outbound:
+    """One client request, ready to send upstream through the provider's pool."""
+
+    method: str
+    target: str  # origin-form path and query
+    headers: CIMultiDict[str]
+    body: Body
+    route: RouteConfig
+    retryable: bool  # method/key/route allow a retry and the body can be sent again
+
+
 class ProxyHandler:
     """Forwards one client request through its provider's breaker and its route's retry policy."""
 
-    def __init__(self, loop: AttemptLoop, jobs: JobLedger | None = None) -> None:
+    def __init__(
+        self, loop: AttemptLoop, limits: Limits | None = None,
+        shared: Mapping[str, SharedBreaker] | None = None, *, jobs: JobLedger | None = None,
+    ) -> None:
         self._loop = loop
+        self._limits = limits
+        self._shared = shared or {}
         self._jobs = jobs
 
     async def forward(
@@ -175,13 +198,90 @@ class ProxyHandler:
         except SidecarError as refused:
             return _with_request_id(to_response(refused), request_id)
         pool = rt.pool
-        target = upstream_target(pool.prefix, rest, query)
-        send = pool_send(pool, request.method, target, headers, body, route.timeouts)
-        exchange = await self._loop.run(rt, send, route=route, retryable=eligible and replayable)
-        if exchange.response is None:
+        out = _Outbound(
+            method=request.method,
+            target=upstream_target(pool.prefix, rest, query),
+            headers=headers,
+            body=body,
+            route=route,
+            retryable=eligible and replayable,
+        )
+        return await self._through_fleet(request, rt, out, request_id, None)
+
+    async def _through_fleet(
+        self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
+        tap: Tap | None,
+    ) -> web.StreamResponse:
+        """Through the fleet's shared breaker (when the provider has one), then admitted and sent.
+
+        ``tap``: a paid job's first request, whose answer the ledger keeps (refused before it was
+        sent, it leaves the tap as it was: nothing went out)."""
+        route = out.route
+        link = self._shared.get(rt.name)
+        if link is None:
+            return await self._admitted(request, rt, out, request_id, tap)
+        decision = await link.before(route)
+        if isinstance(decision, Rejection):
+            rt.metrics.short_circuited.inc()
+            return _with_request_id(to_response(_fleet_open(rt.name, decision)), request_id)
+        verdict: bool | None = None
+        try:
+            response = await self._admitted(request, rt, out, request_id, tap)
+            verdict = _trial_verdict(response, route)
+            return response
+        finally:
+            await link.after(decision, verdict)
+
+    async def _admitted(
+        self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
+        tap: Tap | None,
+    ) -> web.StreamResponse:
+        """Through the provider's limits (when there are any), then sent and relayed."""
+        route = out.route
+        if self._limits is None:
+            return await self._send(request, rt, out, request_id, None, tap)
+        try:
+            ticket = await self._limits.admit(rt.name, route, route.timeouts.total)
+        except SidecarError as refused:
+            return _with_request_id(to_response(refused), request_id)
+        async with ticket:
+            return await self._send(request, rt, out, request_id, ticket, tap)
+
+    async def _send(
+        self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
+        ticket: Ticket | None, tap: Tap | None,
+    ) -> web.StreamResponse:
+        route = out.route
+        send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)
+        if ticket is not None:
+            send = gated(send, ticket)
+            if ticket.waited > 0:  # timeouts.total bounds the wait and the attempts together
+                timeouts = route.timeouts
+                left = dataclasses.replace(timeouts, total=max(0.0, timeouts.total - ticket.waited))
+                route = dataclasses.replace(route, timeouts=left)
+        exchange = await self._loop.run(
+            rt, send, route=route, retryable=out.retryable, gate=ticket
+        )
+        if ticket is not None:
+            ticket.finish(None if exchange.response is None else exchange.response.status)
+        up = exchange.response
+        if up is None:
             assert exchange.error is not None
-            return _with_request_id(to_response(exchange.error), request_id)
-        return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
+            resp = _with_request_id(to_response(exchange.error), request_id)
+            if tap is not None:
+                tap.unanswered(exchange.sent)
+                if tap.outcome is Outcome.UNKNOWN:
+                    resp.headers[OUTCOME] = "unknown"
+            return resp
+        if tap is None:
+            return await relay(request, up, exchange.attempts, request_id, rt.name)
+        answer = filter_headers(up.headers, RESPONSE_DROP)
+        tap.answered(up.status, answer)  # what a replay gives back, before per-request headers
+        answer[ATTEMPTS] = str(exchange.attempts)
+        answer[REQUEST_ID] = request_id
+        if tap.outcome is Outcome.UNKNOWN:
+            answer[OUTCOME] = "unknown"
+        return await relay_tapped(request, up, answer, tap)
 
     async def _forward_job(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str, route: RouteConfig,
@@ -217,30 +317,34 @@ class ProxyHandler:
         )
         # Keyed retries only where the provider itself recognises the key it is sent.
         retryable = key is not None and rt.config.native_idempotency and route.retry.max_attempts > 1
-        send_once = pool_send(rt.pool, request.method, upstream_target(rt.pool.prefix, rest, query),
-                              headers, body if read is not None else None, route.timeouts)
-        async def send(tap: Tap | None) -> web.StreamResponse:
-            exchange = await self._loop.run(rt, send_once, route=route, retryable=retryable)
-            up = exchange.response
-            if up is None:
-                assert exchange.error is not None
-                resp = _with_request_id(to_response(exchange.error), request_id)
-                if tap is not None:
-                    tap.unanswered(exchange.sent)
-                    if tap.outcome is Outcome.UNKNOWN:
-                        resp.headers[OUTCOME] = "unknown"
-                return resp
-            if tap is None:
-                return await relay(request, up, exchange.attempts, request_id, rt.name)
-            answer = filter_headers(up.headers, RESPONSE_DROP)
-            tap.answered(up.status, answer)  # what a replay gives back, before per-request headers
-            answer[ATTEMPTS] = str(exchange.attempts)
-            answer[REQUEST_ID] = request_id
-            if tap.outcome is Outcome.UNKNOWN:
-                answer[OUTCOME] = "unknown"
-            return await relay_tapped(request, up, answer, tap)
+        out = _Outbound(
+            method=request.method, target=upstream_target(rt.pool.prefix, rest, query),
+            headers=headers, body=read, route=route, retryable=retryable,
+        )
+
+        def send(tap: Tap | None) -> Awaitable[web.StreamResponse]:
+            return self._through_fleet(request, rt, out, request_id, tap)
 
         return await jobs.handle(job, send)
+
+
+_VERDICT_ERRORS = frozenset({ErrorCode.UPSTREAM_TIMEOUT.value, ErrorCode.UPSTREAM_UNREACHABLE.value})
+
+
+def _trial_verdict(response: web.StreamResponse, route: RouteConfig) -> bool | None:
+    """What a request says of its provider, as a breaker would count it (None: nothing)."""
+    error = response.headers.get(SIDECAR_ERROR)
+    if error is not None:
+        return False if error in _VERDICT_ERRORS else None
+    return response.status not in route.failure_statuses
+
+
+def _fleet_open(provider: str, rejection: Rejection) -> SidecarError:
+    state = rejection.state.value
+    return SidecarError(
+        ErrorCode.CIRCUIT_OPEN, f"circuit breaker for {provider} is {state} (shared by the fleet)",
+        provider=provider, retry_after=rejection.retry_after, extra={"state": state},
+    )
 
 
 def _with_request_id(resp: web.Response, request_id: str) -> web.Response:

@@ -16,12 +16,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from .. import __version__
 from ..config import SidecarConfig
+from ..fleet.wiring import FleetState
 from ..logs import get_logger
 from ..ops.health import ProcessStatus
 from ..ops.metrics import Metrics
 from ..ops.probes import ProbeRunner
+from ..providers.admission import Limits
 from ..providers.ledger import JobLedger
 from ..providers.registry import ProviderRegistry
+from ..providers.shared_breaker import shared_breakers
 from ..state import StoreError, instance_id_from
 from ..upstream.attempts import AttemptLoop
 from .ledger import open_job_ledger
@@ -30,7 +33,8 @@ __all__ = ["Services"]
 
 
 class Services:
-    """Metrics, the provider registry, the attempt loop, the probes and the process status.
+    """Metrics, the provider registry, the attempt loop, the probes, the process status, and the
+    limits (this sidecar's, or the fleet's through Redis).
 
     ``clock`` (monotonic seconds), ``wall`` (epoch seconds), ``sleep`` and ``rng`` reach every part
     that waits, times or draws, so tests can inject all of them in one place.
@@ -59,6 +63,19 @@ class Services:
             self.registry, self.metrics, clock=clock, wall=wall, sleep=sleep, rng=rng
         )
         self.status = ProcessStatus(clock)
+        fallbacks = self.metrics.limit_families.fallback
+        self.fleet = FleetState.build(
+            config, clock=clock, sleep=sleep, environ=self.environ,
+            on_switch=lambda mode: fallbacks("limiter", mode),
+        )
+        self.limits = Limits(config.providers.values(), self.fleet, metrics=self.metrics, wall=wall)
+        fleet = self.fleet
+
+        def breakers_reachable(up: bool) -> None:
+            fleet.breakers_reachable = up
+            fallbacks("breaker", "fleet" if up else "local")
+
+        self.shared = shared_breakers(self.registry, fleet, clock=clock, on_reachable=breakers_reachable)
         # SIDECAR_INSTANCE_ID: this process's name in a shared ledger (see open_job_ledger).
         self.instance_id = instance_id_from(self.environ)
         self.jobs: JobLedger | None = open_job_ledger(
@@ -81,7 +98,10 @@ class Services:
                     if self.jobs is not None:
                         await self.jobs.close()
                 finally:
-                    await self.registry.close()
+                    try:
+                        await self.registry.close()
+                    finally:
+                        await self.limits.aclose()
 
     async def _start_ledger(self) -> None:
         """Open the store and turn what this instance's previous process left in flight unknown.

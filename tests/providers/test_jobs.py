@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from sidecar.config import LedgerConfig, Timeouts
+from sidecar.config import LedgerConfig, RateLimitConfig, Timeouts
 from sidecar.state import fingerprint
 from sidecar.web.app import SERVICES
 
@@ -246,3 +246,20 @@ async def test_idempotency_series_start_at_zero(fake: FakeProvider, sidecar) -> 
     assert (await post(client, "m"))[0] == 200
     text = client.app[SERVICES].metrics.render().decode()
     assert 'sidecar_ledger_duration_seconds_count{backend="memory",op="claim"} 1.0' in text
+
+
+async def test_a_rate_limited_create_frees_its_key(fake: FakeProvider, sidecar) -> None:
+    """429 rate_limited is answered before anything is sent: the claim is dropped, the key is free."""
+    hold = asyncio.Event()
+    fake.then(Reply(status=201, body=b"first", hold=hold), Reply(status=201, body=b"second"))
+    limit = RateLimitConfig(concurrency=1, max_wait=0.0)
+    client = await sidecar(job_config(fake.url, rate_limit=limit))
+    first = asyncio.create_task(post(client, "a"))
+    await until(lambda: len(fake.seen) == 1)
+    status, headers, _ = await post(client, "b")
+    assert status == 429 and headers["X-Sidecar-Error"] == "rate_limited"
+    assert "X-Sidecar-Outcome" not in headers
+    assert await store_of(client).get("jobs", "b") is None
+    hold.set()
+    assert (await first)[0] == 201
+    assert (await post(client, "b"))[:3:2] == (201, b"second")
