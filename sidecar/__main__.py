@@ -27,7 +27,9 @@ ENVIRONMENT = """\
 environment variables:
   SIDECAR_CONFIG               the configuration file when --config / PATH is not given
   SIDECAR_ADMIN_TOKEN          /admin then requires "Authorization: Bearer <token>"; unset,
-                               /admin answers only on loopback connections
+                               /admin answers only on a listener bound to loopback
+  SIDECAR_FLEET_LEASE_TTL      how long a fleet concurrency slot outlives a sidecar that died
+                               holding it (a duration, default 30s; ledger.backend: redis)
   SIDECAR_STATE_DIR            where the SQLite job ledger lives (default /var/lib/sidecar when
                                writable, else <tmp>/sidecar-<uid>)
   SIDECAR_INSTANCE_ID          this sidecar's name in the job ledger (default: HOSTNAME, then
