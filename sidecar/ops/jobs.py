@@ -132,7 +132,7 @@ class JobsAdmin:
         except StoreError as exc:
             return error_response(ErrorCode.LEDGER_UNAVAILABLE, str(exc), provider=provider)
         if released:
-            self.jobs.count_release(provider)
+            self.jobs.released(provider, key)
         self._log.warning("admin_job_release", provider=provider, key=key, released=released,
                           remote=request.remote)
         return web.json_response({"provider": provider, "key": key, "released": released})

@@ -35,6 +35,7 @@ from ..state import (
     in_flight_is_stale,
     replayable_job,
 )
+from .settled import SettledAnswers
 from .tap import Tap
 
 __all__ = ["OUTCOME", "REPLAYED", "STALE_MARGIN", "JobCounter", "JobLedger", "JobRequest"]
@@ -81,6 +82,7 @@ class JobLedger:
         max_stored_body: int,
         refuse_when_unavailable: bool,
         wall: Callable[[], float] = time.time,
+        settled_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self._counter = counter
@@ -88,6 +90,7 @@ class JobLedger:
         self.refuse = refuse_when_unavailable
         self._wall = wall
         self.unprotected = 0
+        self._settled = SettledAnswers(clock=settled_clock)
         self._log = get_logger("ledger")
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -99,6 +102,11 @@ class JobLedger:
 
     async def handle(self, job: JobRequest, send: Send) -> web.StreamResponse:
         """Forward ``job`` once through ``send``, or answer its repeat from the ledger."""
+        settled = self._settled.get(job.scope, job.key, self._wall())
+        if settled is not None:  # a repeat in a burst: answered without a store round trip
+            quick = self._settled_repeat(job, settled)
+            if quick is not None:
+                return quick
         deadline = asyncio.get_running_loop().time() + job.total
         met = False  # once a record was met, forwarding without the ledger could duplicate a job
         for _ in range(_MAX_ROUNDS):
@@ -197,6 +205,7 @@ class JobLedger:
             record, kind = waited, classify_repeat(waited, job.fingerprint)
             if kind is Repeat.REPLAY:
                 self._count(job, "coalesced")
+                self._settled.put(record)
                 return self._replay(job, record)
         if kind is Repeat.REUSED:
             self._count(job, "reused")
@@ -204,6 +213,7 @@ class JobLedger:
                                "this Idempotency-Key was used for a different request")
         if kind is Repeat.REPLAY:
             self._count(job, "replayed")
+            self._settled.put(record)
             return self._replay(job, record)
         if kind is Repeat.REPLAY_UNAVAILABLE:
             status = record.response.status if record.response is not None else "?"
@@ -272,8 +282,21 @@ class JobLedger:
         resp.headers[REQUEST_ID] = job.request_id
         return resp
 
-    def count_release(self, provider: str) -> None:
-        """An operator released a key (``/admin/jobs/.../release``)."""
+    def _settled_repeat(self, job: JobRequest, record: LedgerRecord) -> web.Response | None:
+        """A repeat answered from a recently settled record: the replay, or 422 for another body."""
+        kind = classify_repeat(record, job.fingerprint)
+        if kind is Repeat.REPLAY:
+            self._count(job, "replayed")
+            return self._replay(job, record)
+        if kind is Repeat.REUSED:
+            self._count(job, "reused")
+            return self._error(job, ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                               "this Idempotency-Key was used for a different request")
+        return None
+
+    def released(self, provider: str, key: str) -> None:
+        """An operator released a key (``/admin/jobs/.../release``): forget its answer here too."""
+        self._settled.drop(provider, key)
         self._counter.count(provider, "released")
 
     def _count(self, job: JobRequest, result: str) -> None:

@@ -203,3 +203,33 @@ async def test_two_sidecars_under_load_with_faults_never_send_a_key_twice(
     assert all(len(faults) <= 2 for faults in sends.values())  # two callers per key at most
     assert sum(f == "reset" for faults in sends.values() for f in faults) > 0  # the faults happened
     assert sum(f == "status" for faults in sends.values() for f in faults) > 0
+
+
+async def test_a_burst_of_repeats_is_answered_from_memory(
+    redis_server: RedisServer, fake: FakeProvider, tmp_path: Path
+) -> None:
+    """Once a repeat met a settled answer, the next repeats of that key are answered from memory: they
+    replay even while the ledger's Redis is down, a different body is still 422, and an operator's
+    release on that sidecar forgets the answer at once."""
+    fake.default = Reply(status=201, body=b'{"id": "p1"}')
+    ledger = f"{{backend: redis, url: '{redis_server.url}', prefix: 'burst-{uuid.uuid4().hex[:6]}:'}}"
+    sc = await start_sidecar(config(fake.url, ledger), tmp_path)
+    try:
+        for key in ("tg:7:render", "tg:8:render"):
+            assert (await post(sc, key))[0] == 201
+            assert (await post(sc, key))[1]["X-Sidecar-Replayed"] == "true"  # read from the store
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{sc.ops}/admin/jobs/jobs/tg:8:render/release") as resp:
+            assert resp.status == 200 and (await resp.json())["released"] is True
+        redis_server.kill()
+        status, headers, body = await post(sc, "tg:7:render")
+        assert (status, headers["X-Sidecar-Replayed"], body) == (201, "true", b'{"id": "p1"}')
+        assert (await post(sc, "tg:7:render", body=b'{"input": 2}'))[0] == 422
+        assert len(fake.seen) == 2
+        # The released key was forgotten here too: its repeat is not replayed from memory (the
+        # ledger being down, it goes out unprotected, as on_unavailable: forward says).
+        status, headers, _ = await post(sc, "tg:8:render")
+        assert status == 201 and "X-Sidecar-Replayed" not in headers
+        assert len(fake.seen) == 3
+    finally:
+        await sc.stop()
