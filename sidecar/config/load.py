@@ -39,7 +39,8 @@ from .units import format_duration
 
 ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses")
 PROXY_KEYS = ("upstream", "auth", "health", "routes")
-PROVIDER_KEYS = ("kind", "critical", *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
+ROOT_KEYS = ("server", "defaults", "providers")
+PROVIDER_KEYS = (*s.PROVIDER_HEAD_FIELDS, *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
 EMBEDDED = "<embedded default.yaml>"
 __all__ = ["ConfigError", "dump_effective", "load_config", "parse_config", "read_document"]
 
@@ -133,7 +134,7 @@ def parse_config(data: object, environ: Mapping[str, str]) -> SidecarConfig:
     root = s.as_mapping(problems, "", data)
     if root is None:
         raise ConfigError(_unexpand(problems.items, raw, environ))
-    s.check_keys(problems, "", root, ("server", "defaults", "providers"))
+    s.check_keys(problems, "", root, ROOT_KEYS)
     server = _server(problems, root.get("server"))
     defaults = _defaults(problems, root.get("defaults"), environ)
     providers = _providers(problems, root.get("providers"), defaults, environ)
@@ -246,8 +247,8 @@ def _provider(problems: s.Problems, name: str, raw: object, defaults: Policies,
     if block is None:
         return None
     s.check_keys(problems, path, block, PROVIDER_KEYS)
-    head = s.parse_fields(problems, path, _pick(block, ("kind", "critical")),
-                          {"kind": s.one_of("proxy", "download"), "critical": s.boolean})
+    head = s.parse_fields(problems, path, _pick(block, tuple(s.PROVIDER_HEAD_FIELDS)),
+                          s.PROVIDER_HEAD_FIELDS)
     policies = _policies(problems, path, _pick(block, POLICY_KEYS), defaults)
     own_breaker = block.get("breaker")
     if isinstance(own_breaker, Mapping) and {"recovery_timeout", "max_recovery_timeout"} & set(
