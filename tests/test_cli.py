@@ -22,6 +22,7 @@ from sidecar import __version__
 from sidecar.config.load import load_config, parse_config
 from sidecar.web.app import create_app
 
+from .support.polling import eventually
 from .support.process import SCRIPT, clean_environ, start_sidecar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,10 +259,7 @@ async def test_default_config_without_network_fails_fast_then_opens(tmp_path: Pa
                     break
             assert codes[0] == (502, "upstream_unreachable")
             assert codes[-1] == (503, "circuit_open")
-        for _ in range(100):
-            if sp.events("breaker_transition"):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: sp.events("breaker_transition"), timeout=5, interval=0.05)
         transition = sp.events("breaker_transition")[0]
         assert transition["provider"] == "replicate"
         assert (transition["from_state"], transition["to_state"]) == ("closed", "open")
@@ -278,11 +276,12 @@ async def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
             ready = f"http://127.0.0.1:{sp.ops_port}/health/ready"
             assert (await s.get(ready)).status == 200
             sp.proc.send_signal(signal.SIGTERM)
-            for _ in range(100):
-                if (await s.get(ready)).status == 503:
-                    break
-                await asyncio.sleep(0.02)
-            assert (await s.get(ready)).status == 503
+
+            async def readiness() -> int:
+                async with s.get(ready) as resp:
+                    return resp.status
+
+            await eventually(readiness, until=lambda status: status == 503, timeout=2, interval=0.02)
             live = await s.get(f"http://127.0.0.1:{sp.proxy_port}/health/live")
             assert live.status == 200  # still serving while draining
         assert await sp.stop(wait=15) == 0

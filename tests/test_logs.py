@@ -14,6 +14,7 @@ import structlog
 
 from sidecar.logs import configure_logging, get_logger
 
+from .support.polling import eventually
 from .support.process import Sidecar, start_sidecar
 
 QUIET = "server: {drain_time: 0s, shutdown_grace: 1s}\nproviders: {}\n"
@@ -84,11 +85,8 @@ async def _send_raw(port: int, data: bytes) -> bytes:
 
 
 async def _wait_for(sc: Sidecar, logger: str) -> None:
-    for _ in range(500):  # a 10 s deadline
-        if any(line.get("logger") == logger for line in sc.lines()):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no {logger} line in {sc.stdout}")
+    await eventually(lambda: any(line.get("logger") == logger for line in sc.lines()), timeout=10,
+                     interval=0.02, what=f"a {logger} line in the sidecar's output")
 
 
 @pytest.mark.parametrize("level", ["info", "debug"])

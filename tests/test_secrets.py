@@ -7,16 +7,15 @@ searched for them.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 
-from .reliability.faults import Fault, FaultProvider
+from .support.fault_provider import Fault, FaultProvider
+from .support.polling import eventually
 from .support.process import start_sidecar
 
 REPLICATE_KEY = "r8_FAKE_SECRET_1234567890abcdefABCDEF"
@@ -100,11 +99,8 @@ async def test_no_secret_in_logs_metrics_bodies_or_dumps(tmp_path: Path) -> None
             await call("GET", f"{sc.proxy}/health/detailed")
             await call("GET", f"{sc.ops}/metrics")
             # Let the probes run a few times (some answered 401 by the script above).
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:  # poll with a deadline
-                if sum(1 for x in up.seen if x.path == "/v1/account") >= 3:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: sum(1 for x in up.seen if x.path == "/v1/account") >= 3,
+                             timeout=5, interval=0.05, what="three probes")
             await call("GET", f"{sc.ops}/health/detailed")
             await call("GET", f"{sc.ops}/metrics")
         assert await sc.stop() == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CHART, MONITORING
+
+from tests.support.helm_chart import CHART, MONITORING
 
 ROOT = CHART.parents[1]
 

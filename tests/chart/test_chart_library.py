@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
+
+from tests.support.helm_chart import (
     CHART,
     arg_value,
     is_crd,

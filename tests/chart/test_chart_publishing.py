@@ -12,7 +12,8 @@ from types import ModuleType
 
 import pytest
 import yaml
-from conftest import CHART, MONITORING, ROOT
+
+from tests.support.helm_chart import CHART, MONITORING, ROOT
 
 CHARTS = [CHART, MONITORING]
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
+
+from tests.support.helm_chart import (
     ALL_BRANCHES,
     CHART,
     CLASSIC,

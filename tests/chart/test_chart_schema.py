@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ALL_BRANCHES, CHART, render_fails
+
+from tests.support.helm_chart import ALL_BRANCHES, CHART, render_fails
 
 
 @pytest.mark.parametrize("bad", [

@@ -8,16 +8,18 @@ taken from `helm template` output is run here against a real server on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import ALL_BRANCHES, CLASSIC, pod_spec, render, sidecar_container
+from pytest_aiohttp import AiohttpServer
+
+from tests.support.helm_chart import ALL_BRANCHES, CLASSIC, pod_spec, render, sidecar_container
+from tests.support.polling import eventually
 
 
 @pytest.mark.parametrize("values,kube", [(ALL_BRANCHES, "1.28.0"), (CLASSIC, "1.28.0"), (CLASSIC, "1.31.0")])
@@ -73,26 +75,15 @@ class Readiness:
         return web.json_response({"status": "ready" if self.ready else "not_ready"}, status=status)
 
 
-@contextlib.asynccontextmanager
-async def _serve(readiness: Readiness) -> AsyncIterator[int]:
+async def _serve(aiohttp_server: AiohttpServer, readiness: Readiness) -> int:
+    """Serve ``readiness`` on a free port with pytest-aiohttp (closed at teardown); its port."""
     app = web.Application()
     app.router.add_get("/health/ready", readiness.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
+    return int((await aiohttp_server(app, access_log=None)).port)
 
 
 async def _until(what: str, check: Callable[[], bool], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}", pytrace=False)
-        await asyncio.sleep(0.05)
+    await eventually(check, timeout=within, interval=0.05, what=what)
 
 
 async def _run_hook(command: list[str]) -> asyncio.subprocess.Process:
@@ -100,36 +91,36 @@ async def _run_hook(command: list[str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(sys.executable, *command[1:])
 
 
-async def test_hook_returns_only_once_the_sidecar_is_ready() -> None:
+async def test_hook_returns_only_once_the_sidecar_is_ready(aiohttp_server: AiohttpServer) -> None:
     """The rendered hook keeps polling while readiness is 503 and exits 0 on the first 200."""
     readiness = Readiness()
-    async with _serve(readiness) as port:
-        hook = _hook([f"sidecar.opsPort={port}", "sidecar.holdBotUntilReady.timeoutSeconds=60"])
-        proc = await _run_hook(hook)
-        try:
-            await _until("three readiness polls", lambda: len(readiness.calls) >= 3, within=20)
-            assert proc.returncode is None, "the hook returned while the sidecar was not ready"
-            readiness.ready = True
-            assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        assert readiness.calls[-1] == 200 and set(readiness.calls[:-1]) == {503}
+    port = await _serve(aiohttp_server, readiness)
+    hook = _hook([f"sidecar.opsPort={port}", "sidecar.holdBotUntilReady.timeoutSeconds=60"])
+    proc = await _run_hook(hook)
+    try:
+        await _until("three readiness polls", lambda: len(readiness.calls) >= 3, within=20)
+        assert proc.returncode is None, "the hook returned while the sidecar was not ready"
+        readiness.ready = True
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert readiness.calls[-1] == 200 and set(readiness.calls[:-1]) == {503}
 
 
-async def test_hook_gives_up_after_its_timeout() -> None:
+async def test_hook_gives_up_after_its_timeout(aiohttp_server: AiohttpServer) -> None:
     """A sidecar that never gets ready makes the hook exit 1 after timeoutSeconds (bounded, not forever)."""
     readiness = Readiness()
-    async with _serve(readiness) as port:
-        hook = _hook([f"sidecar.opsPort={port}", "sidecar.holdBotUntilReady.timeoutSeconds=1"])
-        proc = await _run_hook(hook)
-        started = time.monotonic()
-        try:
-            assert await asyncio.wait_for(proc.wait(), timeout=20) == 1
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        assert time.monotonic() - started >= 1
-        assert readiness.calls and set(readiness.calls) == {503}
+    port = await _serve(aiohttp_server, readiness)
+    hook = _hook([f"sidecar.opsPort={port}", "sidecar.holdBotUntilReady.timeoutSeconds=1"])
+    proc = await _run_hook(hook)
+    started = time.monotonic()
+    try:
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert time.monotonic() - started >= 1
+    assert readiness.calls and set(readiness.calls) == {503}

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+
+from tests.support.helm_chart import (
     ALL_BRANCHES,
     CLASSIC,
     load_all_strict,

@@ -6,7 +6,8 @@ import json
 import re
 
 import pytest
-from conftest import CHART
+
+from tests.support.helm_chart import CHART
 
 ROOT = CHART.parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import configparser
 import re
 
-from conftest import CHART
+from tests.support.helm_chart import CHART
 
 ROOT = CHART.parents[1]
 

@@ -1,24 +1,14 @@
-"""Fixtures for the fleet's shared state: a private redis-server per test and clients on it."""
+"""Fixtures for the fleet's shared state: clients on the test's private redis-server."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from sidecar.fleet.client import redis_client
-
-from .redis_server import RedisServer
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    await server.start()
-    yield server
-    await server.kill()
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture

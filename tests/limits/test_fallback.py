@@ -13,8 +13,7 @@ from sidecar.limits.fallback import FallbackLimiter, Mode
 from sidecar.limits.local import LocalBackend
 from sidecar.limits.queue import QueuedLimiter
 from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
-
-from .virtual_time import run_virtual
+from tests.support.virtual_time import run_virtual
 
 P = "replicate"
 ONE = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(concurrency=1))]

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 import yaml
-from promql_names import ALERTS, DOCS_URL, ROOT, alert_rules, allowed, metric_names
+
+from tests.support.promql_names import ALERTS, DOCS_URL, ROOT, alert_rules, allowed, metric_names
 
 ALERT_TESTS = ROOT / "tests" / "observability" / "alerts-test.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks"

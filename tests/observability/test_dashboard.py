@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from promql_names import (
+
+from tests.support.promql_names import (
     DASHBOARD,
     DOCS_URL,
     MONITORING_CHART,

@@ -10,7 +10,6 @@ wait polls with a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -19,8 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,16 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from promql_names import MONITORING_CHART, ROOT, dashboard_exprs, load_script, substitute_grafana
+from pytest_aiohttp import AiohttpServer
+
+from tests.support.polling import eventually
+from tests.support.promql_names import (
+    MONITORING_CHART,
+    ROOT,
+    dashboard_exprs,
+    load_script,
+    substitute_grafana,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -44,7 +51,7 @@ def free_port() -> int:
 
 
 @dataclass
-class FakeProvider:
+class SwitchableUpstream:
     """An upstream on 127.0.0.1 that answers 500 while `failing`, else 200 (probes included)."""
 
     failing: bool
@@ -58,22 +65,17 @@ class FakeProvider:
         return web.json_response({"ok": True, "path": request.path})
 
 
-@contextlib.asynccontextmanager
-async def serve(provider: FakeProvider) -> AsyncIterator[FakeProvider]:
+async def serve(aiohttp_server: AiohttpServer, upstream: SwitchableUpstream) -> SwitchableUpstream:
+    """Serve ``upstream`` on a free port with pytest-aiohttp (closed at teardown)."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", provider.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    provider.port = runner.addresses[0][1]
-    try:
-        yield provider
-    finally:
-        await runner.cleanup()
+    app.router.add_route("*", "/{tail:.*}", upstream.handle)
+    upstream.port = (await aiohttp_server(app, access_log=None)).port
+    return upstream
 
 
-def sidecar_config(flaky: FakeProvider, budget: FakeProvider, port: int, ops_port: int) -> dict[str, Any]:
+def sidecar_config(
+    flaky: SwitchableUpstream, budget: SwitchableUpstream, port: int, ops_port: int
+) -> dict[str, Any]:
     """Short breaker timings, so that the breaker opens and recovers within seconds."""
     probe = {"method": "GET", "path": "/health", "interval": "1s", "timeout": "1s"}
     return {
@@ -120,17 +122,15 @@ def process(cmd: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen[b
 async def until(what: str, check: Callable[[], Awaitable[bool]], *, within: float,
                 alive: Sequence[tuple[subprocess.Popen[bytes], Path]] = ()) -> None:
     """Poll `check` until it is true; fail after `within` seconds or when a process died."""
-    deadline = time.monotonic() + within
-    while True:
+
+    async def alive_and_checked() -> bool:
         for proc, log in alive:
             if proc.poll() is not None:
                 pytest.fail(f"{proc.args[0]} exited {proc.returncode} while waiting for {what}:\n"
                             f"{log.read_text(errors='replace')[-4000:]}", pytrace=False)
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}", pytrace=False)
-        await asyncio.sleep(0.1)
+        return await check()
+
+    await eventually(alive_and_checked, timeout=within, interval=0.1, what=what)
 
 
 async def get_status(session: aiohttp.ClientSession, url: str) -> int:
@@ -206,40 +206,43 @@ def test_e2e_helpers() -> None:
                         "m", provider="a") == 1.0
 
 
-async def test_every_dashboard_and_alert_query_returns_data(tmp_path: Path) -> None:
+async def test_every_dashboard_and_alert_query_returns_data(
+    tmp_path: Path, aiohttp_server: AiohttpServer
+) -> None:
     """Breakers open and recover under real traffic; Prometheus then answers every panel and alert query."""
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.fail("prometheus is not on PATH (Debian package `prometheus`; scripts/fetch-tools.sh)",
                     pytrace=False)
     port, ops_port, prom_port = free_port(), free_port(), free_port()
-    async with serve(FakeProvider(failing=True)) as flaky, serve(FakeProvider(failing=True)) as budget:
-        cfg = tmp_path / "sidecar.yaml"
-        cfg.write_text(yaml.safe_dump(sidecar_config(flaky, budget, port, ops_port)))
-        rules = [r for g in e2e_rule_groups(tmp_path, {"flaky": 60}) for r in g["rules"]]
-        assert any('provider="flaky"' in r["expr"] for r in rules)
-        rules_file = tmp_path / "alerts.yaml"
-        rules_file.write_text(yaml.safe_dump({"groups": [{"name": "sidecar", "rules": rules}]}))
-        prom_cfg = tmp_path / "prometheus.yml"
-        prom_cfg.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-            "rule_files": [str(rules_file)],
-            "scrape_configs": [{"job_name": "sidecar",
-                                "static_configs": [{"targets": [f"127.0.0.1:{ops_port}"]}]}],
-        }))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "CB_"))}
-        sidecar_cmd = [sys.executable, "-m", "sidecar", "--config", str(cfg),
-                       "--port", str(port), "--ops-port", str(ops_port)]
-        prom_cmd = [prometheus, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"]
-        sidecar_log, prom_log = tmp_path / "sidecar.log", tmp_path / "prometheus.log"
-        with process(sidecar_cmd, sidecar_log, cwd=ROOT, env=env) as sc, \
-                process(prom_cmd, prom_log, cwd=tmp_path) as prom:
-            alive = [(sc, sidecar_log), (prom, prom_log)]
-            await _scenario(port, ops_port, prom_port, flaky, alive, rules)
+    flaky = await serve(aiohttp_server, SwitchableUpstream(failing=True))
+    budget = await serve(aiohttp_server, SwitchableUpstream(failing=True))
+    cfg = tmp_path / "sidecar.yaml"
+    cfg.write_text(yaml.safe_dump(sidecar_config(flaky, budget, port, ops_port)))
+    rules = [r for g in e2e_rule_groups(tmp_path, {"flaky": 60}) for r in g["rules"]]
+    assert any('provider="flaky"' in r["expr"] for r in rules)
+    rules_file = tmp_path / "alerts.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "sidecar", "rules": rules}]}))
+    prom_cfg = tmp_path / "prometheus.yml"
+    prom_cfg.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "rule_files": [str(rules_file)],
+        "scrape_configs": [{"job_name": "sidecar",
+                            "static_configs": [{"targets": [f"127.0.0.1:{ops_port}"]}]}],
+    }))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "CB_"))}
+    sidecar_cmd = [sys.executable, "-m", "sidecar", "--config", str(cfg),
+                   "--port", str(port), "--ops-port", str(ops_port)]
+    prom_cmd = [prometheus, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"]
+    sidecar_log, prom_log = tmp_path / "sidecar.log", tmp_path / "prometheus.log"
+    with process(sidecar_cmd, sidecar_log, cwd=ROOT, env=env) as sc, \
+            process(prom_cmd, prom_log, cwd=tmp_path) as prom:
+        alive = [(sc, sidecar_log), (prom, prom_log)]
+        await _scenario(port, ops_port, prom_port, flaky, alive, rules)
 
 
-async def _scenario(port: int, ops_port: int, prom_port: int, flaky: FakeProvider,
+async def _scenario(port: int, ops_port: int, prom_port: int, flaky: SwitchableUpstream,
                     alive: list[tuple[subprocess.Popen[bytes], Path]], rules: list[dict[str, Any]]) -> None:
     proxy, ops, prom = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops_port}", f"http://127.0.0.1:{prom_port}"
     async with aiohttp.ClientSession() as session:

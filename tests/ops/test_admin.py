@@ -14,10 +14,11 @@ from sidecar.config import SidecarConfig
 from sidecar.ops.admin import is_loopback_binding, token_matches
 from sidecar.web.app import SERVICES, Role, create_app, runner_kwargs
 
-from ..conftest import provider, raw_http, sidecar_config
+from ..support.configs import provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply, has_ipv6_loopback
+from ..support.metric_samples import metric
 from ..support.process import start_sidecar
-from ..upstream.test_attempts import metric
+from ..support.raw_http import raw_http
 
 TOKEN = "admin-T0KEN-xyz"
 
@@ -289,7 +290,7 @@ async def test_disable_lets_calls_through_but_records_them(fake: FakeProvider, s
 
 async def test_admin_acts_on_every_download_host(fake: FakeProvider, sidecar) -> None:
     """force-open and reset on file-download reach its per-host breakers, and health reports them."""
-    from ..providers.test_download import download_config, path_for
+    from ..support.downloads import download_config, path_for
 
     client = await sidecar(download_config())
     url = path_for(f"{fake.url}/file.bin")

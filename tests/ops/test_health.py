@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from pytest_aiohttp import AiohttpServer
 
 from sidecar import __version__
 from sidecar.config import BreakerConfig, HealthConfig, SidecarConfig
@@ -20,11 +21,11 @@ from sidecar.policy.breaker import CircuitBreaker
 from sidecar.policy.host_breakers import FROM_WORST, SUMMED
 from sidecar.web.app import SERVICES, create_app
 
-from ..conftest import provider, sidecar_config, start_listener
-from ..ops.test_probes import QUIET
-from ..providers.test_download import dead_port
+from ..support.configs import QUIET, provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.fakes import FakeClock
+from ..support.ports import free_port
+from ..support.sidecar_listener import start_listener
 
 OK_CHECKS = {"filesystem": {"ok": True}, "memory": {"ok": True}}
 
@@ -310,46 +311,43 @@ async def test_breaker_objects_have_one_shape_with_the_default_config(sidecar, c
 
 
 async def test_breaker_objects_have_one_shape_after_hosts_failed(
-    fake: FakeProvider, sidecar, clock: FakeClock
+    fake: FakeProvider, sidecar, clock: FakeClock, aiohttp_server: AiohttpServer
 ) -> None:
     """After a host opened, another failed and a proxy provider opened, the shapes still agree and
     file-download's values are the sums and the worst host's."""
-    other = await FakeProvider().start()
-    try:
-        client = await sidecar(default_config_with({"SIDECAR_REPLICATE_UPSTREAM": fake.url}),
-                               clock=clock)
-        dead = f"http://127.0.0.1:{dead_port()}/f"
-        assert (await client.get(download(dead))).status == 502  # 3 refused attempts: opens
-        assert (await client.get(download(dead))).status == 503  # short-circuited
-        fake.then(Reply(status=500), Reply(body=b"ok"))  # 2 calls, 1 failure, then closed
-        assert (await client.get(download(f"{fake.url}/b"))).status == 200
-        other.then(Reply(status=503, headers={"Retry-After": "3600"}))  # 1 call, not retried
-        assert (await client.get(download(f"{other.url}/c"))).status == 503
-        fake.then(*[Reply(status=500)] * 5)  # replicate (threshold 5) opens on its 5th failure
-        for _ in range(2):
-            assert (await client.get("/replicate/v1/x")).status == 500
-        health, admin, hosts = await breaker_objects(client)
-        assert_one_shape(health, admin)
-        assert health["replicate"]["state"] == "open"
-        agg = health["file-download"]
-        assert admin["file-download"] == agg
-        assert (agg["state"], agg["consecutive_failures"], agg["retry_after_seconds"]) == ("open", 3, 5.0)
-        assert (agg["window_calls"], agg["window_failures"], agg["failure_rate"]) == (6, 5, 0.8333)
-        assert (agg["total_calls"], agg["total_successes"], agg["total_failures"]) == (6, 1, 5)
-        assert (agg["total_rejected"], agg["opened_count"]) == (1, 1)
-        per_host = hosts["breakers"]
-        assert hosts["count"] == 3 and sorted(s["state"] for s in per_host.values()) == [
-            "closed", "closed", "open"]
-        assert_aggregated(agg, list(per_host.values()))
-        clock.advance(5.0)  # the dead host's recovery_timeout: HALF_OPEN
-        health, admin, hosts = await breaker_objects(client)
-        assert_one_shape(health, admin)
-        agg = health["file-download"]
-        assert (agg["state"], agg["retry_after_seconds"], agg["consecutive_failures"]) == (
-            "half_open", None, 3)
-        assert_aggregated(agg, list(hosts["breakers"].values()))
-    finally:
-        await other.close()
+    other = await FakeProvider().start(aiohttp_server)
+    client = await sidecar(default_config_with({"SIDECAR_REPLICATE_UPSTREAM": fake.url}),
+                           clock=clock)
+    dead = f"http://127.0.0.1:{free_port()}/f"
+    assert (await client.get(download(dead))).status == 502  # 3 refused attempts: opens
+    assert (await client.get(download(dead))).status == 503  # short-circuited
+    fake.then(Reply(status=500), Reply(body=b"ok"))  # 2 calls, 1 failure, then closed
+    assert (await client.get(download(f"{fake.url}/b"))).status == 200
+    other.then(Reply(status=503, headers={"Retry-After": "3600"}))  # 1 call, not retried
+    assert (await client.get(download(f"{other.url}/c"))).status == 503
+    fake.then(*[Reply(status=500)] * 5)  # replicate (threshold 5) opens on its 5th failure
+    for _ in range(2):
+        assert (await client.get("/replicate/v1/x")).status == 500
+    health, admin, hosts = await breaker_objects(client)
+    assert_one_shape(health, admin)
+    assert health["replicate"]["state"] == "open"
+    agg = health["file-download"]
+    assert admin["file-download"] == agg
+    assert (agg["state"], agg["consecutive_failures"], agg["retry_after_seconds"]) == ("open", 3, 5.0)
+    assert (agg["window_calls"], agg["window_failures"], agg["failure_rate"]) == (6, 5, 0.8333)
+    assert (agg["total_calls"], agg["total_successes"], agg["total_failures"]) == (6, 1, 5)
+    assert (agg["total_rejected"], agg["opened_count"]) == (1, 1)
+    per_host = hosts["breakers"]
+    assert hosts["count"] == 3 and sorted(s["state"] for s in per_host.values()) == [
+        "closed", "closed", "open"]
+    assert_aggregated(agg, list(per_host.values()))
+    clock.advance(5.0)  # the dead host's recovery_timeout: HALF_OPEN
+    health, admin, hosts = await breaker_objects(client)
+    assert_one_shape(health, admin)
+    agg = health["file-download"]
+    assert (agg["state"], agg["retry_after_seconds"], agg["consecutive_failures"]) == (
+        "half_open", None, 3)
+    assert_aggregated(agg, list(hosts["breakers"].values()))
 
 
 def assert_aggregated(agg: dict, hosts: list[dict]) -> None:

@@ -15,10 +15,9 @@ from sidecar.providers.runtime import DownloadRuntime
 from sidecar.web.app import SERVICES
 from sidecar.web.services import Services
 
-from ..conftest import provider, sidecar_config
+from ..support.configs import QUIET, provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.fakes import FakeClock
-from .test_probes import QUIET
 
 # The metric contract: family name (as the parser reports it) -> (type, label names of its samples).
 CONTRACT = {

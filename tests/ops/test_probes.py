@@ -5,42 +5,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import socket
-import time
-from collections.abc import Callable
 
 import pytest
 
-from sidecar.config import AuthHeader, HealthConfig
+from sidecar.config import AuthHeader
 from sidecar.ops.metrics import Metrics
 from sidecar.ops.probes import classify_status, is_probed
 from sidecar.providers.registry import ProviderRegistry
 from sidecar.web.app import SERVICES
 from sidecar.web.services import Services
 
-from ..conftest import SECRET, keyed, provider, sidecar_config
+from ..support.configs import QUIET, SECRET, keyed, provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
-from ..upstream.test_attempts import metric
-
-# A long interval: the background loop's first probe (jitter 0..interval) never comes during a test,
-# so the tests drive probes themselves with ``run_once`` and count exactly what was sent.
-QUIET = HealthConfig(method="GET", path="/probe", interval=3600.0, timeout=0.5)
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds or the deadline passes (then fail)."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
-
-
-def closed_port() -> int:
-    """A loopback port with nothing listening on it (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ..support.metric_samples import metric
+from ..support.polling import eventually
+from ..support.ports import free_port
 
 
 async def start(sidecar, *providers):
@@ -96,7 +75,7 @@ async def test_probe_path_with_query_is_sent_as_configured(fake: FakeProvider, s
         (Reply(status=503), "http_503", 503),
         (Reply(status=401), "auth_failed", 401),
         (Reply(status=403), "auth_failed", 403),
-        (Reply(delay=2.0), "timeout", None),
+        (Reply(hold=asyncio.Event()), "timeout", None),  # never released: no answer comes at all
         (Reply(reset=True), "connect_error", None),
     ],
 )
@@ -124,7 +103,7 @@ async def test_failing_probes_never_touch_the_breaker(
 
 async def test_connection_refused_fails_the_probe(sidecar) -> None:
     """A provider with nothing listening fails with connect_error, breaker untouched."""
-    dead = provider("p", f"http://127.0.0.1:{closed_port()}", health=QUIET)
+    dead = provider("p", f"http://127.0.0.1:{free_port()}", health=QUIET)
     _, registry, runner = await start(sidecar, dead)
     result = await runner.run_once(registry.providers["p"])
     assert not result.ok and result.status is None

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
 from sidecar import __version__
 from sidecar.ops.metrics import Metrics
@@ -23,10 +24,11 @@ from sidecar.ops.status_page import add_status_routes
 from sidecar.policy.breaker import BreakerState, Transition
 from sidecar.providers.registry import ProviderRegistry
 
-from ..conftest import provider, sidecar_config
 from ..support.browser import Element, dump_dom, parse
 from ..support.cdp import Cdp
+from ..support.configs import provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
+from ..support.polling import eventually
 from ..support.process import start_sidecar
 
 pytestmark = pytest.mark.timeout(240)
@@ -49,14 +51,15 @@ providers:
 
 async def poll_dom(url: str, problems: Callable[[Element], list[str]], *, budget_ms: int = 5000) -> Element:
     """Render ``url`` until ``problems(dom)`` is empty or ``DEADLINE`` passes (then fail with them)."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        doc = parse(await dump_dom(url, budget_ms=budget_ms))
-        found = problems(doc)
-        if not found:
-            return doc
-        if time.monotonic() > deadline:
-            pytest.fail(f"the rendered page never showed what was expected: {found}")
+    docs: list[Element] = []
+
+    async def problems_now() -> list[str]:
+        docs.append(parse(await dump_dom(url, budget_ms=budget_ms)))
+        return problems(docs[-1])
+
+    await eventually(problems_now, until=lambda found: not found, timeout=DEADLINE, interval=0.05,
+                     what="the rendered page showing what was expected (last value: what was missing)")
+    return docs[-1]
 
 
 def card(doc: Element, name: str) -> Element | None:
@@ -95,11 +98,13 @@ def open_breaker_problems(doc: Element) -> list[str]:
     return found
 
 
-async def test_browser_shows_an_open_breaker_of_a_running_sidecar(tmp_path: Path) -> None:
+async def test_browser_shows_an_open_breaker_of_a_running_sidecar(
+    tmp_path: Path, aiohttp_server: AiohttpServer
+) -> None:
     """A provider answering 503 opens its breaker; Chromium's rendering shows it open, reason and probe."""
-    flaky = await FakeProvider().start()
+    flaky = await FakeProvider().start(aiohttp_server)
     flaky.default = Reply(status=503)
-    steady = await FakeProvider().start()
+    steady = await FakeProvider().start(aiohttp_server)
     sc = await start_sidecar(CONFIG.format(flaky=flaky.url, steady=steady.url), tmp_path)
     try:
         async with aiohttp.ClientSession() as session:
@@ -118,8 +123,6 @@ async def test_browser_shows_an_open_breaker_of_a_running_sidecar(tmp_path: Path
         assert not {"rate limits", "rate limit", "ledger"} & set(headings(doc))
     finally:
         await sc.stop()
-        await flaky.close()
-        await steady.close()
 
 
 HOSTILE = "x\"'><img src=x onerror=\"document.title='pwned'\">"
@@ -224,11 +227,13 @@ TOKEN = "status-page-T0KEN"
 FLAKY = 'document.querySelector(\'article[data-provider="flaky"]\')'
 
 
-async def test_browser_buttons_call_admin_with_the_pasted_token(tmp_path: Path) -> None:
+async def test_browser_buttons_call_admin_with_the_pasted_token(
+    tmp_path: Path, aiohttp_server: AiohttpServer
+) -> None:
     """Reset without a token shows the admin 401; with the pasted token it resets; force-open asks first."""
-    flaky = await FakeProvider().start()
+    flaky = await FakeProvider().start(aiohttp_server)
     flaky.default = Reply(status=503)
-    steady = await FakeProvider().start()
+    steady = await FakeProvider().start(aiohttp_server)
     sc = await start_sidecar(CONFIG.format(flaky=flaky.url, steady=steady.url), tmp_path,
                              env={"SIDECAR_ADMIN_TOKEN": TOKEN})
     browser = await Cdp.launch()
@@ -281,8 +286,6 @@ async def test_browser_buttons_call_admin_with_the_pasted_token(tmp_path: Path) 
     finally:
         await browser.close()
         await sc.stop()
-        await flaky.close()
-        await steady.close()
 
 
 async def test_browser_says_when_only_the_transitions_failed(aiohttp_server: Any) -> None:

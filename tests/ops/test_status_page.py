@@ -21,10 +21,10 @@ from sidecar.providers.registry import ProviderRegistry
 from sidecar.web.app import create_app
 from sidecar.web.services import Services
 
-from ..conftest import RecordingSleep, provider, sidecar_config
 from ..support.browser import parse
+from ..support.configs import provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
-from ..support.fakes import FakeClock
+from ..support.fakes import FakeClock, RecordingSleep
 
 if TYPE_CHECKING:
     AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -159,7 +159,8 @@ async def test_events_ring_is_bounded(listeners, fake: FakeProvider) -> None:
 
 async def test_download_host_transitions_name_the_host(listeners, fake: FakeProvider) -> None:
     """A download host's breaker transition is recorded under its provider with the host."""
-    from ..providers.test_download import NAME, download_config, path_for
+    from ..providers.test_download import NAME
+    from ..support.downloads import download_config, path_for
 
     sc = await listeners(download_config())
     assert (await sc.proxy.get(path_for(f"{fake.url}/file.bin"))).status == 200

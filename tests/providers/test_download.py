@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpServer
 from structlog.testing import capture_logs
 
-from sidecar.config import DownloadConfig, RetryConfig, ServerConfig
+from sidecar.config import RetryConfig, ServerConfig
 from sidecar.config.load import parse_config
 from sidecar.policy.breaker import BreakerState
 from sidecar.policy.host_breakers import HostBreakers
@@ -23,28 +22,17 @@ from sidecar.providers.runtime import DownloadRuntime, new_session
 from sidecar.upstream.ssrf import guarded_connector
 from sidecar.web.app import SERVICES
 
-from ..conftest import provider, sidecar_config
+from ..support.configs import sidecar_config
+from ..support.downloads import NAME, MiB, download_config, path_for
 from ..support.fake_provider import FakeProvider, Reply, has_ipv6_loopback
 from ..support.fakes import FakeClock
+from ..support.metric_samples import metric
+from ..support.polling import eventually
+from ..support.ports import free_port
 from ..support.process import start_sidecar
-from ..upstream.test_attempts import metric
-from ..upstream.test_ssrf import StaticResolver
+from ..support.resolvers import StaticResolver
 
-MiB = 1024 * 1024
-NAME = "file-download"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def download_config(**overrides: Any) -> Any:
-    """A download provider for loopback fakes: http allowed, private networks open."""
-    dl = DownloadConfig(allowed_hosts=("127.0.0.1",), allowed_schemes=("http",),
-                        allow_private_networks=True, max_download_size=MiB)
-    dl = dataclasses.replace(dl, **overrides)
-    return sidecar_config(provider(NAME, "", kind="download", download=dl))
-
-
-def path_for(url: str) -> str:
-    return f"/{NAME}?url={quote(url, safe='')}"
 
 
 def runtime(client: Any) -> DownloadRuntime:
@@ -55,13 +43,6 @@ def runtime(client: Any) -> DownloadRuntime:
 
 def hosts_of(client: Any) -> HostBreakers:
     return runtime(client).hosts
-
-
-def dead_port() -> int:
-    """A loopback port with nothing listening: connecting is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_file_is_streamed_with_its_headers(fake: FakeProvider, sidecar) -> None:
@@ -268,13 +249,11 @@ async def test_redirect_hops_are_checked(fake: FakeProvider, sidecar, location: 
 
 
 @pytest.fixture
-async def fake6() -> Any:
+async def fake6(aiohttp_server: AiohttpServer) -> FakeProvider:
     """A fake file server on [::1]; the test is skipped where the machine has no IPv6 loopback."""
     if not has_ipv6_loopback():
         pytest.skip("this machine has no IPv6 loopback")
-    fp = await FakeProvider(host="::1").start()
-    yield fp
-    await fp.close()
+    return await FakeProvider(host="::1").start(aiohttp_server)
 
 
 def loaded_download_config(*hosts: str, allow_private: bool = True) -> Any:
@@ -345,7 +324,7 @@ async def test_only_allowed_resolved_addresses_are_connected(fake: FakeProvider,
 async def test_dead_host_opens_only_its_own_breaker(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
     """Connection refused opens the dead host's breaker (logged with its host); another host still
     downloads."""
-    dead = f"http://127.0.0.1:{dead_port()}/f"
+    dead = f"http://127.0.0.1:{free_port()}/f"
     client = await sidecar(download_config(), clock=clock)
     with capture_logs() as logs:
         resp = await client.get(path_for(dead))
@@ -373,7 +352,7 @@ async def test_admin_actions_apply_to_every_host(fake: FakeProvider, sidecar) ->
     assert (await client.get(path_for(f"{fake.url}/a"))).status == 200
     hosts = hosts_of(client)
     hosts.force_open()
-    for url in (f"{fake.url}/a", f"http://127.0.0.1:{dead_port()}/new"):
+    for url in (f"{fake.url}/a", f"http://127.0.0.1:{free_port()}/new"):
         resp = await client.get(path_for(url))
         assert resp.status == 503 and "Retry-After" not in resp.headers
     assert metric(client, "sidecar_breaker_state", provider=NAME, state="forced_open") == 1
@@ -384,17 +363,16 @@ async def test_admin_actions_apply_to_every_host(fake: FakeProvider, sidecar) ->
 
 async def test_bulkhead_refuses_downloads_over_max_concurrent(fake: FakeProvider, sidecar) -> None:
     """With max_concurrent 1 and a download in flight, the next is 503 provider_overloaded, unsent."""
-    fake.then(Reply(delay=0.5, body=b"file"))
+    release = asyncio.Event()
+    fake.then(Reply(hold=release, body=b"file"))
     cfg = download_config()
     client = await sidecar(sidecar_config(dataclasses.replace(cfg.providers[NAME], max_concurrent=1)))
     slow = asyncio.ensure_future(client.get(path_for(f"{fake.url}/slow")))
-    for _ in range(200):
-        if fake.inflight:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: fake.inflight, what="the first download at the file server")
     resp = await client.get(path_for(f"{fake.url}/fast"), headers={"X-Request-Id": "r-2"})
     assert resp.status == 503 and (await resp.json())["error"] == "provider_overloaded"
     assert resp.headers["X-Request-Id"] == "r-2" and "Retry-After" not in resp.headers
+    release.set()
     assert (await slow).status == 200 and len(fake.seen) == 1
     assert metric(client, "sidecar_requests_total", provider=NAME, code="503") == 1
 
@@ -422,7 +400,7 @@ async def test_retries_share_the_provider_budget(sidecar) -> None:
     pc = dataclasses.replace(cfg.providers[NAME], retry=retry)
     client = await sidecar(sidecar_config(pc))
     for expected in ("2", "1"):
-        resp = await client.get(path_for(f"http://127.0.0.1:{dead_port()}/f"))
+        resp = await client.get(path_for(f"http://127.0.0.1:{free_port()}/f"))
         assert resp.headers["X-Sidecar-Attempts"] == expected
 
 

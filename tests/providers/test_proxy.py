@@ -13,9 +13,11 @@ import pytest
 from sidecar.config import Timeouts
 from sidecar.web.app import SERVICES
 
-from ..conftest import SECRET, keyed, provider, raw_get, raw_http, sidecar_config
+from ..support.configs import SECRET, keyed, provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
-from ..upstream.test_attempts import metric
+from ..support.metric_samples import metric
+from ..support.polling import eventually
+from ..support.raw_http import raw_get, raw_http
 
 
 async def test_get_is_forwarded_with_path_query_and_headers(fake: FakeProvider, sidecar) -> None:
@@ -234,11 +236,7 @@ async def test_bulkhead_refuses_over_max_concurrent(fake: FakeProvider, sidecar)
     fake.then(Reply(hold=release))
     client = await sidecar(sidecar_config(provider("p", fake.url, max_concurrent=1)))
     slow = asyncio.ensure_future(client.get("/p/slow"))
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 10
-    while not fake.inflight:
-        assert loop.time() < end, "the first request never reached the provider"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: fake.inflight, what="the first request at the provider")
     resp = await client.get("/p/fast")
     assert resp.status == 503
     body = await resp.json()
@@ -363,16 +361,12 @@ async def test_client_gone_mid_body_is_a_client_error(
     _, writer = await asyncio.open_connection("127.0.0.1", client.port)
     writer.write(b"POST /p/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n" + b"x" * 1000)
     await writer.drain()
-    for _ in range(200):  # wait until the handler is reading the body, then vanish
-        if client.app[SERVICES].registry.providers["p"].inflight:
-            break
-        await asyncio.sleep(0.01)
+    # Wait until the handler is reading the body, then vanish.
+    runtime = client.app[SERVICES].registry.providers["p"]
+    await eventually(lambda: runtime.inflight, what="the upload in flight")
     writer.transport.abort()
     requests = "sidecar_requests_total"
-    for _ in range(200):
-        if metric(client, requests, provider="p"):
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: metric(client, requests, provider="p"), what="the request counted")
     assert metric(client, requests, provider="p", code="400") == 1
     assert metric(client, requests, provider="p", code="500") == 0
     assert fake.seen == []

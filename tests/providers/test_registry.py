@@ -11,7 +11,7 @@ from sidecar.policy.host_breakers import HostBreakers
 from sidecar.providers.registry import ProviderRegistry
 from sidecar.providers.runtime import DownloadRuntime, ProxyRuntime
 
-from ..conftest import keyed, provider, sidecar_config
+from ..support.configs import keyed, provider, sidecar_config
 from ..support.fakes import FakeClock
 
 

@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.errors import STATUS
 
+from ..support.fault_provider import OK_BODY, FaultMix, FaultProvider, mix
 from ..support.process import Sidecar, start_sidecar
-from .faults import OK_BODY, FaultMix, FaultProvider, mix
 
 MiB = 1024 * 1024
 # Sidecar errors the load may legitimately produce (codes of the error contract).

@@ -8,8 +8,8 @@ import pytest
 from sidecar.config import Timeouts
 from sidecar.web.app import SERVICES
 
-from ..conftest import provider, sidecar_config
-from .faults import OK_BODY, Fault, FaultProvider
+from ..support.configs import provider, sidecar_config
+from ..support.fault_provider import OK_BODY, Fault, FaultProvider
 
 
 @pytest.fixture

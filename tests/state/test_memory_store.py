@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from sidecar.state import MemoryStore, StoredResponse
 from tests.support.fakes import FakeClock
-
-from .conftest import EPOCH
+from tests.support.ledger_backends import EPOCH
 
 FP = "f" * 64
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pytest_aiohttp import AiohttpServer
 
 from sidecar.state import (
     ReconcileOutcome,
@@ -18,8 +19,8 @@ from sidecar.state import (
     replicate_job,
 )
 from sidecar.state.reconcile import MatchStep, parse_created_at, target_of
-
-from .fake_replicate import FakeReplicate, prediction
+from tests.support.fake_replicate_listing import FakeReplicate, prediction
+from tests.support.ports import free_port
 
 SENT = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 JOB = ReplicateJob("/v1/predictions", model="acme/painter", version="v1", input={"prompt": "a cat"})
@@ -168,13 +169,12 @@ def history(ours_at: float | None) -> list[dict[str, Any]]:
     return items
 
 
-async def test_the_driver_pages_to_the_job_and_asks_only_loopback(session: aiohttp.ClientSession) -> None:
+async def test_the_driver_pages_to_the_job_and_asks_only_loopback(
+    session: aiohttp.ClientSession, aiohttp_server: AiohttpServer
+) -> None:
     """Ours is fifth newest: page 2 holds it; the fake saw created_after, then the cursor, nothing else."""
-    fake = await FakeReplicate(history(ours_at=SENT + 2)).start()
-    try:
-        result = await reconcile_replicate(fetcher(session, fake.url), JOB, SENT)
-    finally:
-        await fake.close()
+    fake = await FakeReplicate(history(ours_at=SENT + 2)).start(aiohttp_server)
+    result = await reconcile_replicate(fetcher(session, fake.url), JOB, SENT)
     assert result.outcome is ReconcileOutcome.MATCH
     assert result.job is not None and result.job["id"] == "ours"
     assert result.pages == 2
@@ -188,28 +188,24 @@ async def test_the_driver_pages_to_the_job_and_asks_only_loopback(session: aioht
     assert stored.body is not None and json.loads(stored.body)["id"] == "ours"
 
 
-async def test_the_driver_stops_at_older_predictions_with_no_match(session: aiohttp.ClientSession) -> None:
+async def test_the_driver_stops_at_older_predictions_with_no_match(
+    session: aiohttp.ClientSession, aiohttp_server: AiohttpServer
+) -> None:
     """No job of ours: the driver stops on the page where predictions predate the send (page 3 unasked)."""
-    fake = await FakeReplicate(history(ours_at=None)).start()
-    try:
-        result = await reconcile_replicate(fetcher(session, fake.url), JOB, SENT)
-    finally:
-        await fake.close()
+    fake = await FakeReplicate(history(ours_at=None)).start(aiohttp_server)
+    result = await reconcile_replicate(fetcher(session, fake.url), JOB, SENT)
     assert (result.outcome, result.pages) == (ReconcileOutcome.NO_MATCH, 2)
     assert len(fake.asked) == 2
 
 
 @pytest.mark.parametrize(("status", "raw"), [(500, "oops"), (200, "<html>not json</html>"), (401, "{}")])
 async def test_the_driver_cannot_tell_when_a_page_fails(
-    session: aiohttp.ClientSession, status: int, raw: str
+    session: aiohttp.ClientSession, aiohttp_server: AiohttpServer, status: int, raw: str
 ) -> None:
     """An error status or a page that is not JSON on page 2 is inconclusive, naming the target."""
-    fake = await FakeReplicate(history(ours_at=None)).start()
+    fake = await FakeReplicate(history(ours_at=None)).start(aiohttp_server)
     fake.fail_page[2] = (status, raw)
-    try:
-        result = await reconcile_replicate(fetcher(session, fake.url), JOB, SENT)
-    finally:
-        await fake.close()
+    result = await reconcile_replicate(fetcher(session, fake.url), JOB, SENT)
     assert result.outcome is ReconcileOutcome.INCONCLUSIVE
     assert result.detail is not None and "cursor=2" in result.detail
 
@@ -218,20 +214,17 @@ async def test_the_driver_cannot_tell_when_the_provider_is_unreachable(
     session: aiohttp.ClientSession,
 ) -> None:
     """A fetch that raises (connection refused) is inconclusive, not an error for the caller."""
-    fake = await FakeReplicate([]).start()
-    base = fake.url
-    await fake.close()
+    base = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     result = await reconcile_replicate(fetcher(session, base), JOB, SENT)
     assert result.outcome is ReconcileOutcome.INCONCLUSIVE
     assert result.detail is not None and "ClientConnectorError" in result.detail
 
 
-async def test_the_driver_gives_up_after_max_pages(session: aiohttp.ClientSession) -> None:
+async def test_the_driver_gives_up_after_max_pages(
+    session: aiohttp.ClientSession, aiohttp_server: AiohttpServer
+) -> None:
     """Pages of newer predictions without end: after max_pages it stops, inconclusive."""
     items = [prediction(f"new{i}", SENT + 1000 - i, prompt="busy") for i in range(30)]
-    fake = await FakeReplicate(items).start()
-    try:
-        result = await reconcile_replicate(fetcher(session, fake.url), JOB, SENT, max_pages=4)
-    finally:
-        await fake.close()
+    fake = await FakeReplicate(items).start(aiohttp_server)
+    result = await reconcile_replicate(fetcher(session, fake.url), JOB, SENT, max_pages=4)
     assert (result.outcome, result.pages, len(fake.asked)) == (ReconcileOutcome.INCONCLUSIVE, 4, 4)

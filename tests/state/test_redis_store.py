@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,8 @@ from redis.asyncio.connection import Connection, SSLConnection
 from sidecar.state import RedisStore, StoredResponse, StoreUnavailable
 from sidecar.state.redis_codec import member, split_member
 from sidecar.state.redis_store import redis_client
-
-from .redis_server import RedisServer
+from tests.support.polling import eventually
+from tests.support.redis_server import RedisServer
 
 FP = "f" * 64
 PRINTABLE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=255)
@@ -80,10 +78,8 @@ async def test_redis_drops_an_expired_record_on_its_own(
     await store.start()
     await store.claim("replicate", "short", FP)
     assert await raw.exists("ns-real:r:replicate/short") == 1
-    end = time.monotonic() + 10
-    while await raw.exists("ns-real:r:replicate/short"):
-        assert time.monotonic() < end, "Redis kept an expired record"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: raw.exists("ns-real:r:replicate/short"), until=lambda n: n == 0,
+                     timeout=10, interval=0.05, what="Redis dropping the expired record")
     assert await store.get("replicate", "short") is None
     assert (await store.claim("replicate", "short", FP)).claimed
     await store.close()
@@ -129,8 +125,9 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def tls_redis(tmp_path: Path, certificates: dict[str, Path]) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis-tls", tls=certificates).start()
+async def tls_redis(tmp_path: Path, certificates: dict[str, Path]) -> AsyncIterator[RedisServer]:
+    """A redis-server that speaks only TLS, with a certificate for 127.0.0.1 from the test CA."""
+    server = await RedisServer(tmp_path / "redis-tls", tls=certificates).start()
     yield server
     server.kill()
 

@@ -14,8 +14,7 @@ from sidecar.state import (
     RecordState,
     StoredResponse,
 )
-
-from .conftest import EPOCH, Backend
+from tests.support.ledger_backends import EPOCH, Backend
 
 FP = "a" * 64
 OTHER_FP = "b" * 64

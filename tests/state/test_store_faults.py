@@ -16,35 +16,22 @@ import pytest
 from sidecar.state import RecordState, RedisStore, SqliteStore, StoredResponse, StoreUnavailable
 from sidecar.state.reconnect import ReconnectGate
 from tests.support.fakes import FakeClock
-
-from .conftest import EPOCH, RecordingObserver
-from .redis_server import RedisServer
+from tests.support.ledger_backends import EPOCH, RecordingObserver
+from tests.support.polling import eventually
+from tests.support.redis_server import RedisServer
 
 FP = "f" * 64
 OTHER_FP = "e" * 64
 
 
-async def eventually(call: Callable[[], Awaitable[Any]], deadline: float = 10.0) -> Any:
-    """Retry a store call until it stops raising StoreUnavailable, within a deadline."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while True:
-        try:
-            return await call()
-        except StoreUnavailable:
-            if loop.time() > end:
-                raise
-            await asyncio.sleep(0.05)
-
-
-async def test_redis_outage_fails_fast_and_the_same_store_recovers(own_redis: RedisServer) -> None:
+async def test_redis_outage_fails_fast_and_the_same_store_recovers(redis_server: RedisServer) -> None:
     """Redis killed: every call raises StoreUnavailable within a second; restarted: the store works again."""
     observer = RecordingObserver()
-    store = RedisStore(own_redis.url, instance_id="pod-a", prefix="t:", op_timeout=0.5,
+    store = RedisStore(redis_server.url, instance_id="pod-a", prefix="t:", op_timeout=0.5,
                        connect_timeout=0.5, observer=observer)
     await store.start()
     before = (await store.claim("replicate", "before", FP)).record
-    own_redis.kill()
+    redis_server.kill()
     loop = asyncio.get_running_loop()
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: store.claim("replicate", "during", FP),
@@ -67,8 +54,9 @@ async def test_redis_outage_fails_fast_and_the_same_store_recovers(own_redis: Re
     assert {e.op for e in failed} >= {"claim", "get", "complete", "ping"}
     assert {(e.backend, e.error) for e in failed} == {("redis", "StoreUnavailable")}
 
-    own_redis.start()
-    after = await eventually(lambda: store.claim("replicate", "after", FP))
+    await redis_server.start()
+    after = await eventually(lambda: store.claim("replicate", "after", FP),
+                             timeout=10, interval=0.05, retry_on=(StoreUnavailable,))
     assert after.claimed
     assert await store.get("replicate", "after") == after.record
     assert await store.get("replicate", "before") is None  # the test server keeps nothing on disk
@@ -77,14 +65,15 @@ async def test_redis_outage_fails_fast_and_the_same_store_recovers(own_redis: Re
 
 
 async def test_a_frozen_redis_times_out_and_its_late_replies_are_never_misread(
-    own_redis: RedisServer,
+    redis_server: RedisServer,
 ) -> None:
     """Redis stopped (SIGSTOP) mid-run: calls end at op_timeout; resumed, each call gets its own reply."""
-    store = RedisStore(own_redis.url, instance_id="pod-a", prefix="t:", op_timeout=0.3, connect_timeout=0.3)
+    store = RedisStore(redis_server.url, instance_id="pod-a", prefix="t:", op_timeout=0.3,
+                       connect_timeout=0.3)
     await store.start()
     first = (await store.claim("replicate", "first", FP)).record
-    assert own_redis.proc is not None
-    own_redis.proc.send_signal(signal.SIGSTOP)
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
     loop = asyncio.get_running_loop()
     try:
         started = loop.time()
@@ -92,8 +81,9 @@ async def test_a_frozen_redis_times_out_and_its_late_replies_are_never_misread(
             await store.get("replicate", "first")  # its reply comes only after SIGCONT
         assert loop.time() - started < 1.5
     finally:
-        own_redis.proc.send_signal(signal.SIGCONT)
-    second = await eventually(lambda: store.claim("replicate", "second", OTHER_FP))
+        redis_server.proc.send_signal(signal.SIGCONT)
+    second = await eventually(lambda: store.claim("replicate", "second", OTHER_FP),
+                             timeout=10, interval=0.05, retry_on=(StoreUnavailable,))
     assert second.claimed and second.record.fingerprint == OTHER_FP
     assert await store.get("replicate", "first") == first
     assert await store.get("replicate", "second") == second.record
@@ -258,9 +248,6 @@ async def test_sqlite_purges_expired_rows_in_the_background(tmp_path: Path) -> N
         await store.claim("replicate", f"k{i}", FP)
     assert (await store.health()).entries == 3
     clock.advance(11)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 10
-    while (await store.health()).entries != 0:
-        assert loop.time() < end, "expired rows were not purged"
-        await asyncio.sleep(0.01)
+    await eventually(store.health, until=lambda health: health.entries == 0, timeout=10,
+                     what="expired rows purged")
     await store.close()

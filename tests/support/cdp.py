@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from .browser import BASE_FLAGS, chromium
+from .polling import eventually
 
 START_LIMIT = 45.0  # seconds for the browser to open its DevTools port on a loaded machine
 
@@ -87,14 +87,8 @@ class Cdp:
 
     async def until(self, expression: str, check: Callable[[Any], bool], *, limit: float = 30.0) -> Any:
         """Poll ``expression`` until ``check(value)`` holds; fail with the last value at the deadline."""
-        deadline = time.monotonic() + limit
-        while True:
-            value = await self.evaluate(expression)
-            if check(value):
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{expression} never passed its check; last value {value!r}")
-            await asyncio.sleep(0.1)
+        return await eventually(lambda: self.evaluate(expression), until=check, timeout=limit,
+                                interval=0.1, what=f"{expression} passing its check")
 
     async def close(self) -> None:
         self._reader.cancel()
@@ -132,15 +126,15 @@ class Cdp:
 async def _devtools_port(profile: Path, proc: asyncio.subprocess.Process) -> int:
     """Chromium writes its DevTools port into ``DevToolsActivePort`` in the profile once listening."""
     marker = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + START_LIMIT
-    while time.monotonic() < deadline:
+
+    async def written() -> str:
         if proc.returncode is not None:
             raise RuntimeError(f"chromium exited with {proc.returncode} before opening DevTools")
-        text = await asyncio.to_thread(lambda: marker.read_text() if marker.exists() else "")
-        if text.strip():
-            return int(text.split()[0])
-        await asyncio.sleep(0.05)
-    raise RuntimeError("chromium did not open its DevTools port in time")
+        return await asyncio.to_thread(lambda: marker.read_text() if marker.exists() else "")
+
+    text = await eventually(written, until=str.strip, timeout=START_LIMIT, interval=0.05,
+                            what="chromium opening its DevTools port")
+    return int(text.split()[0])
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from multidict import CIMultiDict
+from pytest_aiohttp import AiohttpServer
 
 from sidecar.web.catch_all import CatchAllResource
 
@@ -56,13 +57,14 @@ def has_ipv6_loopback() -> bool:
 
 
 class FakeProvider:
+    """A scripted provider: ``then(Reply(...))`` queues answers, ``seen`` lists what arrived."""
+
     def __init__(self, keep_bodies_up_to: int = 1 << 20, host: str = "127.0.0.1") -> None:
         self.host = host
         self.script: deque[Reply] = deque()
         self.default = Reply()
         self.seen: list[Seen] = []
         self._keep = keep_bodies_up_to
-        self._runner: web.AppRunner | None = None
         self.port = 0
         self.inflight = 0
 
@@ -75,21 +77,18 @@ class FakeProvider:
         self.script.extend(replies)
         return self
 
-    async def start(self) -> FakeProvider:
+    def app(self) -> web.Application:
+        """The fake as an aiohttp app; every path, "%0a" ones included, reaches one handler."""
         app = web.Application()
-        app.router.register_resource(CatchAllResource(self._handle))  # also matches "%0a" paths
-        self._runner = web.AppRunner(
-            app, auto_decompress=False, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
+        app.router.register_resource(CatchAllResource(self._handle))
+        return app
 
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def start(self, serve: AiohttpServer) -> FakeProvider:
+        """Serve on a free port with pytest-aiohttp's ``aiohttp_server`` (which closes it at teardown)."""
+        server = await serve(self.app(), host=self.host, auto_decompress=False, access_log=None,
+                             shutdown_timeout=0.5)
+        self.port = server.port
+        return self
 
     async def _record(self, request: web.Request) -> None:
         digest = hashlib.sha256()

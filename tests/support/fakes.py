@@ -1,7 +1,8 @@
-"""Shared test doubles: a hand-moved clock and a seeded rng, so no test waits or flakes."""
+"""Shared test doubles: a hand-moved clock, a recording sleep and a seeded rng, so no test waits or flakes."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 SEED = 20240101
@@ -24,3 +25,21 @@ class FakeClock:
 
 def seeded_rng(seed: int = SEED) -> random.Random:
     return random.Random(seed)
+
+
+class RecordingSleep:
+    """Remembers each requested delay; a short one returns at once, a long one never returns.
+
+    The app's one injected sleep serves the retry waits (fractions of a second in tests: returned at
+    once) and the probe loops (an interval of an hour in tests: parked until the app closes, so a
+    background loop never spins).
+    """
+
+    def __init__(self, park_from: float = 60.0) -> None:
+        self.delays: list[float] = []
+        self.park_from = park_from
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        if delay >= self.park_from:
+            await asyncio.Event().wait()

@@ -5,24 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from sidecar.config import BreakerConfig, RetryConfig, RouteConfig, Timeouts
 from sidecar.web.app import SERVICES
 
-from ..conftest import RecordingSleep, provider, sidecar_config
+from ..support.configs import provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
-from ..support.fakes import FakeClock
-
-
-def metric(client, name: str, **labels: str) -> float:
-    """A sample's value from the app's own registry (0 when absent)."""
-    text = client.app[SERVICES].metrics.render().decode()
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
+from ..support.fakes import FakeClock, RecordingSleep
+from ..support.metric_samples import metric
+from ..support.polling import eventually
 
 
 async def test_get_is_retried_until_success(
@@ -144,7 +134,7 @@ async def test_dropped_keepalive_connection_is_not_silently_resent(
 
 async def test_attempt_timeout_gives_504(fake: FakeProvider, sidecar) -> None:
     """A provider slower than timeouts.attempt is abandoned; after retries the client gets 504."""
-    fake.default = Reply(delay=2.0)
+    fake.default = Reply(hold=asyncio.Event())  # never released: no answer comes at all
     slow = provider(
         "p",
         fake.url,
@@ -224,7 +214,7 @@ async def test_half_open_admits_one_trial_at_a_time(
     await (await client.get("/p/x")).read()
     clock.advance(10.0)
     trial = asyncio.ensure_future(client.get("/p/trial"))
-    await wait_for(lambda: fake.inflight == 1)
+    await eventually(lambda: fake.inflight == 1)
     resp = await client.get("/p/other")
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
     release.set()
@@ -290,15 +280,6 @@ def breaker_of(client, name: str = "p") -> dict:
     return client.app[SERVICES].registry.providers[name].breaker.snapshot()
 
 
-async def wait_for(predicate, seconds: float = 5.0) -> None:
-    """Poll until the predicate holds (a deadline, never a fixed sleep)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while not predicate():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_client_aborting_its_upload_is_not_a_provider_failure(fake: FakeProvider, sidecar) -> None:
     """Clients that drop a streamed upload halfway never count against the provider's breaker."""
     p = provider("p", fake.url, breaker=BreakerConfig(failure_threshold=2, minimum_calls=0))
@@ -308,9 +289,9 @@ async def test_client_aborting_its_upload_is_not_a_provider_failure(fake: FakePr
         _reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
         writer.write(UPLOAD_HEAD + b"x" * 200_000)
         await writer.drain()
-        await wait_for(lambda: svc.registry.providers["p"].inflight == 1)
+        await eventually(lambda: svc.registry.providers["p"].inflight == 1)
         writer.transport.abort()
-        await wait_for(lambda: svc.registry.providers["p"].inflight == 0)
+        await eventually(lambda: svc.registry.providers["p"].inflight == 0)
     snap = breaker_of(client)
     assert snap["state"] == "closed" and snap["total_failures"] == 0
     assert metric(client, "sidecar_upstream_attempts_total", provider="p", result="connect_error") == 0

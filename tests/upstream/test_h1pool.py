@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from sidecar.upstream.h1pool import H1Pool
 
 from ..support.fake_provider import FakeProvider, Reply
+from ..support.polling import eventually
 
 
 def _pool(fake: FakeProvider, **kwargs: object) -> H1Pool:
@@ -167,11 +168,8 @@ async def test_pool_limit_queues_callers_in_order(fake: FakeProvider) -> None:
         await asyncio.sleep(0)  # each caller queues before the next one starts
 
     async def seen(n: int) -> list[str]:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 5
-        while len(fake.seen) < n:
-            assert loop.time() < end, f"only {len(fake.seen)} requests reached the provider"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(fake.seen), until=lambda count: count >= n,
+                         what=f"{n} requests at the provider")
         return [s.raw_path for s in fake.seen]
 
     assert sorted(await seen(2)) == ["/0", "/1"]

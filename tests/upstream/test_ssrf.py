@@ -6,7 +6,6 @@ import socket
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from sidecar.upstream.ssrf import (
     ForbiddenTarget,
@@ -18,6 +17,7 @@ from sidecar.upstream.ssrf import (
     parse_ip,
     refusal,
 )
+from tests.support.resolvers import StaticResolver
 
 # address, reason with allow_private_networks false, reason with it true
 ADDRESSES = [
@@ -104,27 +104,6 @@ def test_canonical_host_forms() -> None:
     """Host names become lower-case IDNA without a trailing dot; IPv6 literals lose brackets."""
     assert canonical_host("Bücher.Example.") == "xn--bcher-kva.example"
     assert canonical_host("[::1]") == "::1"
-
-
-class StaticResolver(AbstractResolver):
-    """Answers from a fixed table instead of DNS."""
-
-    def __init__(self, table: dict[str, list[str]]) -> None:
-        self.table = table
-        self.closed = False
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [
-            ResolveResult(hostname=host, host=ip, port=port,
-                          family=socket.AF_INET6 if ":" in ip else socket.AF_INET,
-                          proto=0, flags=socket.AI_NUMERICHOST)
-            for ip in self.table[host]
-        ]
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 async def test_resolver_keeps_only_allowed_addresses() -> None:

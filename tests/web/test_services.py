@@ -11,9 +11,10 @@ from sidecar.providers.runtime import ProxyRuntime
 from sidecar.web.app import SERVICES, create_app
 from sidecar.web.services import Services
 
-from ..conftest import provider, sidecar_config, start_listener
-from ..ops.test_probes import QUIET, eventually
+from ..support.configs import QUIET, provider, sidecar_config
 from ..support.fake_provider import FakeProvider
+from ..support.polling import eventually
+from ..support.sidecar_listener import start_listener
 
 
 def proxy_runtime(svc: Services, name: str) -> ProxyRuntime:

@@ -19,13 +19,14 @@ import httpx
 import pytest
 import replicate
 import yaml
+from pytest_aiohttp import AiohttpServer
 from replicate.exceptions import ReplicateError
 
 from sidecar.config import ProviderConfig, RouteConfig, Timeouts
 from sidecar.config.load import load_config
 from sidecar.config.units import format_duration
 
-from ..support.fake_replicate import MARGIN, REPLICATE_MAX_HOLD, FakeReplicate, outlasts_hold
+from ..support.fake_replicate_hold import MARGIN, REPLICATE_MAX_HOLD, FakeReplicate, outlasts_hold
 from ..support.process import start_sidecar
 
 SCALE = 1 / 50
@@ -92,10 +93,9 @@ def test_every_default_create_route_outlasts_replicates_longest_hold() -> None:
 
 
 @pytest.fixture
-async def fake() -> Any:
-    server = await FakeReplicate(answer_after=ANSWER_AFTER).start()
-    yield server
-    await server.close()
+async def fake(aiohttp_server: AiohttpServer) -> FakeReplicate:
+    """The holding fake Replicate, served by pytest-aiohttp."""
+    return await FakeReplicate(answer_after=ANSWER_AFTER).start(aiohttp_server)
 
 
 @pytest.mark.parametrize(("call", "route_path"), [

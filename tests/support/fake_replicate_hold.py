@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
 from sidecar.config import Timeouts
 
@@ -37,7 +38,6 @@ class FakeReplicate:
     answer_after: float  # seconds a Prefer: wait create is held before the answer leaves
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
-    _runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -46,22 +46,16 @@ class FakeReplicate:
     def creates(self) -> list[Seen]:
         return [s for s in self.seen if s.method == "POST"]
 
-    async def start(self) -> FakeReplicate:
+    async def start(self, serve: AiohttpServer) -> FakeReplicate:
+        """Serve on a free port with pytest-aiohttp's ``aiohttp_server`` (which closes it at teardown)."""
         app = web.Application()
         app.router.add_post("/v1/predictions", self._create)
         app.router.add_post("/v1/models/{owner}/{name}/predictions", self._create)
         app.router.add_post("/v1/deployments/{owner}/{name}/predictions", self._create)
         app.router.add_get("/v1/predictions/{id}", self._get)
         app.router.add_get("/v1/models/{owner}/{name}/versions/{version}", self._version)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self.port = (await serve(app, access_log=None, shutdown_timeout=0.5)).port
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def _record(self, request: web.Request) -> None:
         self.seen.append(Seen(request.method, request.path, request.headers.get("Prefer"),

@@ -13,8 +13,8 @@ from sidecar.limits.api import Completion, FleetUnavailable, RateLimited, Slot
 from sidecar.limits.queue import QueuedLimiter
 from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
 from sidecar.policy.gcra import MICROS
-
-from .redis_server import RedisServer
+from tests.support.polling import eventually
+from tests.support.redis_server import RedisServer
 
 P = "replicate"
 Sidecars = Callable[..., list[QueuedLimiter]]
@@ -188,15 +188,8 @@ async def test_a_route_budget_is_shared_on_top_of_the_providers(sidecars: Sideca
 
 
 async def _until_it_works(limiter: QueuedLimiter, budget: list[Scope], within: float) -> Slot:
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + within
-    while True:
-        try:
-            return await limiter.acquire(P, budget, max_wait=0)
-        except FleetUnavailable:
-            if loop.time() > give_up:
-                raise
-            await asyncio.sleep(0.05)
+    return await eventually(lambda: limiter.acquire(P, budget, max_wait=0), timeout=within, interval=0.05,
+                            retry_on=(FleetUnavailable,), what="a slot from the fleet limiter")
 
 
 async def test_redis_down_fails_fast_and_up_again_works(
@@ -209,7 +202,7 @@ async def test_redis_down_fails_fast_and_up_again_works(
     held = await limiter.acquire(P, budget, max_wait=0)
     waiting = asyncio.ensure_future(limiter.acquire(P, budget, max_wait=30))
     await asyncio.sleep(0.1)
-    await redis_server.kill()
+    redis_server.kill()
     with pytest.raises(FleetUnavailable):
         await asyncio.wait_for(waiting, 1.0)
     for call in (lambda: limiter.acquire(P, budget, max_wait=10), lambda: limiter.pause(P, 1)):

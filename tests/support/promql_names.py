@@ -1,7 +1,6 @@
 """Which metric names a PromQL expression reads, and which dashboard/alert expressions exist.
 
-Shared by the dashboard, alert and end-to-end tests (kept out of conftest.py so that it can be imported
-by name next to tests/chart/conftest.py).
+Shared by the dashboard, alert and end-to-end tests.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loading, validating, merging and dumping the configuration file."""
+"""Loading, validating and merging the configuration file."""
 
 from __future__ import annotations
 
@@ -360,40 +360,6 @@ def test_auth_secret_with_a_line_break_is_refused_without_echo() -> None:
     """A secret with an inner line break would split the header: refused, value not shown."""
     found = problems_of(provider(auth={"header": "X", "env": "KEY"}), {"KEY": "ab\ncd"})
     assert found == ["KEY: contains a line break (the value is not shown)"]
-
-
-# --- dump ----------------------------------------------------------------------------------------
-
-def secret_config() -> SidecarConfig:
-    data = provider(auth=[{"header": "apikey", "env": "KEY"},
-                          {"header": "Authorization", "prefix": "Bearer ", "env": "KEY"}],
-                    health={"path": "/v1/me"},
-                    routes=[{"name": "job", "method": "POST", "path": "/jobs/{id}",
-                             "retry": {"max_attempts": 1}, "idempotent": False}])
-    data["providers"]["dl"] = {"kind": "download", "allowed_hosts": ["*.x.com"]}
-    return parse_config(data, {"KEY": FAKE_KEY})
-
-
-def test_dump_never_contains_a_secret() -> None:
-    """The dump shows header, prefix and env, and <redacted> instead of the key."""
-    text = dump_effective(secret_config())
-    assert FAKE_KEY not in text
-    assert "<redacted>" in text and "env: KEY" in text
-
-
-def test_dump_round_trips() -> None:
-    """Loading the dump with the same environment gives an equal configuration."""
-    config = secret_config()
-    again = parse_config(yaml.safe_load(dump_effective(config)), {"KEY": FAKE_KEY})
-    assert again == config
-    assert again.providers["p"].auth[0].value == FAKE_KEY
-
-
-def test_dump_writes_durations_and_sizes_with_units() -> None:
-    """Durations read as '30s', sizes as '100MiB'."""
-    provider_dump = yaml.safe_load(dump_effective(secret_config()))["providers"]["p"]
-    assert provider_dump["breaker"]["recovery_timeout"] == "30s"
-    assert provider_dump["max_request_body"] == "100MiB"
 
 
 # --- files ---------------------------------------------------------------------------------------

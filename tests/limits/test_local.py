@@ -14,8 +14,7 @@ from sidecar.limits.api import Completion, RateLimited, Slot
 from sidecar.limits.local import LocalBackend
 from sidecar.limits.queue import QueuedLimiter
 from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
-
-from .virtual_time import run_virtual
+from tests.support.virtual_time import run_virtual
 
 P = "elevenlabs"
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
 PAGE = 3
 
@@ -28,29 +29,24 @@ def prediction(pid: str, created: float, *, version: str = "v1", model: str = "a
 
 
 class FakeReplicate:
+    """Replicate's prediction list, paged newest first; ``fail_page`` makes a page answer badly."""
+
     def __init__(self, predictions: list[dict[str, Any]]) -> None:
         self.predictions = sorted(predictions, key=lambda p: p["created_at"], reverse=True)
         self.asked: list[str] = []
         self.fail_page: dict[int, tuple[int, str]] = {}  # page -> (status, raw body)
-        self._runner: web.AppRunner | None = None
         self.port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> FakeReplicate:
+    async def start(self, serve: AiohttpServer) -> FakeReplicate:
+        """Serve on a free port with pytest-aiohttp's ``aiohttp_server`` (which closes it at teardown)."""
         app = web.Application()
         app.router.add_get("/v1/predictions", self._list)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self.port = (await serve(app, access_log=None)).port
         return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _list(self, request: web.Request) -> web.Response:
         self.asked.append(request.path_qs)

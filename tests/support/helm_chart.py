@@ -1,4 +1,4 @@
-"""Shared helpers for the chart and deployment tests: the real helm, kubernetes-validate, renders.
+"""Helpers for the chart and deployment tests: the real helm, kubernetes-validate, renders.
 
 Nothing here skips: a missing tool is a failure (``make test`` fetches helm and promtool first).
 """

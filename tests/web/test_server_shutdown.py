@@ -8,7 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
-from ..reliability.faults import OK_BODY, FaultProvider, mix
+from ..support.fault_provider import OK_BODY, FaultProvider, mix
+from ..support.polling import eventually
 from ..support.process import start_sidecar
 
 # Generous: on a loaded 2-core CI box the checks "during drain" must still land inside it.
@@ -25,15 +26,6 @@ providers:
   slow: {{upstream: "{slow}", retry: {{max_attempts: 1}}}}
   fast: {{upstream: "{fast}"}}
 """
-
-
-async def _until(predicate, deadline: float, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` (async) until it is true or the monotonic ``deadline`` passes."""
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(interval)
-    return False
 
 
 async def _fresh_get(url: str) -> int | None:
@@ -61,17 +53,15 @@ async def test_sigterm_under_load_drains_then_finishes_in_flight(tmp_path: Path)
 
             calls = [asyncio.ensure_future(call(i)) for i in range(IN_FLIGHT)]
 
-            async def all_in_flight() -> bool:
-                return slow.inflight == IN_FLIGHT
-
-            assert await _until(all_in_flight, time.monotonic() + 10)
+            await eventually(lambda: slow.inflight == IN_FLIGHT, timeout=10, interval=0.02,
+                             what="every slow call in flight")
             sc.proc.send_signal(15)
             t0 = time.monotonic()
 
             async def not_ready() -> bool:
                 return await _fresh_get(f"{sc.ops}/health/ready") == 503
 
-            assert await _until(not_ready, t0 + 1.0), "readiness did not turn 503 at once"
+            await eventually(not_ready, timeout=1.0, interval=0.02, what="readiness turning 503 at once")
             # Still serving on both listeners, on new connections, during drain_time.
             assert await _fresh_get(f"{sc.proxy}/fast/x") == 200
             assert await _fresh_get(f"{sc.ops}/health/live") == 200
@@ -80,7 +70,8 @@ async def test_sigterm_under_load_drains_then_finishes_in_flight(tmp_path: Path)
             async def refused() -> bool:
                 return await _fresh_get(f"{sc.proxy}/fast/x") is None
 
-            assert await _until(refused, t0 + DRAIN + 1.5), "new connections still accepted after drain_time"
+            await eventually(refused, timeout=t0 + DRAIN + 1.5 - time.monotonic(), interval=0.02,
+                             what="new connections refused after drain_time")
             assert time.monotonic() - t0 >= DRAIN * 0.9
             results = await asyncio.wait_for(asyncio.gather(*calls), GRACE)
         assert results == [(200, OK_BODY)] * IN_FLIGHT

@@ -21,8 +21,9 @@ from sidecar.web.app import create_app, runner_kwargs
 from sidecar.web.server import SidecarRunner
 from sidecar.web.services import Services
 
-from ..conftest import provider, raw_http, sidecar_config
+from ..support.configs import provider, sidecar_config
 from ..support.fake_provider import FakeProvider
+from ..support.raw_http import raw_http
 
 HEAD_TIMEOUT = 0.5
 

@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 
 from sidecar.fleet.breaker import SharedBreakers, SharedBreakerView, SharedState, Trial
 from sidecar.limits.api import FleetUnavailable
-
-from .redis_server import RedisServer
+from tests.support.polling import eventually
+from tests.support.redis_server import RedisServer
 
 P = "bfl"
 VERDICT = {"success_threshold": 2, "recovery_timeout": 0.3, "max_recovery_timeout": 1.0}
@@ -23,12 +23,8 @@ def fleet(clients: Callable[[], Redis], n: int) -> list[SharedBreakers]:
 
 
 async def _until_half_open(store: SharedBreakers, within: float = 3.0) -> SharedBreakerView:
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + within
-    while (view := await store.read(P)).state is not SharedState.HALF_OPEN:
-        assert loop.time() < give_up, view
-        await asyncio.sleep(0.02)
-    return view
+    return await eventually(lambda: store.read(P), until=lambda view: view.state is SharedState.HALF_OPEN,
+                            timeout=within, interval=0.02)
 
 
 async def _the_one_trial(stores: list[SharedBreakers], lease: float = 5.0) -> Trial:
@@ -122,11 +118,8 @@ async def test_a_vanished_trial_holder_frees_the_trial_after_its_lease(clients: 
     await _until_half_open(stores[0])
     await _the_one_trial(stores, lease=0.3)
     assert isinstance(await stores[1].try_trial(P, lease=0.3), SharedBreakerView)
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + 2.0
-    while not isinstance(await stores[1].try_trial(P, lease=5), Trial):
-        assert loop.time() < give_up
-        await asyncio.sleep(0.02)
+    await eventually(lambda: stores[1].try_trial(P, lease=5), until=lambda answer: isinstance(answer, Trial),
+                     timeout=2.0, interval=0.02, what="the trial free again")
 
 
 async def test_reads_can_be_cached_for_a_short_while(clients: Callable[[], Redis]) -> None:
@@ -147,7 +140,7 @@ async def test_redis_down_is_a_typed_fast_failure(
     """With Redis gone every operation raises FleetUnavailable within the timeout."""
     (store,) = fleet(clients, 1)
     await store.open(P, 1)
-    await redis_server.kill()
+    redis_server.kill()
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(FleetUnavailable):

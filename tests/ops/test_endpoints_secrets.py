@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from sidecar.web.app import SERVICES
 
-from ..conftest import SECRET, keyed, sidecar_config
+from ..support.configs import QUIET, SECRET, keyed, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.fakes import FakeClock
-from .test_probes import QUIET
 
 
 async def test_key_never_appears_in_own_endpoints(fake: FakeProvider, sidecar, clock: FakeClock) -> None:
