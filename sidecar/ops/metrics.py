@@ -7,7 +7,7 @@ name is the ``operation`` label: that is the label's name in the contract.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,12 +19,16 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..upstream.h1pool import PoolStats
 from ..upstream.observer import ATTEMPT_RESULTS
+from .scrape_gauges import ScrapeGauges
 
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+# The ``source`` label of sidecar_requests_total: who produced the status the client got.
+SOURCES = ("sidecar", "provider")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ProviderMetrics", "RouteMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "SOURCES", "Metrics", "ProviderMetrics", "RouteMetrics"]
 
 
 class Metrics:
@@ -36,8 +40,9 @@ class Metrics:
         ProcessCollector(registry=r)
         self.requests = Counter(
             "sidecar_requests_total",
-            "Client requests by the status the client got.",
-            ("provider", "operation", "code"),
+            "Client requests by the status the client got, and who answered: the sidecar itself "
+            "(an error of its own, with X-Sidecar-Error) or the provider.",
+            ("provider", "operation", "code", "source"),
             registry=r,
         )
         self.request_duration = Histogram(
@@ -103,6 +108,13 @@ class Metrics:
             ("provider",),
             registry=r,
         )
+        self.bulkhead_rejected = Counter(
+            "sidecar_bulkhead_rejected_total",
+            "Requests answered provider_overloaded: max_concurrent requests were in flight.",
+            ("provider",),
+            registry=r,
+        )
+        self.scrape_gauges = ScrapeGauges(r)
         build = Gauge("sidecar_build_info", "Build information.", ("version",), registry=r)
         build.labels(version).set(1)
         self._providers: dict[str, ProviderMetrics] = {}
@@ -126,12 +138,14 @@ class RouteMetrics:
         self._family = metrics.requests
         self._labels = (provider, route)
         self.duration = metrics.request_duration.labels(provider, route)
-        self._by_code: dict[int, Counter] = {}
+        self._by_code: dict[tuple[int, str], Counter] = {}
 
-    def observe(self, code: int, seconds: float) -> None:
-        child = self._by_code.get(code)
+    def observe(self, code: int, seconds: float, source: str) -> None:
+        """One request answered ``code`` by ``source`` (``sidecar`` or ``provider``)."""
+        child = self._by_code.get((code, source))
         if child is None:
-            child = self._by_code[code] = self._family.labels(*self._labels, str(code))
+            child = self._family.labels(*self._labels, str(code), source)
+            self._by_code[(code, source)] = child
         child.inc()
         self.duration.observe(seconds)
 
@@ -147,6 +161,7 @@ class ProviderMetrics:
         self.retries = metrics.retries.labels(name)
         self.budget_exhausted = metrics.budget_exhausted.labels(name)
         self.short_circuited = metrics.short_circuited.labels(name)
+        self.bulkhead_rejected = metrics.bulkhead_rejected.labels(name)
         self._routes: dict[str, RouteMetrics] = {}
         for route in (*routes, "other"):
             self.route(route)
@@ -166,6 +181,19 @@ class ProviderMetrics:
     def export_inflight(self, current: Callable[[], float]) -> None:
         """Make ``sidecar_inflight_requests`` read ``current()`` at each scrape."""
         self._metrics.inflight.labels(self.name).set_function(current)
+
+    def export_breaker(self, snapshot: Callable[[], Mapping[str, object]]) -> None:
+        """Read the breaker's window and thresholds from ``snapshot()`` at each scrape."""
+        self._metrics.scrape_gauges.add_breaker(self.name, snapshot)
+
+    def export_pool(self, stats: Callable[[], PoolStats | None]) -> None:
+        """Read the connection pool's numbers from ``stats()`` at each scrape (None: no pool)."""
+        self._metrics.scrape_gauges.add_pool(self.name, stats)
+
+    def count_transitions(self, edges: Iterable[tuple[str, str]]) -> None:
+        """Export every (from_state, to_state) edge at 0, so that ``increase()`` sees the first."""
+        for from_state, to_state in edges:
+            self._metrics.transitions.labels(self.name, from_state, to_state)
 
     def transition(self, from_state: str, to_state: str) -> None:
         self._metrics.transitions.labels(self.name, from_state, to_state).inc()

@@ -28,6 +28,7 @@ import collections
 import functools
 import ssl as _ssl
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 import aiohttp.connector
@@ -39,13 +40,24 @@ from yarl import URL
 
 from ..errors import ErrorCode, RequestBodyError
 
-__all__ = ["H1Pool", "H1Response", "PoolTimeout"]
+__all__ = ["H1Pool", "H1Response", "PoolStats", "PoolTimeout"]
 
 Body = bytes | AsyncIterable[bytes] | None
 
 _CONTENT_LENGTH = istr("Content-Length")
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT", "DELETE"})
 _CRLF = "\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """The pool at one moment: connections answering a request (or being opened), idle ones kept
+    for reuse, callers waiting for a connection, and the limit of open connections."""
+
+    in_use: int
+    idle: int
+    waiting: int
+    limit: int
 
 
 class PoolTimeout(aiohttp.ServerTimeoutError):
@@ -171,6 +183,12 @@ class H1Pool:
     @property
     def idle_connections(self) -> int:
         return len(self._idle)
+
+    def stats(self) -> PoolStats:
+        """What the metrics export at each scrape (``sidecar_upstream_connections`` …)."""
+        idle = len(self._idle)
+        waiting = sum(1 for waiter in self._waiters if not waiter.done())
+        return PoolStats(in_use=self._open - idle, idle=idle, waiting=waiting, limit=self.limit)
 
     async def request(
         self,
