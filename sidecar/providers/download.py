@@ -28,9 +28,10 @@ from ..headers import ATTEMPTS, REQUEST_ID
 from ..logs import get_logger
 from ..policy.breaker import CircuitBreaker
 from ..policy.retry import RetryBudget
-from ..upstream.attempts import AttemptLoop, Outbound
+from ..upstream.attempts import AttemptLoop
 from ..upstream.observer import AttemptMetrics
 from ..upstream.ssrf import ForbiddenTarget, HostAllowList, canonical_host, parse_ip, refusal
+from ..upstream.transports import session_send
 from .registry import ProviderRegistry
 from .runtime import DownloadRuntime
 
@@ -56,14 +57,13 @@ _HOST_PORT = re.compile(r"[^:/?#]+:[0-9]+(?:[/?#].*)?", re.DOTALL)
 @dataclasses.dataclass(slots=True)
 class HostTarget:
     """One download host as the attempt loop sees it (``upstream.attempts.Target``): the host's
-    own breaker with the provider's budget, metrics and session."""
+    own breaker with the provider's budget and metrics."""
 
     name: str
     host: str
     breaker: CircuitBreaker
     budget: RetryBudget
     metrics: AttemptMetrics
-    session: aiohttp.ClientSession
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -201,12 +201,12 @@ class DownloadHandler:
             reason = guard.check(url)
             if reason is not None:
                 raise self._refuse(rt, url, reason, hop)
-            out = Outbound(request.method, url, headers, None,
-                           self._remaining(route, deadline), retryable=True)
+            hop_route = self._remaining(route, deadline)
             key = host_key(url)
-            target = HostTarget(rt.name, key, hosts.breaker(key), rt.budget, rt.metrics, rt.session)
+            target = HostTarget(rt.name, key, hosts.breaker(key), rt.budget, rt.metrics)
+            send = session_send(rt.session, request.method, url, headers, None)
             try:
-                exchange = await self._loop.run(target, out)
+                exchange = await self._loop.run(target, send, route=hop_route, retryable=True)
             except ForbiddenTarget as exc:
                 raise self._refuse(rt, url, exc.reason, hop) from None
             attempts += exchange.attempts

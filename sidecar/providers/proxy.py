@@ -24,8 +24,9 @@ from ..headers import (
     filter_headers,
 )
 from ..policy.retry import request_is_retryable
-from ..upstream.attempts import AttemptLoop, Body, Outbound
-from ..upstream.h1pool import H1Response
+from ..upstream.attempts import AttemptLoop
+from ..upstream.h1pool import Body, H1Response
+from ..upstream.transports import pool_send
 from .runtime import ProxyRuntime
 
 # Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
@@ -161,16 +162,9 @@ class ProxyHandler:
         except SidecarError as refused:
             return _with_request_id(to_response(refused), request_id)
         pool = rt.pool
-        out = Outbound(
-            method=request.method,
-            url=None,
-            headers=headers,
-            body=body,
-            route=route,
-            retryable=eligible and replayable,
-            target=upstream_target(pool.prefix, rest, query),
-        )
-        exchange = await self._loop.run_pooled(rt, pool, out)
+        target = upstream_target(pool.prefix, rest, query)
+        send = pool_send(pool, request.method, target, headers, body, route.timeouts)
+        exchange = await self._loop.run(rt, send, route=route, retryable=eligible and replayable)
         if exchange.response is None:
             assert exchange.error is not None
             return _with_request_id(to_response(exchange.error), request_id)

@@ -18,6 +18,7 @@ from ..policy.breaker import CircuitBreaker
 from ..policy.host_breakers import HostBreakers
 from ..policy.retry import RetryBudget
 from ..policy.routes import RouteTable
+from ..upstream.aiohttp_client_compat import disable_silent_resend
 from ..upstream.h1pool import H1Pool, PoolStats
 from ..upstream.ssrf import guarded_connector
 from .observer import ProviderMetrics
@@ -172,5 +173,5 @@ def new_session(cfg: ProviderConfig, connector: aiohttp.BaseConnector) -> aiohtt
         ),
         read_bufsize=64 * 1024,
     )
-    session._retry_connection = False  # see docstring; aiohttp has no public switch for it
+    disable_silent_resend(session)
     return session

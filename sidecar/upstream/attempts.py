@@ -3,29 +3,31 @@
 Breaker and retry sit *per attempt* (the original system wrapped a whole retry sequence in one
 breaker call). A retry never starts once the breaker is open, the budget is spent, the wait would pass
 the total deadline, or the request cannot be replayed; every response retried over is released.
+
+The transport is one ``send`` callable (``transports``: the lean pool, or an aiohttp session): given
+the seconds left for the attempt, it returns a response head or raises. What it did becomes an
+``AttemptOutcome``, and ``verdict.classify`` (pure, one table) says what follows from it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
 
-from ..config import RetryConfig, RouteConfig
+from ..config import RouteConfig
 from ..errors import ErrorCode, RequestBodyError, SidecarError
 from ..headers import RETRY_AFTER
-from ..policy.breaker import BreakerState, CircuitBreaker, Outcome, Permit, Rejection
+from ..policy.breaker import BreakerState, CircuitBreaker, Outcome, Rejection
 from ..policy.retry import RetryBudget, parse_retry_after, retry_delay
-from .h1pool import H1Pool, H1Response, PoolTimeout
+from .h1pool import PoolTimeout
 from .observer import AttemptMetrics
+from .verdict import AttemptOutcome, Ending, classify
 
-Body = bytes | AsyncIterable[bytes] | None
+__all__ = ["AttemptLoop", "Exchange", "ResponseHead", "Send", "Target"]
 
 # A retried-over response whose body is at most this is read so its connection can be reused.
 _DRAIN_LIMIT = 64 * 1024
@@ -34,14 +36,31 @@ _DRAIN_LIMIT = 64 * 1024
 _CONNECT_ERRORS = (aiohttp.ClientError, OSError)
 _OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
 
-# The answer type of the transport: aiohttp's (downloads) or the lean pool's (proxied providers).
-R = TypeVar("R", aiohttp.ClientResponse, H1Response)
-# One send: given the seconds left for this attempt, the response head or an exception.
+
+class ResponseHead(Protocol):
+    """What the loop needs of an answer: ``aiohttp.ClientResponse`` and ``H1Response`` are both one."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    async def read(self) -> bytes: ...
+
+    def release(self) -> object: ...
+
+
+R = TypeVar("R", bound=ResponseHead)
+# The transport: given the seconds left for this attempt, the response head, or it raises.
 Send = Callable[[float], Awaitable[R]]
 
 
 class Target(Protocol):
-    """What the loop needs of a provider (or of one download host)."""
+    """What the loop needs of a provider (or of one download host): nothing of its transport."""
 
     breaker: CircuitBreaker
     budget: RetryBudget
@@ -53,24 +72,6 @@ class Target(Protocol):
     def name(self) -> str: ...
 
 
-class SessionTarget(Target, Protocol):
-    """A target sent to through an ``aiohttp`` session (one download host)."""
-
-    @property
-    def session(self) -> aiohttp.ClientSession: ...
-
-
-@dataclass(slots=True)
-class Outbound:
-    method: str
-    url: URL | None  # for the session; None when sent through a pool with ``target``
-    headers: CIMultiDict[str]
-    body: Body
-    route: RouteConfig  # its retry policy, timeouts and failure statuses
-    retryable: bool  # method/key/route allow it and the body can be sent again
-    target: str = ""  # origin-form path and query, for a pool
-
-
 @dataclass(slots=True)
 class Exchange(Generic[R]):
     """The upstream's response to stream back, or the sidecar error to answer instead."""
@@ -78,6 +79,7 @@ class Exchange(Generic[R]):
     response: R | None
     error: SidecarError | None
     attempts: int
+    sent: bool  # some attempt's request may have reached the provider (False only when sure not)
 
 
 class AttemptLoop:
@@ -94,40 +96,20 @@ class AttemptLoop:
         self._rng = rng
         self._wall = wall
 
-    async def run(self, target: SessionTarget, out: Outbound) -> Exchange[aiohttp.ClientResponse]:
-        """Send through the target's ``aiohttp`` session."""
-        session = target.session
-        url = out.url
-        assert url is not None, "a session request needs a URL"
+    async def run(
+        self, target: Target, send: Send[R], *, route: RouteConfig, retryable: bool
+    ) -> Exchange[R]:
+        """Send through ``send`` under the target's breaker and the route's retry policy.
 
-        async def send(seconds: float) -> aiohttp.ClientResponse:
-            async with asyncio.timeout(seconds):
-                return await session.request(
-                    out.method, url, headers=out.headers, data=out.body, allow_redirects=False
-                )
-
-        return await self._run(target, out, send)
-
-    async def run_pooled(self, target: Target, pool: H1Pool, out: Outbound) -> Exchange[H1Response]:
-        """Send through a lean connection pool (it enforces the attempt timeout itself)."""
-
-        timeouts = out.route.timeouts
-
-        def send(seconds: float) -> Awaitable[H1Response]:
-            return pool.request(
-                out.method, out.target, out.headers, out.body, seconds,
-                connect_timeout=timeouts.connect, read_timeout=timeouts.attempt,
-            )
-
-        return await self._run(target, out, send)
-
-    async def _run(self, target: Target, out: Outbound, send: Send[R]) -> Exchange[R]:
+        ``retryable``: the method, key and route allow a retry and the body can be sent again.
+        """
         clock = self._clock
-        deadline = clock() + out.route.timeouts.total
-        retry_cfg = out.route.retry
-        max_attempts = retry_cfg.max_attempts if out.retryable else 1
+        deadline = clock() + route.timeouts.total
+        retry_cfg = route.retry
+        max_attempts = retry_cfg.max_attempts if retryable else 1
         target.budget.record_first_attempt()
         attempts = 0
+        sent = False
         # The answer retried over is held through the wait: if the breaker refuses the retry,
         # the client still gets the provider's last answer, not a sidecar error.
         held: tuple[R | None, SidecarError | None] | None = None
@@ -135,9 +117,9 @@ class AttemptLoop:
             permit = target.breaker.acquire()
             if isinstance(permit, Rejection):
                 if held is not None:
-                    return _finish(*held, attempts)
+                    return _finish(*held, attempts, sent)
                 target.metrics.short_circuited.inc()
-                return Exchange(None, _circuit_open(target.name, permit), 0)
+                return Exchange(None, _circuit_open(target.name, permit), 0, sent=False)
             if held is not None and held[0] is not None:
                 try:
                     await _release(held[0])
@@ -145,14 +127,36 @@ class AttemptLoop:
                     target.breaker.record(permit, Outcome.IGNORED)
                     raise
             attempts += 1
-            response, error, retry_after = await self._attempt(
-                target, out, permit, deadline - clock(), send
-            )
-            if attempts >= max_attempts or not _retry_wanted(response, retry_cfg):
-                return _finish(response, error, attempts)
+            timeout = min(route.timeouts.attempt, deadline - clock())
+            try:
+                response, outcome, detail = await self._send(send, timeout)
+            except BaseException:  # cancelled, or a bug: no verdict on the provider
+                target.breaker.record(permit, Outcome.IGNORED)
+                raise
+            sent = sent or outcome.sent
+            verdict = classify(outcome, failure_statuses=route.failure_statuses,
+                               retry_statuses=retry_cfg.retry_statuses)
+            metrics = target.metrics
+            if verdict.timed:
+                target.breaker.record(permit, verdict.breaker, outcome.elapsed)
+                metrics.attempt_duration.observe(outcome.elapsed)
+            else:
+                target.breaker.record(permit, verdict.breaker)
+            if verdict.result is not None:
+                metrics.attempt[verdict.result].inc()
+            error: SidecarError | None = None
+            if isinstance(detail, RequestBodyError):
+                error = detail.with_context(provider=target.name)
+            elif verdict.error is not None:
+                error = SidecarError(verdict.error, detail, provider=target.name)
+            if attempts >= max_attempts or not verdict.retryable:
+                return _finish(response, error, attempts, sent)
+            retry_after = None
+            if response is not None:  # a retryable status: it may say when to come back
+                retry_after = parse_retry_after(response.headers.get(RETRY_AFTER), now=self._wall())
             delay = retry_delay(attempts, retry_cfg, self._rng, retry_after)
-            if delay is None or not self._may_retry(target, out.route, delay, deadline):
-                return _finish(response, error, attempts)
+            if delay is None or not self._may_retry(target, route, delay, deadline):
+                return _finish(response, error, attempts, sent)
             target.metrics.retries.inc()
             held = (response, error)
             try:
@@ -162,60 +166,31 @@ class AttemptLoop:
                     response.release()
                 raise
 
-    async def _attempt(
-        self, target: Target, out: Outbound, permit: Permit, remaining: float, send: Send[R]
-    ) -> tuple[R | None, SidecarError | None, float | None]:
-        policy = out.route
-        metrics = target.metrics
+    async def _send(
+        self, send: Send[R], seconds: float
+    ) -> tuple[R | None, AttemptOutcome, str | RequestBodyError]:
+        """One send, timed: the answer or what went wrong, as an outcome, with the words for the
+        sidecar error (the client's own error when its body failed)."""
         clock = self._clock
         t0 = clock()
-        timeout = min(policy.timeouts.attempt, remaining)
+        if seconds <= 0:  # the total deadline passed before this attempt could be sent
+            return None, AttemptOutcome(Ending.TIMEOUT, sent=False), _no_response(seconds)
         try:
-            if timeout <= 0:
-                raise TimeoutError
-            response = await send(timeout)
+            response = await send(seconds)
         except RequestBodyError as exc:
-            # The client's body failed (limit, cut off, stalled): no verdict on the provider.
-            target.breaker.record(permit, Outcome.IGNORED)
-            return None, exc.with_context(provider=target.name), None
+            return None, AttemptOutcome(Ending.REQUEST_BODY_ERROR, elapsed=clock() - t0), exc
         except PoolTimeout as exc:
-            # Every pooled connection stayed busy: local saturation, nothing reached the provider.
-            target.breaker.record(permit, Outcome.IGNORED)
-            metrics.attempt["timeout"].inc()
-            return None, SidecarError(ErrorCode.UPSTREAM_TIMEOUT, str(exc), provider=target.name), None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            elapsed = clock() - t0
-            target.breaker.record(permit, Outcome.FAILURE, elapsed)
-            metrics.attempt["timeout"].inc()
-            metrics.attempt_duration.observe(elapsed)
-            detail = f"no response within {timeout:.3g}s"
-            return None, SidecarError(ErrorCode.UPSTREAM_TIMEOUT, detail, provider=target.name), None
+            outcome = AttemptOutcome(Ending.POOL_TIMEOUT, elapsed=clock() - t0, sent=False)
+            return None, outcome, str(exc)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            sent = not isinstance(exc, aiohttp.ConnectionTimeoutError)
+            outcome = AttemptOutcome(Ending.TIMEOUT, elapsed=clock() - t0, sent=sent)
+            return None, outcome, _no_response(seconds)
         except _CONNECT_ERRORS as exc:
-            elapsed = clock() - t0
-            target.breaker.record(permit, Outcome.FAILURE, elapsed)
-            metrics.attempt["connect_error"].inc()
-            metrics.attempt_duration.observe(elapsed)
-            error = SidecarError(ErrorCode.UPSTREAM_UNREACHABLE, _describe(exc), provider=target.name)
-            return None, error, None
-        except BaseException:
-            target.breaker.record(permit, Outcome.IGNORED)
-            raise
-        elapsed = clock() - t0
-        status = response.status
-        if status in policy.failure_statuses:
-            target.breaker.record(permit, Outcome.FAILURE, elapsed)
-            metrics.attempt["failure"].inc()
-        elif status == 429:
-            target.breaker.record(permit, Outcome.IGNORED, elapsed)
-            metrics.attempt["success"].inc()
-        else:
-            target.breaker.record(permit, Outcome.SUCCESS, elapsed)
-            metrics.attempt["success"].inc()
-        metrics.attempt_duration.observe(elapsed)
-        retry_after = None
-        if status in policy.retry.retry_statuses:
-            retry_after = parse_retry_after(response.headers.get(RETRY_AFTER), now=self._wall())
-        return response, None, retry_after
+            sent = not isinstance(exc, aiohttp.ClientConnectorError)
+            outcome = AttemptOutcome(Ending.CONNECT_ERROR, elapsed=clock() - t0, sent=sent)
+            return None, outcome, _describe(exc)
+        return response, AttemptOutcome(Ending.RESPONSE, response.status, clock() - t0), ""
 
     def _may_retry(self, target: Target, route: RouteConfig, delay: float, deadline: float) -> bool:
         if target.breaker.state in _OPEN_STATES:
@@ -238,15 +213,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _retry_wanted(response: R | None, retry_cfg: RetryConfig) -> bool:
-    """Connection errors and timeouts are retryable; responses only with a retry status."""
-    return response is None or response.status in retry_cfg.retry_statuses
+def _no_response(timeout: float) -> str:
+    return f"no response within {timeout:.3g}s"
 
 
-def _finish(response: R | None, error: SidecarError | None, attempts: int) -> Exchange[R]:
+def _finish(response: R | None, error: SidecarError | None, attempts: int, sent: bool) -> Exchange[R]:
     if error is not None:
         error = error.with_context(attempts=attempts)
-    return Exchange(response, error, attempts)
+    return Exchange(response, error, attempts, sent)
 
 
 def _circuit_open(provider: str, rejection: Rejection) -> SidecarError:

@@ -14,6 +14,8 @@ Behaviour, stated:
   attempt loop to count and retry (aiohttp's ``_retry_connection`` off, as before).
 - ``limit`` open connections at most (in use plus idle); callers beyond it wait in FIFO order.
 - Idle connections are reused newest first and closed after ``idle_timeout`` unused.
+- Every deadline (the wait for a connection, the connect, the response head, idle expiry) runs
+  on ``timers``: the event loop unless one is injected (tests move a fake clock instead of sleeping).
 - DNS goes through the loop (``getaddrinfo``) inside the connect timeout; TLS verifies the
   certificate and host name with the default context.
 - Small bodies go out with ``Content-Length``; streamed ones keep the client's ``Content-Length``
@@ -25,22 +27,30 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import ssl as _ssl
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
-import aiohttp.connector
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import StreamReader
+from aiohttp import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from ..errors import ErrorCode, RequestBodyError
+from .aiohttp_client_compat import (
+    InvalidResponse,
+    UpstreamProtocol,
+    drain,
+    new_protocol,
+    parser_ready,
+    prepare_response,
+    shared_verified_context,
+)
 
-__all__ = ["H1Pool", "H1Response", "PoolStats", "PoolTimeout"]
+__all__ = ["H1Pool", "H1Response", "PoolStats", "PoolTimeout", "Timers"]
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -64,6 +74,18 @@ class PoolTimeout(aiohttp.ServerTimeoutError):
     """No pooled connection became free in time: local saturation, nothing reached the provider."""
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """A clock and the timers that run on it: an asyncio event loop is one."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> Cancellable: ...
+
+
 class _Upload:
     """Where a streamed body's writer is waiting: on the client (its fault) or on the upstream."""
 
@@ -78,7 +100,7 @@ class _Conn:
 
     __slots__ = ("idle_since", "proto", "reads_head")
 
-    def __init__(self, proto: ResponseHandler) -> None:
+    def __init__(self, proto: UpstreamProtocol) -> None:
         self.proto = proto
         self.idle_since = 0.0
         self.reads_head = False  # the parser was set up for a HEAD (no body) answer
@@ -152,6 +174,7 @@ class H1Pool:
         idle_timeout: float = 15.0,
         read_bufsize: int = 64 * 1024,
         ssl_context: _ssl.SSLContext | None = None,
+        timers: Timers | None = None,
     ) -> None:
         url = URL(origin)
         if url.scheme not in ("http", "https") or not url.raw_host:
@@ -173,8 +196,12 @@ class H1Pool:
         self._idle: list[_Conn] = []
         self._open = 0  # connections in use, idle or being opened
         self._waiters: collections.deque[asyncio.Future[_Conn | None]] = collections.deque()
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweeper: Cancellable | None = None
         self._closed = False
+        self._timers = timers  # None: the running loop
+
+    def _clock(self) -> Timers:
+        return self._timers or asyncio.get_running_loop()
 
     @property
     def open_connections(self) -> int:
@@ -184,11 +211,15 @@ class H1Pool:
     def idle_connections(self) -> int:
         return len(self._idle)
 
+    @property
+    def waiting(self) -> int:
+        """Callers queued for a connection (the pool is at its limit)."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
     def stats(self) -> PoolStats:
         """What the metrics export at each scrape (``sidecar_upstream_connections`` …)."""
         idle = len(self._idle)
-        waiting = sum(1 for waiter in self._waiters if not waiter.done())
-        return PoolStats(in_use=self._open - idle, idle=idle, waiting=waiting, limit=self.limit)
+        return PoolStats(in_use=self._open - idle, idle=idle, waiting=self.waiting, limit=self.limit)
 
     async def request(
         self,
@@ -207,21 +238,22 @@ class H1Pool:
         ``connect_timeout`` and body ``read_timeout`` override the pool's.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        conn = self._take_idle(loop)
+        timers = self._timers or loop
+        deadline = timers.time() + timeout
+        conn = self._take_idle(timers)
         if conn is None:
             connect = self.connect_timeout if connect_timeout is None else connect_timeout
             try:
-                async with asyncio.timeout_at(deadline):
-                    conn = await self._acquire(loop, connect)
+                async with _expires_at(timers, deadline):
+                    conn = await self._acquire(loop, timers, connect)
             except TimeoutError:
                 detail = f"no connection to {self.host}:{self.port} in time"
                 raise PoolTimeout(detail) from None
         proto = conn.proto
         proto.read_timeout = None  # the head is bounded by the deadline timer below
         head = method == "HEAD"
-        if conn.reads_head is not head or proto._parser is None:
-            self._set_params(proto, head)
+        if conn.reads_head is not head or not parser_ready(proto):
+            prepare_response(proto, head=head, read_bufsize=self.read_bufsize)
             conn.reads_head = head
         writer: asyncio.Task[None] | None = None
         upload: _Upload | None = None
@@ -237,7 +269,7 @@ class H1Pool:
                     self._write_stream(proto, method, target, headers, body, upload)
                 )
             # One timer for the whole wait for the head; cheaper than asyncio.timeout's machinery.
-            timer = loop.call_at(deadline, _head_timed_out, proto, timeout, upload)
+            timer = timers.call_at(deadline, _head_timed_out, proto, timeout, upload)
             try:
                 while True:
                     message, payload = await proto.read()
@@ -245,7 +277,7 @@ class H1Pool:
                         break
             finally:
                 timer.cancel()
-        except HttpProcessingError as exc:
+        except InvalidResponse as exc:
             # A malformed status line or header: the provider's fault, as a client error type.
             if writer is not None and not writer.done():
                 writer.cancel()
@@ -265,15 +297,6 @@ class H1Pool:
             proto.read_timeout = read_timeout
             proto.start_timeout()
         return H1Response(self, conn, message.code, message.reason, message.headers, payload, writer)
-
-    def _set_params(self, proto: ResponseHandler, head: bool) -> None:
-        proto.set_response_params(
-            skip_payload=head,
-            read_until_eof=True,  # a body with neither length nor chunking ends at close
-            auto_decompress=False,
-            read_timeout=None,
-            read_bufsize=self.read_bufsize,
-        )
 
     def _head(
         self,
@@ -308,7 +331,7 @@ class H1Pool:
 
     async def _write_stream(
         self,
-        proto: ResponseHandler,
+        proto: UpstreamProtocol,
         method: str,
         target: str,
         headers: CIMultiDict[str],
@@ -339,7 +362,7 @@ class H1Pool:
                     transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                 else:
                     transport.write(chunk)
-                await proto._drain_helper()
+                await drain(proto)
             if chunked:
                 transport.write(b"0\r\n\r\n")
         except asyncio.CancelledError:
@@ -356,9 +379,9 @@ class H1Pool:
 
     # -- the pool ------------------------------------------------------------------------------
 
-    def _take_idle(self, loop: asyncio.AbstractEventLoop) -> _Conn | None:
+    def _take_idle(self, timers: Timers) -> _Conn | None:
         idle = self._idle
-        now = loop.time()
+        now = timers.time()
         while idle:
             conn = idle.pop()
             proto = conn.proto
@@ -367,14 +390,16 @@ class H1Pool:
             self._discard(conn)
         return None
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop, connect_timeout: float) -> _Conn:
+    async def _acquire(
+        self, loop: asyncio.AbstractEventLoop, timers: Timers, connect_timeout: float
+    ) -> _Conn:
         """A new connection under the limit, else wait in FIFO order: for a connection handed over,
         or for a freed slot that ``_wake`` reserves for the first waiter (no newcomer can take it)."""
         if self._closed:
             raise aiohttp.ClientConnectionError("connection pool is closed")
         if self._open < self.limit:
             self._open += 1
-            return await self._connect_reserved(loop, connect_timeout)
+            return await self._connect_reserved(loop, timers, connect_timeout)
         waiter: asyncio.Future[_Conn | None] = loop.create_future()
         self._waiters.append(waiter)
         try:
@@ -392,22 +417,26 @@ class H1Pool:
             raise
         if handed is not None:
             return handed
-        return await self._connect_reserved(loop, connect_timeout)
+        return await self._connect_reserved(loop, timers, connect_timeout)
 
-    async def _connect_reserved(self, loop: asyncio.AbstractEventLoop, limit_s: float) -> _Conn:
+    async def _connect_reserved(
+        self, loop: asyncio.AbstractEventLoop, timers: Timers, limit_s: float
+    ) -> _Conn:
         """Open a connection in a slot already counted in ``_open``; give it back on failure."""
         try:
-            return await self._connect(loop, limit_s)
+            return await self._connect(loop, timers, limit_s)
         except BaseException:
             self._open -= 1
             self._wake()
             raise
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, limit_s: float) -> _Conn:
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, timers: Timers, limit_s: float
+    ) -> _Conn:
         try:
-            async with asyncio.timeout(limit_s):
+            async with _expires_at(timers, timers.time() + limit_s):
                 _, proto = await loop.create_connection(
-                    lambda: ResponseHandler(loop),
+                    lambda: new_protocol(loop),
                     self.host,
                     self.port,
                     ssl=self._ssl,
@@ -422,7 +451,7 @@ class H1Pool:
         except OSError as exc:
             detail = f"Cannot connect to host {self.host}:{self.port}: {exc}"
             raise aiohttp.ClientOSError(exc.errno, detail) from exc
-        assert isinstance(proto, ResponseHandler)
+        assert isinstance(proto, UpstreamProtocol)
         return _Conn(proto)
 
     def _put(self, conn: _Conn) -> None:
@@ -436,10 +465,11 @@ class H1Pool:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
-        conn.idle_since = proto._loop.time()
+        timers = self._clock()
+        conn.idle_since = timers.time()
         self._idle.append(conn)
         if self._sweeper is None:
-            self._sweeper = proto._loop.call_later(self.idle_timeout, self._sweep)
+            self._sweeper = timers.call_at(conn.idle_since + self.idle_timeout, self._sweep)
 
     def _discard(self, conn: _Conn) -> None:
         conn.proto.close()
@@ -462,8 +492,8 @@ class H1Pool:
         self._sweeper = None
         if not self._idle:
             return
-        loop = self._idle[0].proto._loop
-        now = loop.time()
+        timers = self._clock()
+        now = timers.time()
         keep = []
         for conn in self._idle:
             if now - conn.idle_since >= self.idle_timeout or not conn.proto.is_connected():
@@ -472,7 +502,7 @@ class H1Pool:
                 keep.append(conn)
         self._idle = keep
         if keep:
-            self._sweeper = loop.call_at(keep[0].idle_since + self.idle_timeout, self._sweep)
+            self._sweeper = timers.call_at(keep[0].idle_since + self.idle_timeout, self._sweep)
 
     async def close(self) -> None:
         """Close idle connections now; connections in use close when their answers are released."""
@@ -496,13 +526,22 @@ def _verified_context() -> _ssl.SSLContext:
     aiohttp already made one at import (``create_default_context()`` plus ALPN http/1.1), so that
     one is shared when it is there and verifies; otherwise a default context is made once.
     """
-    ctx = getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", None)
-    if isinstance(ctx, _ssl.SSLContext) and ctx.check_hostname and ctx.verify_mode == _ssl.CERT_REQUIRED:
-        return ctx
-    return _ssl.create_default_context()
+    return shared_verified_context() or _ssl.create_default_context()
 
 
-def _head_timed_out(proto: ResponseHandler, timeout: float, upload: _Upload | None) -> None:
+@contextlib.asynccontextmanager
+async def _expires_at(timers: Timers, when: float) -> AsyncIterator[None]:
+    """``asyncio.timeout_at`` on ``timers``' clock: the block raises TimeoutError at ``when``."""
+    async with asyncio.timeout(None) as scope:
+        # A deadline in the past makes asyncio's own timeout fire at the next loop iteration.
+        handle = timers.call_at(when, scope.reschedule, 0.0)
+        try:
+            yield
+        finally:
+            handle.cancel()
+
+
+def _head_timed_out(proto: UpstreamProtocol, timeout: float, upload: _Upload | None) -> None:
     if upload is not None and upload.on_client:
         # The upstream is waiting for the rest of the client's body: the client stalled.
         detail = f"request body not received within {timeout:.3g}s"

@@ -20,7 +20,7 @@ from ..ops.status_page import add_status_routes
 from ..providers.download import DownloadHandler
 from ..providers.proxy import ProxyHandler, split_target
 from ..providers.runtime import ProviderRuntime, ProxyRuntime
-from .catch_all import CatchAllResource
+from .catch_all import add_catch_all
 from .services import Services
 
 Role = Literal["proxy", "ops"]
@@ -76,7 +76,7 @@ def create_app(
     else:
         add_status_routes(app, svc.registry, clock=svc.clock, wall=svc.wall)  # ops listener only
         handler = _not_found
-    app.router.register_resource(CatchAllResource(handler))
+    add_catch_all(app.router, handler)
     if owns:
         app.cleanup_ctx.append(_lifetime(svc))
     return app

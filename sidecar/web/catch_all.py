@@ -1,54 +1,24 @@
-"""A catch-all aiohttp resource: every path the own endpoints don't claim reaches one handler.
+"""The catch-all route: every path the own endpoints don't claim reaches one handler.
 
-aiohttp's ``{tail:.*}`` does not match every decoded path (``%0a`` decodes to a newline), so the
-fallback is a resource that matches unconditionally and lets the handler parse the raw target.
+It is aiohttp's public dynamic route, with one care: the router matches the *decoded* path, where
+``%0a`` is a newline, and ``.`` does not match a newline unless the pattern says so. ``{tail:.*}``
+would leave ``/p/a%0ab`` to aiohttp's plain-text 404; ``(?s:.*)`` hands it to the handler, which
+parses the raw target itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.web_urldispatcher import (
-    AbstractResource,
-    AbstractRoute,
-    ResourceRoute,
-    UrlMappingMatchInfo,
-    _InfoDict,
-)
-from yarl import URL
 
-Handler = Any  # aiohttp's own Handler alias is private
+__all__ = ["CATCH_ALL_PATH", "add_catch_all"]
+
+CATCH_ALL_PATH = "/{tail:(?s:.*)}"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class CatchAllResource(AbstractResource):
-    def __init__(self, handler: Handler) -> None:
-        super().__init__(name=None)
-        self._route = ResourceRoute("*", handler, self)
-        self._methods = frozenset({"*"})
-
-    @property
-    def canonical(self) -> str:
-        return "/"
-
-    def url_for(self, **kwargs: str) -> URL:
-        return URL("/")
-
-    def add_prefix(self, prefix: str) -> None:
-        raise RuntimeError("the catch-all resource takes no prefix")
-
-    def get_info(self) -> _InfoDict:
-        return {"path": "/*"}
-
-    def raw_match(self, path: str) -> bool:
-        return True
-
-    async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo, set[str]]:
-        return UrlMappingMatchInfo({}, self._route), set(self._methods)
-
-    def __len__(self) -> int:
-        return 1
-
-    def __iter__(self) -> Iterator[AbstractRoute]:
-        yield self._route
+def add_catch_all(router: web.UrlDispatcher, handler: Handler) -> None:
+    """Route every method and every path not matched before it (add it last) to ``handler``."""
+    router.add_route("*", CATCH_ALL_PATH, handler)

@@ -6,12 +6,14 @@ then they stop accepting, in-flight requests get ``server.shutdown_grace``, and 
 
 Both listeners also bound how long a client may take to send a request head (slowloris): aiohttp
 only has an idle timeout, so ``SidecarRunner`` makes connections whose head must be complete within
-``header_read_timeout`` of its first byte, or they get a 408 and are closed.
+``header_read_timeout`` of its first byte, or they get a 408 and are closed. (What that needs of
+aiohttp's internals is in ``aiohttp_server_compat``.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +24,7 @@ from .. import __version__
 from ..config import SidecarConfig
 from ..config.schema import upstream_variable
 from ..logs import get_logger
+from .aiohttp_server_compat import ProtocolRunner, busy, requests_parsed
 from .app import Role, create_app, runner_kwargs
 from .services import Services
 
@@ -41,24 +44,24 @@ class _HeadTimeoutHandler(web.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         # Bytes while no request is queued or being handled start a head.
-        idle = not self._request_in_progress and not self._messages
-        starts = bool(data) and self._head_timer is None and idle
-        count = self._request_count
+        starts = bool(data) and self._head_timer is None and not busy(self)
+        count = requests_parsed(self)
         super().data_received(data)
         if self._head_timer is not None:
-            if self._request_count != self._head_count:
+            if requests_parsed(self) != self._head_count:
                 self._head_timer.cancel()  # a whole request was parsed
                 self._head_timer = None
-        elif starts and self._request_count == count and self.transport is not None:
+        elif starts and requests_parsed(self) == count and self.transport is not None:
             # Time only a head that this read left incomplete: a request usually arrives whole, and
             # a timer armed and cancelled per request was ~3% of the CPU under load.
             self._head_count = count
-            self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(self._head_timeout, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
         # Body bytes of a request already being handled are not a slow head.
-        if self._request_count != self._head_count or self._request_in_progress or self._messages:
+        if requests_parsed(self) != self._head_count or busy(self):
             return
         if self.transport is not None:
             self.transport.write(_REQUEST_TIMEOUT)
@@ -71,32 +74,16 @@ class _HeadTimeoutHandler(web.RequestHandler):
         super().connection_lost(exc)
 
 
-class _HeadTimeoutServer(web.Server):
-    def __init__(self, base: web.Server, head_timeout: float) -> None:
-        # aiohttp builds its Server inside the app; rebuild it with the same settings.
-        super().__init__(
-            base.request_handler, request_factory=base.request_factory,
-            handler_cancellation=base.handler_cancellation, loop=base._loop, **base._kwargs,
-        )
-        self._head_timeout = head_timeout
-
-    def __call__(self) -> web.RequestHandler:
-        return _HeadTimeoutHandler(self, loop=self._loop, head_timeout=self._head_timeout, **self._kwargs)
-
-
-class SidecarRunner(web.AppRunner):
+class SidecarRunner(ProtocolRunner):
     """An ``AppRunner`` whose connections time out a slow request head (``header_read_timeout``)."""
 
-    __slots__ = ("_head_timeout",)
+    __slots__ = ()
 
     def __init__(
         self, app: web.Application, *, header_read_timeout: float, **kwargs: Any
     ) -> None:
-        super().__init__(app, **kwargs)
-        self._head_timeout = header_read_timeout
-
-    async def _make_server(self) -> web.Server:
-        return _HeadTimeoutServer(await super()._make_server(), self._head_timeout)
+        protocol = functools.partial(_HeadTimeoutHandler, head_timeout=header_read_timeout)
+        super().__init__(app, protocol=protocol, **kwargs)
 
 
 async def serve(

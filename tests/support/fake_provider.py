@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
 
-from sidecar.web.catch_all import CatchAllResource
+from sidecar.web.catch_all import add_catch_all
 
 
 @dataclass
@@ -80,7 +80,7 @@ class FakeProvider:
     def app(self) -> web.Application:
         """The fake as an aiohttp app; every path, "%0a" ones included, reaches one handler."""
         app = web.Application()
-        app.router.register_resource(CatchAllResource(self._handle))
+        add_catch_all(app.router, self._handle)  # also matches "%0a" paths
         return app
 
     async def start(self, serve: AiohttpServer) -> FakeProvider:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from sidecar.web.catch_all import CatchAllResource
+from sidecar.web.catch_all import add_catch_all
 
 KINDS = (
     "ok", "status", "rate_limit", "reset", "reset_mid_body", "stall", "short_body", "trickle",
@@ -114,7 +114,7 @@ class FaultProvider:
 
     async def start(self, port: int = 0) -> FaultProvider:
         app = web.Application()
-        app.router.register_resource(CatchAllResource(self._handle))
+        add_catch_all(app.router, self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5, keepalive_timeout=30)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024).start()

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from sidecar.upstream.h1pool import H1Pool
+from sidecar.upstream.h1pool import H1Pool, PoolTimeout
 
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.polling import eventually
+from ..support.timers import ManualTimers
 
 
 def _pool(fake: FakeProvider, **kwargs: object) -> H1Pool:
@@ -25,6 +26,15 @@ def _pool(fake: FakeProvider, **kwargs: object) -> H1Pool:
 async def _get(pool: H1Pool, target: str = "/x", seconds: float = 5.0) -> tuple[int, bytes]:
     resp = await pool.request("GET", target, CIMultiDict(), None, seconds)
     return resp.status, await resp.read()
+
+
+async def _until(what: str, done: Callable[[], bool]) -> None:
+    """Poll (real time, 5 s at most) until ``done()``: for events on real sockets."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5
+    while not done():
+        assert loop.time() < end, f"never happened: {what}"
+        await asyncio.sleep(0.005)
 
 
 async def test_keep_alive_connection_is_reused(fake: FakeProvider) -> None:
@@ -140,12 +150,22 @@ async def test_reset_before_the_head_is_a_connection_error(fake: FakeProvider) -
 
 
 async def test_head_timeout_raises_and_drops_the_connection(fake: FakeProvider) -> None:
-    """No head within the timeout: a TimeoutError subclass, and that connection is closed."""
-    fake.then(Reply(delay=1.0))
-    pool = _pool(fake)
-    with pytest.raises(TimeoutError):
-        await _get(pool, seconds=0.1)
-    assert pool.open_connections == 0
+    """No head within the timeout: a TimeoutError subclass at the deadline, not before, and that
+    connection is closed."""
+    gate = asyncio.Event()
+    fake.then(Reply(hold=gate))
+    timers = ManualTimers()
+    pool = _pool(fake, timers=timers)
+    call = asyncio.ensure_future(_get(pool, seconds=5.0))
+    await _until("the request reached the provider", lambda: len(fake.seen) == 1)
+    timers.advance(4.9)
+    await asyncio.sleep(0)
+    assert not call.done()
+    timers.advance(0.1)
+    with pytest.raises(TimeoutError, match="no response head within 5s"):
+        await call
+    assert pool.open_connections == 0 and timers.pending == 0
+    gate.set()
     await pool.close()
 
 
@@ -186,27 +206,39 @@ async def test_pool_limit_queues_callers_in_order(fake: FakeProvider) -> None:
 
 
 async def test_waiting_for_the_pool_counts_against_the_timeout(fake: FakeProvider) -> None:
-    """A caller that can't get a connection in time times out without sending anything."""
-    fake.default = Reply(delay=0.5)
-    pool = _pool(fake, limit=1)
-    slow = asyncio.ensure_future(_get(pool))
-    await asyncio.sleep(0.05)
-    with pytest.raises(TimeoutError):
-        await _get(pool, seconds=0.1)
+    """A caller that can't get a connection in time times out (PoolTimeout) without sending anything."""
+    gate = asyncio.Event()
+    fake.then(Reply(hold=gate))
+    timers = ManualTimers()
+    pool = _pool(fake, limit=1, timers=timers)
+    slow = asyncio.ensure_future(_get(pool, seconds=60.0))
+    await _until("the first request reached the provider", lambda: len(fake.seen) == 1)
+    queued = asyncio.ensure_future(_get(pool, seconds=1.0))
+    await _until("the second caller queued for the connection", lambda: pool.waiting == 1)
+    timers.advance(1.0)
+    with pytest.raises(PoolTimeout):
+        await queued
+    assert pool.waiting == 0
+    gate.set()
     assert (await slow)[0] == 200
-    assert len(fake.seen) == 1
+    assert len(fake.seen) == 1 and pool.open_connections == 1
     await pool.close()
 
 
 async def test_idle_connections_expire(fake: FakeProvider) -> None:
-    """An idle connection older than idle_timeout is closed, and a new one opened on demand."""
-    pool = _pool(fake, idle_timeout=0.05)
+    """An idle connection is kept until idle_timeout, closed then, and a new one opened on demand."""
+    timers = ManualTimers()
+    pool = _pool(fake, idle_timeout=15.0, timers=timers)
     await _get(pool)
     assert pool.idle_connections == 1
-    await asyncio.sleep(0.2)
+    timers.advance(14.9)
+    assert pool.idle_connections == 1
+    timers.advance(0.1)
     assert pool.idle_connections == 0 and pool.open_connections == 0
     assert await _get(pool) == (200, b'{"ok": true}')
+    assert pool.open_connections == 1
     await pool.close()
+    assert timers.pending == 0
 
 
 async def test_unread_body_closes_the_connection(fake: FakeProvider) -> None:
