@@ -28,6 +28,10 @@ METRIC_COUNTERS_GAUGES = {
     "sidecar_retry_budget_exhausted_total", "sidecar_breaker_state", "sidecar_breaker_transitions_total",
     "sidecar_short_circuited_total", "sidecar_inflight_requests", "sidecar_probe_up",
     "sidecar_probe_duration_seconds", "sidecar_build_info",
+    "sidecar_breaker_failure_rate", "sidecar_breaker_window_calls",
+    "sidecar_breaker_failure_rate_threshold", "sidecar_breaker_minimum_calls",
+    "sidecar_upstream_connections", "sidecar_upstream_connection_waiters",
+    "sidecar_upstream_connection_limit", "sidecar_bulkhead_rejected_total",
 }
 METRIC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds"}
 METRIC_SERIES = METRIC_COUNTERS_GAUGES | {
