@@ -127,12 +127,20 @@ backend be
 """
 
 
-def sidecar(port: int, ops_port: int, upstream: str) -> str:
-    """A sidecar configuration file: one provider `bench`, every default policy left on."""
+# Far above any load the bench makes: every call is admitted, so the figure is the cost of checking.
+UNREACHABLE_LIMIT = "{requests_per_minute: 60000000, burst: 100000, concurrency: 100000}"
+
+
+def sidecar(port: int, ops_port: int, upstream: str, *, limited: bool = False,
+            redis_url: str | None = None) -> str:
+    """A sidecar configuration file: one provider `bench`, every default policy left on; `limited`
+    adds a rate limit far above the load, `redis_url` shares the limits through that Redis."""
+    ledger = f"ledger: {{backend: redis, url: '{redis_url}', prefix: 'bench:'}}\n" if redis_url else ""
+    limit = f"    rate_limit: {UNREACHABLE_LIMIT}\n" if limited else ""
     return f"""\
 server: {{host: 127.0.0.1, port: {port}, ops_host: 127.0.0.1, ops_port: {ops_port}}}
-providers:
+{ledger}providers:
   bench:
     upstream: {upstream}
     health: {{method: GET, path: {SMALL_PATH}, interval: 30s, timeout: 5s}}
-"""
+{limit}"""

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bench import configs
@@ -101,9 +102,28 @@ def _bare(env: Env, upstream: str) -> Running:
 
 def _sidecar(env: Env, upstream: str) -> Running:
     """`python -m sidecar` on its own config file; ready means `/health/ready` 200 on the ops port."""
+    return _start_sidecar(env, upstream, configs.sidecar)
+
+
+def _sidecar_limited(env: Env, upstream: str) -> Running:
+    """The same, with a rate limit far above the load: the cost of the local limiter's checks."""
+    return _start_sidecar(env, upstream, partial(configs.sidecar, limited=True))
+
+
+def _sidecar_limited_redis(env: Env, upstream: str) -> Running:
+    """The same limit shared through a redis-server of its own: two Redis round trips a call."""
+    dir_, port = _fresh_dir(env.workdir, "redis"), free_port()
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(dir_)]
+    env.procs.spawn("redis", argv, cpu=env.load_cpu)
+    url = f"redis://127.0.0.1:{port}/0"
+    return _start_sidecar(env, upstream, partial(configs.sidecar, limited=True, redis_url=url))
+
+
+def _start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], str]) -> Running:
     dir_, port, ops_port = _fresh_dir(env.workdir, "sidecar"), free_port(), free_port()
     conf = dir_ / "sidecar.yaml"
-    conf.write_text(configs.sidecar(port, ops_port, upstream))
+    conf.write_text(config(port, ops_port, upstream))
     argv = [
         sys.executable,
         "-m",
@@ -139,4 +159,8 @@ HAPROXY = Target("haproxy", "HAProxy (nbthread 1)", _haproxy)
 NGINX = Target("nginx", "nginx proxy (1 worker)", _nginx_proxy)
 BARE = Target("bare", "bare aiohttp + uvloop proxy", _bare)
 SIDECAR = Target("sidecar", "sidecar (default policies)", _sidecar)
-ALL = (DIRECT, HAPROXY, NGINX, BARE, SIDECAR)
+LIMITED = Target("sidecar-limited", "sidecar, rate limit far above the load", _sidecar_limited)
+LIMITED_REDIS = Target(
+    "sidecar-limited-redis", "sidecar, the same limit shared through Redis", _sidecar_limited_redis
+)
+ALL = (DIRECT, HAPROXY, NGINX, BARE, SIDECAR, LIMITED, LIMITED_REDIS)

@@ -19,7 +19,7 @@ name a code and never choose a status by hand::
      ├── forbidden                        403  admin on a non-loopback listener without a token
      ├── request_timeout                  408  a kept (retryable) request body did not arrive in time
      ├── bad_request                      400
-     ├── rate_limited                     429  the fleet's rate limit for the provider is spent
+     ├── rate_limited                     429  no slot in time: rate, concurrency or a provider's pause
      ├── idempotency_key_reused           422  the same Idempotency-Key with another request
      ├── idempotency_in_flight            409  the first request with that key is still running
      ├── outcome_unknown                  409  the first request's outcome was lost
@@ -87,10 +87,9 @@ class ErrorCode(StrEnum):
     LEDGER_UNAVAILABLE = "ledger_unavailable", 503
 
 
-# Codes of the contract whose features (fleet rate limits, the idempotency ledger) are not built
-# yet: nothing answers them, so the user documentation lists them only once those features land.
+# Codes of the contract whose feature (the idempotency ledger) is not built yet: nothing answers
+# them, so the user documentation lists them only once that feature lands.
 PLANNED = frozenset({
-    ErrorCode.RATE_LIMITED,
     ErrorCode.IDEMPOTENCY_KEY_REUSED,
     ErrorCode.IDEMPOTENCY_IN_FLIGHT,
     ErrorCode.OUTCOME_UNKNOWN,

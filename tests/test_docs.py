@@ -21,7 +21,8 @@ ERRORS_HEADING = "Errors the sidecar answers itself"
 # Each block of the configuration file: the heading of its table in docs/configuration.md, and the
 # keys the loader accepts in it.
 BLOCKS: dict[str, Iterable[str]] = {
-    "Top level": ("server", "defaults", "providers"),
+    "Top level": config_load.ROOT_KEYS,
+    "`ledger`": config_schema.LEDGER_FIELDS,
     "`server`": config_schema.SERVER_FIELDS,
     "`defaults` and the policy keys of a provider": POLICY_KEYS,
     "`breaker`": config_schema.BREAKER_FIELDS,
@@ -32,6 +33,7 @@ BLOCKS: dict[str, Iterable[str]] = {
     "`auth`: one mapping or a list": config_schema.AUTH_FIELDS,
     "`health`": config_schema.HEALTH_FIELDS,
     "`routes`": (*config_schema.ROUTE_FIELDS, *config_load.ROUTE_POLICY_KEYS),
+    "`rate_limit`": config_schema.ROUTE_RATE_LIMIT_FIELDS,
     "Download providers (`kind: download`)": config_schema.DOWNLOAD_FIELDS,
 }
 

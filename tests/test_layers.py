@@ -73,11 +73,12 @@ def test_a_forbidden_import_in_policy_is_reported(tmp_path: Path, source: str, c
     ("upstream/attempts.py", "from sidecar.ops import metrics\n"),
     ("state/ledger.py", "from ..web.app import create_app\n"),
     ("errors.py", "from .web.app import create_app\n"),
+    ("limits/fallback.py", "from ..fleet.limiter import RedisBackend\n"),
 ])
 def test_a_forbidden_import_between_layers_is_reported(tmp_path: Path, path: str, source: str) -> None:
     """config importing another layer, upstream importing above it, a root module importing a layer."""
     others = {"policy/breaker.py": "", "errors.py": "", "providers/registry.py": "",
-              "ops/metrics.py": "", "web/app.py": ""}
+              "ops/metrics.py": "", "web/app.py": "", "fleet/limiter.py": ""}
     root = _package(tmp_path, {**others, path: source})
     found = violations(scan(root))
     assert len(found) == 1 and found[0].startswith(f"sidecar.{path[:-3].replace('/', '.')} imports")

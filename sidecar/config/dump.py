@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from .model import ProviderConfig, SidecarConfig
+from .model import ProviderConfig, RateLimitConfig, SidecarConfig
 from .schema import (
     ENV_BREAKER,
     ENV_NAME,
@@ -33,7 +34,7 @@ POLICY_KEYS = ("breaker", "retry", "failure_statuses", "max_request_body", "time
 DURATION_KEYS = frozenset({
     "monitoring_period", "recovery_timeout", "max_recovery_timeout", "slow_call_duration",
     "base_delay", "max_delay", "connect", "attempt", "total", "interval", "timeout",
-    "drain_time", "shutdown_grace", "header_read_timeout"})
+    "drain_time", "shutdown_grace", "header_read_timeout", "max_wait", "max_pause"})
 SIZE_KEYS = frozenset({"max_buffered_body", "max_request_body", "max_download_size"})
 
 
@@ -41,13 +42,29 @@ def dump_effective(config: SidecarConfig) -> str:
     """The effective configuration as re-loadable YAML; secrets are shown as ``<redacted>``."""
     document = {
         "server": _plain(config.server),
+        "ledger": {**_plain(config.ledger), "url": _redact_url(config.ledger.url)},
         "providers": {name: _dump_provider(p) for name, p in config.providers.items()},
     }
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
 
 
+def _redact_url(url: str | None) -> str | None:
+    """A Redis URL without its password (``redis://:<redacted>@host``): the dump shows no secret."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))
+
+
 def _plain(item: Any) -> dict[str, Any]:
-    return {f.name: _plain_value(f.name, getattr(item, f.name)) for f in fields(item)}
+    out = {f.name: _plain_value(f.name, getattr(item, f.name)) for f in fields(item)}
+    if isinstance(item, RateLimitConfig) and item.budget is None:
+        del out["budget"]  # a route's own budget; a provider's block has no such key
+    return out
 
 
 def _plain_value(key: str, value: Any) -> Any:
@@ -79,6 +96,7 @@ def _dump_provider(provider: ProviderConfig) -> dict[str, Any]:
     if provider.download is not None:
         out.update(_plain(provider.download))
     if provider.kind == "proxy":
+        out["rate_limit"] = _plain_value("rate_limit", provider.rate_limit)
         out["routes"] = [_plain(route) for route in provider.routes]
     return out
 

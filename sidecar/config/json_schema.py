@@ -56,6 +56,7 @@ def config_schema(*, partial: bool = False) -> Json:
                               "not": {"enum": sorted(RESERVED_NAMES)}},
             "additionalProperties": blocks.provider(),
         },
+        "ledger": blocks.fields(s.LEDGER_FIELDS, "The job ledger (and the fleet's Redis)."),
     }, ROOT_KEYS)
     title = "sidecar configuration override (deep-merged onto the default)" if partial else (
         "sidecar configuration")
@@ -105,7 +106,9 @@ class _Blocks:
         auth_entry = self.fields(s.AUTH_FIELDS, required=("header", "env"))
         auth_item = self.fields(s.AUTH_FIELDS, required=("header", "env"), merged=False)
         route_properties = {**{k: _rule(k, c) for k, c in s.ROUTE_FIELDS.items()},
-                            **self.policy_properties()}
+                            **self.policy_properties(),
+                            "rate_limit": self.fields(s.ROUTE_RATE_LIMIT_FIELDS,
+                                                      "The route's limit, on top of its provider's.")}
         route = self.closed(route_properties, (*s.ROUTE_FIELDS, *ROUTE_POLICY_KEYS),
                             required=("name", "path"), merged=False)
         properties: dict[str, Json] = {
@@ -115,6 +118,7 @@ class _Blocks:
             "auth": {"anyOf": [{"type": "null"}, auth_entry, {"type": "array", "items": auth_item}]},
             "health": self.fields(s.HEALTH_FIELDS, "The background probe (none when null)."),
             "routes": {"type": ["array", "null"], "items": route},
+            "rate_limit": self.fields(s.RATE_LIMIT_FIELDS, "The provider's rate limit (none when null)."),
             **{key: _rule(key, conv) for key, conv in s.DOWNLOAD_FIELDS.items()},
         }
         block = self.closed(properties, PROVIDER_KEYS)

@@ -26,8 +26,10 @@ from .model import (
     BreakerConfig,
     DownloadConfig,
     HealthConfig,
+    LedgerConfig,
     MiB,
     ProviderConfig,
+    RateLimitConfig,
     RetryConfig,
     RouteConfig,
     ServerConfig,
@@ -37,9 +39,9 @@ from .model import (
 from .schema import ENV_BREAKER, ENV_REFERENCE, UPSTREAM_VARIABLE, upstream_variable
 from .units import format_duration
 
-ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses")
-PROXY_KEYS = ("upstream", "auth", "health", "routes")
-ROOT_KEYS = ("server", "defaults", "providers")
+ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses", "rate_limit")
+PROXY_KEYS = ("upstream", "auth", "health", "routes", "rate_limit")
+ROOT_KEYS = ("server", "defaults", "providers", "ledger")
 PROVIDER_KEYS = (*s.PROVIDER_HEAD_FIELDS, *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
 EMBEDDED = "<embedded default.yaml>"
 __all__ = ["ConfigError", "dump_effective", "load_config", "parse_config", "read_document"]
@@ -136,12 +138,61 @@ def parse_config(data: object, environ: Mapping[str, str]) -> SidecarConfig:
         raise ConfigError(_unexpand(problems.items, raw, environ))
     s.check_keys(problems, "", root, ROOT_KEYS)
     server = _server(problems, root.get("server"))
+    ledger = _ledger(problems, root.get("ledger"))
     defaults = _defaults(problems, root.get("defaults"), environ)
     providers = _providers(problems, root.get("providers"), defaults, environ)
     _stray_upstream_variables(problems, root.get("providers"), environ)
+    _check_fleet(problems, ledger, providers)
     if problems.items:
         raise ConfigError(_unexpand(problems.items, raw, environ))
-    return SidecarConfig(server=server, providers=MappingProxyType(providers))
+    return SidecarConfig(server=server, providers=MappingProxyType(providers), ledger=ledger)
+
+
+def _ledger(problems: s.Problems, raw: object) -> LedgerConfig:
+    ledger = LedgerConfig(**s.parse_fields(problems, "ledger", raw, s.LEDGER_FIELDS))
+    if ledger.backend == "redis" and not ledger.url:
+        problems.add("ledger.url", "is required when ledger.backend is redis")
+    return ledger
+
+
+def _check_fleet(problems: s.Problems, ledger: LedgerConfig,
+                 providers: Mapping[str, ProviderConfig]) -> None:
+    """``breaker.shared`` needs the fleet's Redis: without it, each sidecar would silently decide
+    alone while the configuration says they decide together."""
+    if ledger.backend == "redis":
+        return
+    for name, provider in providers.items():
+        if provider.breaker.shared:
+            problems.add(f"{s.join('providers', name)}.breaker.shared",
+                         "needs ledger.backend: redis (the fleet's breaker record lives there)")
+
+
+def _rate_limit(problems: s.Problems, path: str, raw: object,
+                spec: Mapping[str, s.Converter]) -> RateLimitConfig | None:
+    """A ``rate_limit`` block; null or absent means none."""
+    if raw is None:
+        return None
+    return RateLimitConfig(**s.parse_fields(problems, path, raw, spec))
+
+
+def _check_budgets(problems: s.Problems, path: str, routes: tuple[RouteConfig, ...]) -> None:
+    """Routes sharing a budget must agree on it: one budget has one rate and one concurrency."""
+    first: dict[str, RouteConfig] = {}
+    for index, route in enumerate(routes):
+        limit = route.rate_limit
+        if limit is None:
+            continue
+        name = limit.budget or route.name
+        other = first.setdefault(name, route)
+        assert other.rate_limit is not None
+        if other is not route and _budget_terms(other.rate_limit) != _budget_terms(limit):
+            problems.add(f"{s.join(path, index)}.rate_limit",
+                         f"budget {name!r} is also used by route {other.name!r} with other "
+                         "requests_per_minute, burst or concurrency: a shared budget has one of each")
+
+
+def _budget_terms(limit: RateLimitConfig) -> tuple[float | None, int, int | None]:
+    return limit.requests_per_minute, limit.burst, limit.concurrency
 
 
 def _expand(value: object, environ: Mapping[str, str]) -> object:
@@ -301,11 +352,15 @@ def _proxy_parts(problems: s.Problems, name: str, path: str, block: Mapping[str,
     if block.get("health") is not None:
         values = s.parse_fields(problems, f"{path}.health", block["health"], s.HEALTH_FIELDS)
         health = HealthConfig(**values)
+    routes = _routes(problems, f"{path}.routes", block.get("routes"), policies)
+    _check_budgets(problems, f"{path}.routes", routes)
     return {
         "upstream": upstream if ok else "",
         "auth": _auth(problems, f"{path}.auth", block.get("auth"), environ),
         "health": health,
-        "routes": _routes(problems, f"{path}.routes", block.get("routes"), policies),
+        "routes": routes,
+        "rate_limit": _rate_limit(problems, f"{path}.rate_limit", block.get("rate_limit"),
+                                  s.RATE_LIMIT_FIELDS),
     }
 
 
@@ -363,7 +418,9 @@ def _route(problems: s.Problems, path: str, raw: object, policies: Policies) -> 
     values = s.parse_fields(problems, path, _pick(block, tuple(s.ROUTE_FIELDS)), s.ROUTE_FIELDS,
                             required=("name", "path"))
     merged = _policies(problems, path, _pick(block, ROUTE_POLICY_KEYS), policies)
+    limit = _rate_limit(problems, f"{path}.rate_limit", block.get("rate_limit"),
+                        s.ROUTE_RATE_LIMIT_FIELDS)
     if len(problems.items) != before:
         return None
     return RouteConfig(**values, retry=merged.retry, timeouts=merged.timeouts,
-                       failure_statuses=merged.failure_statuses)
+                       failure_statuses=merged.failure_statuses, rate_limit=limit)

@@ -13,6 +13,7 @@ from typing import Literal
 MiB = 1024 * 1024
 
 ProviderKind = Literal["proxy", "download"]
+LedgerBackendName = Literal["sqlite", "memory", "redis"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class BreakerConfig:
     success_threshold: int = 2
     half_open_max_calls: int = 1
     slow_call_duration: float | None = None
+    shared: bool = False  # follow the fleet's record in Redis (needs ledger.backend: redis)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,22 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """``rate_limit`` of a provider or a route. No rate and no concurrency: only pauses apply.
+
+    ``budget`` (routes only) names the budget the route counts in: routes naming the same one share
+    it; by default a route's budget is its own, named after it.
+    """
+
+    requests_per_minute: float | None = None
+    burst: int = 1
+    concurrency: int | None = None
+    max_wait: float = 0.0
+    max_pause: float = 60.0
+    budget: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     """A named operation; its policies are already merged over the provider's."""
 
@@ -77,6 +95,7 @@ class RouteConfig:
     retry: RetryConfig = RetryConfig()
     timeouts: Timeouts = Timeouts()
     failure_statuses: frozenset[int] = frozenset({500, 502, 503, 504})
+    rate_limit: RateLimitConfig | None = None  # the route's own, on top of its provider's
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +123,7 @@ class ProviderConfig:
     max_concurrent: int | None = None
     routes: tuple[RouteConfig, ...] = ()
     download: DownloadConfig | None = None
+    rate_limit: RateLimitConfig | None = None
 
     @property
     def configured(self) -> bool:
@@ -129,9 +149,36 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """Where the state shared by the sidecars of one bot lives: with ``backend: redis``, the fleet's
+    rate limits, pauses and shared breakers live in that Redis, under ``prefix``."""
+
+    backend: LedgerBackendName = "sqlite"
+    url: str | None = None
+    prefix: str = "sidecar:"
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarConfig:
     server: ServerConfig = ServerConfig()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    ledger: LedgerConfig = LedgerConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRedis:
+    """The Redis every sidecar of the bot shares, and the key prefix of this bot in it."""
+
+    url: str
+    prefix: str
+
+
+def shared_redis(config: SidecarConfig) -> SharedRedis | None:
+    """The fleet's Redis (the ledger's), or None when the ledger is not on Redis."""
+    ledger = config.ledger
+    if ledger.backend != "redis" or not ledger.url:
+        return None
+    return SharedRedis(ledger.url, ledger.prefix)
 
 
 # The first path segments of the sidecar's own endpoints: never a provider name.

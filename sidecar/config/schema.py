@@ -439,6 +439,7 @@ BREAKER_FIELDS: dict[str, Converter] = {
     "success_threshold": integer(1),
     "half_open_max_calls": integer(1),
     "slow_call_duration": optional(duration()),
+    "shared": boolean,
 }
 RETRY_FIELDS: dict[str, Converter] = {
     "max_attempts": integer(1),
@@ -488,6 +489,39 @@ AUTH_FIELDS: dict[str, Converter] = {
     "prefix": string,
     "env": text(ENV_NAME, "an environment variable name"),
     "value": redacted_placeholder,
+}
+RATE_LIMIT_FIELDS: dict[str, Converter] = {
+    "requests_per_minute": optional(number(above=0.0)),
+    "burst": integer(1),
+    "concurrency": optional(integer(1)),
+    "max_wait": duration(allow_zero=True),
+    "max_pause": duration(allow_zero=True),
+}
+# Only on a route: routes naming the same budget count in one budget (a route's own by default).
+ROUTE_RATE_LIMIT_FIELDS: dict[str, Converter] = {
+    **RATE_LIMIT_FIELDS,
+    "budget": text(ROUTE_NAME, "lower-case letters, digits and '_'"),
+}
+
+
+@rule(or_env({"type": "string", "pattern": anchored(
+    r"\s*[rR][eE][dD][iI][sS][sS]?://(?:[^@/?#\s]*@)?[^/?#@\s:][^\s]*\s*")}))
+def redis_url(value: object) -> str:
+    """``redis://`` or ``rediss://`` (TLS) with a host; a password in it is allowed (``${VAR}``)."""
+    url = string(value).strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be a redis:// or rediss:// URL like redis://redis:6379/0")
+    return url
+
+
+LEDGER_FIELDS: dict[str, Converter] = {
+    "backend": one_of("sqlite", "memory", "redis"),
+    "url": optional(redis_url),
+    "prefix": text(re.compile(r"[!-~]{1,64}"), "1 to 64 printable characters without spaces"),
 }
 ROUTE_FIELDS: dict[str, Converter] = {
     "name": text(ROUTE_NAME, "lower-case letters, digits and '_'"),

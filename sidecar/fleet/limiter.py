@@ -106,6 +106,7 @@ class RedisBackend:
         self._renew = redis.register_script(lua.RENEW)
         self._pause = redis.register_script(lua.PAUSE)
         self._paused_for = redis.register_script(lua.PAUSED_FOR)
+        self._usage = redis.register_script(lua.USAGE)
         self.renewals: set[asyncio.Task[None]] = set()
         self._orphans: set[asyncio.Task[Any]] = set()
         self.log = get_logger("limits")
@@ -198,6 +199,14 @@ class RedisBackend:
         """The AIMD limit in force in Redis for ``provider`` (None: not lowered), for inspection."""
         value = await self._guard(self.redis.hget(self.keys.aimd(provider), "limit"), "aimd")
         return None if value is None else int(value)
+
+    async def usage(self, provider: str, scope: Scope) -> tuple[int, float]:
+        """(slots held fleet-wide, seconds until a start would be allowed) of one budget."""
+        keys = [self.keys.tat(provider, scope.name), self.keys.leases(provider, scope.name)]
+        gcra = scope.gcra
+        args = [gcra.tolerance if gcra else 0, 1 if gcra else 0]
+        held, wait = await self._guard(self._usage(keys, args), "usage")
+        return int(held), seconds(int(wait))
 
     async def ping(self) -> None:
         """Raise ``FleetUnavailable`` unless Redis answers within the timeout."""

@@ -16,7 +16,7 @@ from sidecar.policy.concurrency import (
     AIMD_MIN_LIMIT,
 )
 
-__all__ = ["ACQUIRE", "PAUSE", "PAUSED_FOR", "RELEASE", "RENEW"]
+__all__ = ["ACQUIRE", "PAUSE", "PAUSED_FOR", "RELEASE", "RENEW", "USAGE"]
 
 GRANTED, PAUSED, FULL, RATE = 0, 1, 2, 3
 
@@ -122,4 +122,15 @@ return math.max(ends - now, 0)
 PAUSED_FOR = _PRELUDE + """
 -- KEYS: pause. Returns µs left of the pause in force (0: none).
 return math.max(tonumber(redis.call('GET', KEYS[1]) or '0') - now, 0)
+"""
+
+USAGE = _PRELUDE + """
+-- KEYS: one scope's TAT, its lease set. ARGV: tolerance µs, '1' when the scope has a rate.
+-- Returns {leases held now, µs until a start would be allowed}: for /health/detailed, read-only.
+local held = redis.call('ZCOUNT', KEYS[2], '(' .. int(now), '+inf')
+local wait = 0
+if ARGV[2] == '1' then
+  wait = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[1]) - now, 0)
+end
+return {held, wait}
 """

@@ -111,6 +111,16 @@ class LocalBackend:
         """The AIMD limit in force for ``provider`` (None: not lowered), for inspection."""
         return aimd_limit(self._aimd.get(provider), micros(self._clock()))
 
+    def usage(self, provider: str, scope: Scope) -> tuple[int, float]:
+        """(slots held, seconds until a start would be allowed) of one budget, for inspection."""
+        now = micros(self._clock())
+        budget = self._budgets.get((provider, scope.name))
+        if budget is None:
+            return 0, 0.0
+        gcra = scope.gcra
+        wait = 0 if gcra is None else max(0, gcra.earliest(budget.tat) - now)
+        return budget.leases.count(now), seconds(wait)
+
     async def pause(self, provider: str, seconds_: float) -> float:
         now = micros(self._clock())
         until = max(self._paused_until.get(provider, 0), now + micros(max(0.0, seconds_)))

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from ..providers.admission import Limits
 from ..providers.registry import ProviderRegistry
 from .admin import AdminHandlers
 from .checks import LocalChecks
@@ -30,13 +31,14 @@ def add_own_routes(
     status: ProcessStatus,
     bound_host: str,
     environ: Mapping[str, str],
+    limits: Limits | None = None,
 ) -> None:
     """Add the own endpoints of a listener bound to ``bound_host``; ``environ`` is read once, here."""
     checks = LocalChecks(registry.clock)
     admin = AdminHandlers(registry, environ, bound_host=bound_host)
     app[CHECKS] = checks
     app[ADMIN] = admin
-    HealthHandlers(registry, probes, checks, status).add_routes(app)
+    HealthHandlers(registry, probes, checks, status, limits).add_routes(app)
     admin.add_routes(app)
 
     # prometheus_client's own handler on the app's registry: the text format, or OpenMetrics when

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..policy.breaker import BreakerState
+from ..providers.admission import Limits
 from ..providers.registry import ProviderRegistry
 from ..providers.runtime import DownloadRuntime, ProviderRuntime
 from .checks import Check, LocalChecks
@@ -111,11 +112,13 @@ class HealthHandlers:
         probes: ProbeRunner,
         checks: LocalChecks,
         status: ProcessStatus,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
         self.probes = probes
         self.checks = checks
         self.status = status
+        self.limits = limits
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/health", self.health)
@@ -139,11 +142,24 @@ class HealthHandlers:
             return web.json_response({"status": "not_ready", "reasons": problems}, status=503)
         return web.json_response({"status": "ready"})
 
+    async def _with_limits(self, rt: ProviderRuntime, view: dict[str, object]) -> dict[str, object]:
+        """Add the provider's ``limits`` (null for downloads) and ``shared_breaker``: null unless
+        ``breaker.shared``, else whether the fleet's store answered last time (the breaker object
+        itself keeps one shape everywhere)."""
+        limits = self.limits
+        view["limits"] = None if limits is None else await limits.usage(rt.name)
+        shared = rt.config.breaker.shared and rt.config.kind == "proxy" and limits is not None
+        view["shared_breaker"] = (
+            {"store_reachable": limits.fleet.breakers_reachable} if shared and limits else None
+        )
+        return view
+
     async def detailed(self, request: web.Request) -> web.Response:
         providers: dict[str, object] = {}
         faults: dict[str, tuple[bool, str | None]] = {}
         for name, rt in self.registry.providers.items():
-            providers[name], fault = _provider_view(rt, self.probes.result(name))
+            view, fault = _provider_view(rt, self.probes.result(name))
+            providers[name] = await self._with_limits(rt, view)
             faults[name] = (rt.config.critical, fault)
         checks = await self.checks.run()
         status = overall_status(faults, checks)

@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..upstream.h1pool import PoolStats
 from ..upstream.observer import ATTEMPT_RESULTS
+from .limit_metrics import LimitFamilies, ProviderLimitMetrics
 from .scrape_gauges import ScrapeGauges
 
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
@@ -117,6 +118,7 @@ class Metrics:
         self.scrape_gauges = ScrapeGauges(r)
         build = Gauge("sidecar_build_info", "Build information.", ("version",), registry=r)
         build.labels(version).set(1)
+        self.limit_families = LimitFamilies(r)
         self._providers: dict[str, ProviderMetrics] = {}
 
     def provider(self, name: str, routes: Iterable[str] = ()) -> ProviderMetrics:
@@ -124,6 +126,10 @@ class Metrics:
         if pm is None:
             pm = self._providers[name] = ProviderMetrics(self, name, routes)
         return pm
+
+    def limits(self, name: str) -> ProviderLimitMetrics:
+        """Rate-limit and pause metrics of provider ``name``."""
+        return self.limit_families.provider(name)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

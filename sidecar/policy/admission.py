@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from sidecar.config import RateLimitConfig
 from sidecar.policy.concurrency import LeaseTable
 from sidecar.policy.gcra import MICROS, Gcra
-from sidecar.policy.pause import DEFAULT_MAX_PAUSE
 
 __all__ = [
     "CONCURRENCY_RETRY_AFTER",
@@ -43,17 +43,6 @@ class Reason(StrEnum):
     RATE = "rate"
     CONCURRENCY = "concurrency"
     PROVIDER_PAUSE = "provider_pause"
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitConfig:
-    """``rate_limit`` of a provider or a route. No rate and no concurrency: only pauses apply."""
-
-    requests_per_minute: float | None = None
-    burst: int = 1
-    concurrency: int | None = None
-    max_wait: float = 0.0
-    max_pause: float = DEFAULT_MAX_PAUSE
 
 
 @dataclass(frozen=True, slots=True)

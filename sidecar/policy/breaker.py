@@ -98,10 +98,12 @@ class IllegalTransitionError(RuntimeError):
 
 _S = BreakerState
 _AUTOMATIC: dict[tuple[BreakerState, BreakerState], set[str]] = {
-    (_S.CLOSED, _S.OPEN): {"consecutive_failures", "failure_rate"},
     (_S.OPEN, _S.HALF_OPEN): {"recovery_timeout_elapsed"},
-    (_S.HALF_OPEN, _S.OPEN): {"trial_failed"},
-    (_S.HALF_OPEN, _S.CLOSED): {"trials_succeeded"},
+    (_S.HALF_OPEN, _S.CLOSED): {"trials_succeeded", "shared_closed"},
+    # Following the fleet's shared record (``breaker.shared``): opened or closed elsewhere.
+    (_S.CLOSED, _S.OPEN): {"consecutive_failures", "failure_rate", "shared_open"},
+    (_S.HALF_OPEN, _S.OPEN): {"trial_failed", "shared_open"},
+    (_S.OPEN, _S.CLOSED): {"shared_closed"},
 }
 _ADMIN = {
     _S.CLOSED: "admin_reset",
@@ -314,6 +316,40 @@ class CircuitBreaker:
         run = self._count(permit.seq, failed, now)  # CLOSED or DISABLED: the others' permits
         if state is BreakerState.CLOSED:
             self._check_thresholds(run, now)
+
+    @property
+    def openings(self) -> int:
+        """How many times this breaker has opened (followed openings included)."""
+        return self._opened_count
+
+    @property
+    def open_duration(self) -> float:
+        """The open time in force (grown by re-opens when ``max_recovery_timeout`` is set)."""
+        return self._open_duration
+
+    def follow_open(self, retry_after: float, open_for: float) -> None:
+        """Follow a shared record that is open for ``open_for`` s, ``retry_after`` s of it still to
+        run (0: due, trials allowed): this breaker is open until the same moment. Admin modes
+        (forced open, disabled) are this sidecar's own and are left as they are."""
+        now = self._clock()
+        if self._state is BreakerState.OPEN:
+            self._maybe_half_open(now)
+        state = self._state
+        if state is BreakerState.FORCED_OPEN or state is BreakerState.DISABLED:
+            return
+        opened_at = now + max(0.0, retry_after) - open_for
+        if state is BreakerState.OPEN or (state is BreakerState.HALF_OPEN and retry_after <= 0):
+            self._opened_at, self._open_duration = opened_at, open_for  # the same opening
+            return
+        self._open_duration = open_for
+        self._opened_at = opened_at
+        self._opened_count += 1
+        self._transition(BreakerState.OPEN, "shared_open", now)
+
+    def follow_closed(self) -> None:
+        """Follow a shared record that closed (its trials succeeded elsewhere, or an operator)."""
+        if self._state is BreakerState.OPEN or self._state is BreakerState.HALF_OPEN:
+            self._transition(BreakerState.CLOSED, "shared_closed", self._clock())
 
     def reset(self) -> None:
         """Back to CLOSED with fresh counters (totals kept); a no-op transition is not reported."""

@@ -26,6 +26,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..config import RateLimitConfig
 from .retry import parse_retry_after
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
     "read_429",
 ]
 
-DEFAULT_MAX_PAUSE = 60.0
+DEFAULT_MAX_PAUSE = RateLimitConfig().max_pause
 MAX_INSPECTED_BODY = 64 * 1024
 """Only the first 64 KiB of a 429 body are read; throttle messages are a few hundred bytes."""
 CONCURRENCY_MARKERS = frozenset({"too_many_concurrent_requests"})

@@ -7,7 +7,9 @@ the configured base plus the rest *as received*: nothing the client sends can ch
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -21,13 +23,17 @@ from ..headers import (
     REQUEST_DROP,
     REQUEST_ID,
     RESPONSE_DROP,
+    SIDECAR_ERROR,
     filter_headers,
 )
+from ..policy.breaker import Rejection
 from ..policy.retry import request_is_retryable
 from ..upstream.attempts import AttemptLoop
 from ..upstream.h1pool import Body, H1Response
-from ..upstream.transports import pool_send
+from ..upstream.transports import gated, pool_send
+from .admission import Limits, Ticket
 from .runtime import ProxyRuntime
+from .shared_breaker import SharedBreaker
 
 # Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
 _SMALL_BODY = 64 * 1024
@@ -135,11 +141,28 @@ async def _read_body(
     return _LimitedStream(b"".join(chunks), request.content, limit), False
 
 
+@dataclass(frozen=True, slots=True)
+class _Outbound:
+    """One client request, ready to send upstream through the provider's pool."""
+
+    method: str
+    target: str  # origin-form path and query
+    headers: CIMultiDict[str]
+    body: Body
+    route: RouteConfig
+    retryable: bool  # method/key/route allow a retry and the body can be sent again
+
+
 class ProxyHandler:
     """Forwards one client request through its provider's breaker and its route's retry policy."""
 
-    def __init__(self, loop: AttemptLoop) -> None:
+    def __init__(
+        self, loop: AttemptLoop, limits: Limits | None = None,
+        shared: Mapping[str, SharedBreaker] | None = None,
+    ) -> None:
         self._loop = loop
+        self._limits = limits
+        self._shared = shared or {}
 
     async def forward(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str,
@@ -162,13 +185,83 @@ class ProxyHandler:
         except SidecarError as refused:
             return _with_request_id(to_response(refused), request_id)
         pool = rt.pool
-        target = upstream_target(pool.prefix, rest, query)
-        send = pool_send(pool, request.method, target, headers, body, route.timeouts)
-        exchange = await self._loop.run(rt, send, route=route, retryable=eligible and replayable)
+        out = _Outbound(
+            method=request.method,
+            target=upstream_target(pool.prefix, rest, query),
+            headers=headers,
+            body=body,
+            route=route,
+            retryable=eligible and replayable,
+        )
+        link = self._shared.get(rt.name)
+        if link is None:
+            return await self._admitted(request, rt, out, request_id)
+        decision = await link.before(route)
+        if isinstance(decision, Rejection):
+            rt.metrics.short_circuited.inc()
+            return _with_request_id(to_response(_fleet_open(rt.name, decision)), request_id)
+        verdict: bool | None = None
+        try:
+            response = await self._admitted(request, rt, out, request_id)
+            verdict = _trial_verdict(response, route)
+            return response
+        finally:
+            await link.after(decision, verdict)
+
+    async def _admitted(
+        self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str
+    ) -> web.StreamResponse:
+        """Through the provider's limits (when there are any), then sent and relayed."""
+        route = out.route
+        if self._limits is None:
+            return await self._send(request, rt, out, request_id, None)
+        try:
+            ticket = await self._limits.admit(rt.name, route, route.timeouts.total)
+        except SidecarError as refused:
+            return _with_request_id(to_response(refused), request_id)
+        async with ticket:
+            return await self._send(request, rt, out, request_id, ticket)
+
+    async def _send(
+        self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
+        ticket: Ticket | None,
+    ) -> web.StreamResponse:
+        route = out.route
+        send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)
+        if ticket is not None:
+            send = gated(send, ticket)
+            if ticket.waited > 0:  # timeouts.total bounds the wait and the attempts together
+                timeouts = route.timeouts
+                left = dataclasses.replace(timeouts, total=max(0.0, timeouts.total - ticket.waited))
+                route = dataclasses.replace(route, timeouts=left)
+        exchange = await self._loop.run(
+            rt, send, route=route, retryable=out.retryable, gate=ticket
+        )
+        if ticket is not None:
+            ticket.finish(None if exchange.response is None else exchange.response.status)
         if exchange.response is None:
             assert exchange.error is not None
             return _with_request_id(to_response(exchange.error), request_id)
         return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
+
+
+_VERDICT_ERRORS = frozenset({ErrorCode.UPSTREAM_TIMEOUT.value, ErrorCode.UPSTREAM_UNREACHABLE.value})
+
+
+def _trial_verdict(response: web.StreamResponse, route: RouteConfig) -> bool | None:
+    """What a request says of its provider, as a breaker would count it (None: nothing)."""
+    error = response.headers.get(SIDECAR_ERROR)
+    if error is not None:
+        return False if error in _VERDICT_ERRORS else None
+    return response.status not in route.failure_statuses
+
+
+def _fleet_open(provider: str, rejection: Rejection) -> SidecarError:
+    state = rejection.state.value
+    return SidecarError(
+        ErrorCode.CIRCUIT_OPEN, f"circuit breaker for {provider} is {state} (shared by the fleet)",
+        provider=provider, retry_after=rejection.retry_after, extra={"state": state},
+    )
 
 
 def _with_request_id(resp: web.Response, request_id: str) -> web.Response:

@@ -23,7 +23,7 @@ from ..errors import ErrorCode, RequestBodyError, SidecarError
 from ..headers import RETRY_AFTER
 from ..policy.breaker import BreakerState, CircuitBreaker, Outcome, Rejection
 from ..policy.retry import RetryBudget, parse_retry_after, retry_delay
-from .h1pool import PoolTimeout
+from .h1pool import H1Response, PoolTimeout
 from .observer import AttemptMetrics
 from .verdict import AttemptOutcome, Ending, classify
 
@@ -72,6 +72,19 @@ class Target(Protocol):
     def name(self) -> str: ...
 
 
+class AttemptGate(Protocol):
+    """A say in each retry, given by the request's limits.
+
+    ``before_retry`` runs after the wait and before the breaker is asked: False keeps the answer
+    retried over and sends nothing more. (A look at each answer as it comes is ``answered``, which
+    the transport calls: see ``transports.gated``.)
+    """
+
+    async def before_retry(self, remaining: float) -> bool: ...
+
+    async def answered(self, response: H1Response) -> None: ...
+
+
 @dataclass(slots=True)
 class Exchange(Generic[R]):
     """The upstream's response to stream back, or the sidecar error to answer instead."""
@@ -97,11 +110,13 @@ class AttemptLoop:
         self._wall = wall
 
     async def run(
-        self, target: Target, send: Send[R], *, route: RouteConfig, retryable: bool
+        self, target: Target, send: Send[R], *, route: RouteConfig, retryable: bool,
+        gate: AttemptGate | None = None,
     ) -> Exchange[R]:
         """Send through ``send`` under the target's breaker and the route's retry policy.
 
         ``retryable``: the method, key and route allow a retry and the body can be sent again.
+        ``gate``: the request's limits, asked before each retry.
         """
         clock = self._clock
         deadline = clock() + route.timeouts.total
@@ -157,14 +172,17 @@ class AttemptLoop:
             delay = retry_delay(attempts, retry_cfg, self._rng, retry_after)
             if delay is None or not self._may_retry(target, route, delay, deadline):
                 return _finish(response, error, attempts, sent)
-            target.metrics.retries.inc()
             held = (response, error)
             try:
                 await self._sleep(delay)
+                go_on = gate is None or await gate.before_retry(deadline - clock())
             except BaseException:
                 if response is not None:
                     response.release()
                 raise
+            if not go_on:
+                return _finish(response, error, attempts, sent)
+            target.metrics.retries.inc()
 
     async def _send(
         self, send: Send[R], seconds: float

@@ -70,6 +70,7 @@ def create_app(
     add_own_routes(
         app, registry=svc.registry, probes=svc.probes, metrics=svc.metrics, status=svc.status,
         bound_host=bound_host, environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
+        limits=svc.limits,
     )
     if role == "proxy":
         handler = _proxy_dispatch(svc)
@@ -103,7 +104,7 @@ Forward = Callable[
 
 def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     registry = svc.registry
-    proxy = ProxyHandler(svc.attempts)
+    proxy = ProxyHandler(svc.attempts, svc.limits, svc.shared)
     download = DownloadHandler(registry, svc.attempts)
 
     async def forward(

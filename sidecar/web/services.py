@@ -16,17 +16,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from .. import __version__
 from ..config import SidecarConfig
+from ..fleet.wiring import FleetState
 from ..ops.health import ProcessStatus
 from ..ops.metrics import Metrics
 from ..ops.probes import ProbeRunner
+from ..providers.admission import Limits
 from ..providers.registry import ProviderRegistry
+from ..providers.shared_breaker import shared_breakers
 from ..upstream.attempts import AttemptLoop
 
 __all__ = ["Services"]
 
 
 class Services:
-    """Metrics, the provider registry, the attempt loop, the probes and the process status.
+    """Metrics, the provider registry, the attempt loop, the probes, the process status, and the
+    limits (this sidecar's, or the fleet's through Redis).
 
     ``clock`` (monotonic seconds), ``wall`` (epoch seconds), ``sleep`` and ``rng`` reach every part
     that waits, times or draws, so tests can inject all of them in one place.
@@ -55,6 +59,19 @@ class Services:
             self.registry, self.metrics, clock=clock, wall=wall, sleep=sleep, rng=rng
         )
         self.status = ProcessStatus(clock)
+        fallbacks = self.metrics.limit_families.fallback
+        self.fleet = FleetState.build(
+            config, clock=clock, sleep=sleep, environ=self.environ,
+            on_switch=lambda mode: fallbacks("limiter", mode),
+        )
+        self.limits = Limits(config.providers.values(), self.fleet, metrics=self.metrics, wall=wall)
+        fleet = self.fleet
+
+        def breakers_reachable(up: bool) -> None:
+            fleet.breakers_reachable = up
+            fallbacks("breaker", "fleet" if up else "local")
+
+        self.shared = shared_breakers(self.registry, fleet, clock=clock, on_reachable=breakers_reachable)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Services]:
@@ -67,4 +84,7 @@ class Services:
             try:
                 await self.probes.close()
             finally:
-                await self.registry.close()
+                try:
+                    await self.registry.close()
+                finally:
+                    await self.limits.aclose()

@@ -63,6 +63,10 @@ BLOCKS: dict[str, tuple[tuple[str | int, ...], Mapping[str, s.Converter]]] = {
     "head": (("providers", "bfl"), s.PROVIDER_HEAD_FIELDS),
     "auth": (("providers", "replicate", "auth"), s.AUTH_FIELDS),
     "route": (("providers", "replicate", "routes", 0), s.ROUTE_FIELDS),
+    "rate_limit": (("providers", "bfl", "rate_limit"), s.RATE_LIMIT_FIELDS),
+    "route_rate_limit": (("providers", "replicate", "routes", 0, "rate_limit"),
+                         s.ROUTE_RATE_LIMIT_FIELDS),
+    "ledger": (("ledger",), s.LEDGER_FIELDS),
 }
 # (Not a float: JSON Schema counts 5.0 as an integer where the loader wants an int.)
 WRONG_VALUES = ({"a": 1}, [{"a": 1}])
@@ -161,6 +165,18 @@ HAND_CASES: list[tuple[str, tuple[str | int, ...], object, bool]] = [
     ("top-level typo", ("provider",), {}, False),
     ("null block", ("defaults",), None, True),
     ("block scalar", ("defaults", "breaker"), 5, False),
+    ("rate limit", ("providers", "bfl", "rate_limit"),
+     {"requests_per_minute": 600, "burst": 10, "concurrency": 4, "max_wait": "10s"}, True),
+    ("rate limit decimal", ("providers", "bfl", "rate_limit", "requests_per_minute"), 0.5, True),
+    ("rate limit zero", ("providers", "bfl", "rate_limit", "requests_per_minute"), 0, False),
+    ("rate limit null", ("providers", "bfl", "rate_limit"), None, True),
+    ("rate limit typo", ("providers", "bfl", "rate_limit", "rpm"), 5, False),
+    ("route budget on a provider", ("providers", "bfl", "rate_limit", "budget"), "x", False),
+    ("download rate limit", ("providers", "file-download", "rate_limit"), {"burst": 2}, False),
+    ("ledger redis", ("ledger",), {"backend": "redis", "url": "rediss://:pw@redis:6379/0"}, True),
+    ("ledger url scheme", ("ledger",), {"backend": "redis", "url": "http://redis"}, False),
+    ("ledger backend", ("ledger", "backend"), "postgres", False),
+    ("ledger prefix space", ("ledger", "prefix"), "a b", False),
 ]
 
 
@@ -213,6 +229,8 @@ def test_every_block_the_loader_closes_is_closed_in_the_schema() -> None:
     ("ops port on the proxy port", ("server", "ops_port"), 8080),
     ("duplicate routes", ("providers", "bfl", "routes"),
      [{"name": "a", "path": "/a"}, {"name": "a", "path": "/b"}]),
+    ("a shared breaker without Redis", ("defaults", "breaker", "shared"), True),
+    ("redis without a url", ("ledger", "backend"), "redis"),
 ])
 def test_rules_across_fields_are_the_loaders_alone(
         name: str, path: tuple[str | int, ...], value: object) -> None:

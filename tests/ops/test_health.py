@@ -159,7 +159,8 @@ async def test_detailed_shape(fake: FakeProvider, sidecar) -> None:
     assert set(body) == {"status", "version", "uptime_seconds", "providers", "checks"}
     assert set(body["providers"]) == {"a", "b"}
     view = body["providers"]["a"]
-    assert set(view) == {"configured", "critical", "state", "breaker", "probe", "hosts"}
+    assert set(view) == {"configured", "critical", "state", "breaker", "probe", "hosts", "limits",
+                         "shared_breaker"}
     for key in ("window_calls", "window_failures", "consecutive_failures", "state"):
         assert key in view["breaker"]
     assert view["hosts"] is None  # only a per-host provider (kind: download) lists hosts

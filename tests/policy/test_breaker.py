@@ -431,8 +431,9 @@ def test_transition_callback_sees_the_new_state(rig: Rig) -> None:
 def test_legal_transition_table() -> None:
     """Automatic edges follow the state diagram; admins may move any state to their target."""
     assert (S.CLOSED, S.HALF_OPEN) not in LEGAL_TRANSITIONS
-    assert LEGAL_TRANSITIONS[(S.OPEN, S.CLOSED)] == {"admin_reset"}
-    assert LEGAL_TRANSITIONS[(S.CLOSED, S.OPEN)] == {"consecutive_failures", "failure_rate"}
+    assert LEGAL_TRANSITIONS[(S.OPEN, S.CLOSED)] == {"admin_reset", "shared_closed"}
+    assert LEGAL_TRANSITIONS[(S.CLOSED, S.OPEN)] == {"consecutive_failures", "failure_rate",
+                                                     "shared_open"}
     assert LEGAL_TRANSITIONS[(S.FORCED_OPEN, S.DISABLED)] == {"admin_disable"}
     assert (S.FORCED_OPEN, S.FORCED_OPEN) not in LEGAL_TRANSITIONS
 
@@ -617,3 +618,70 @@ def test_outage_at_a_high_rate_opens_promptly(stream: Stream, failing: float) ->
     replay(rig, stream(rng, 0.0, 10.0, 0.12) + stream(rng, 10.0, 2.0, failing))
     opened = [e for e in rig.events if e.from_state is S.CLOSED]
     assert opened and 10.0 <= opened[0].at < 10.5
+
+
+# --- following the fleet's shared record (breaker.shared) ---------------------------------------
+
+def _shared_breaker(clock: FakeClock, seen: list[Transition]) -> CircuitBreaker:
+    config = BreakerConfig(failure_threshold=2, minimum_calls=0, recovery_timeout=10.0,
+                           success_threshold=2)
+    return CircuitBreaker("p", config, clock=clock, on_transition=seen.append)
+
+
+def test_following_an_open_record_opens_until_the_same_moment() -> None:
+    """A record open for 20 s with 15 s left: rejected for 15 s (Retry-After 15), then one trial."""
+    clock, seen = FakeClock(), []
+    breaker = _shared_breaker(clock, seen)
+    breaker.follow_open(15.0, 20.0)
+    rejection = breaker.acquire()
+    assert isinstance(rejection, Rejection) and rejection.retry_after == 15.0
+    assert [(t.to_state, t.reason) for t in seen] == [(BreakerState.OPEN, "shared_open")]
+    assert breaker.open_duration == 20.0 and breaker.openings == 1
+    clock.advance(15.0)
+    permit = breaker.acquire()
+    assert isinstance(permit, Permit) and permit.trial
+
+
+def test_following_the_same_opening_again_changes_nothing() -> None:
+    """A second look at the same record realigns the times without a new transition."""
+    clock, seen = FakeClock(), []
+    breaker = _shared_breaker(clock, seen)
+    breaker.follow_open(10.0, 10.0)
+    clock.advance(4.0)
+    breaker.follow_open(6.0, 10.0)
+    assert len(seen) == 1 and breaker.openings == 1
+
+
+def test_a_due_record_makes_a_closed_breaker_half_open() -> None:
+    """A sidecar that never saw the opening joins at half-open when the record is already due."""
+    clock, seen = FakeClock(), []
+    breaker = _shared_breaker(clock, seen)
+    breaker.follow_open(0.0, 10.0)
+    assert breaker.state is BreakerState.HALF_OPEN
+
+
+def test_following_a_closed_record_closes_and_restores_the_open_time() -> None:
+    """Trials that succeeded elsewhere close this breaker too; an old permit can no longer move it."""
+    clock, seen = FakeClock(), []
+    breaker = _shared_breaker(clock, seen)
+    old = breaker.acquire()
+    breaker.follow_open(5.0, 40.0)
+    breaker.follow_closed()
+    assert breaker.state is BreakerState.CLOSED and breaker.open_duration == 10.0
+    assert isinstance(old, Permit)
+    breaker.record(old, Outcome.FAILURE)
+    breaker.record(old, Outcome.FAILURE)
+    assert breaker.state is BreakerState.CLOSED
+    assert [t.reason for t in seen] == ["shared_open", "shared_closed"]
+
+
+def test_admin_modes_are_not_overridden_by_the_record() -> None:
+    """A forced-open or disabled breaker stays so whatever the fleet's record says."""
+    clock, seen = FakeClock(), []
+    breaker = _shared_breaker(clock, seen)
+    breaker.disable()
+    breaker.follow_open(5.0, 10.0)
+    assert breaker.state is BreakerState.DISABLED
+    breaker.force_open()
+    breaker.follow_closed()
+    assert breaker.state is BreakerState.FORCED_OPEN

@@ -8,7 +8,9 @@ import pytest
 from sidecar.config import Timeouts
 from sidecar.web.app import SERVICES
 
+from ..support.clocked_sleep import ClockedSleep
 from ..support.configs import provider, sidecar_config
+from ..support.fakes import FakeClock
 from ..support.fault_provider import OK_BODY, Fault, FaultProvider
 
 
@@ -19,10 +21,10 @@ async def faulty():
     await fp.close()
 
 
-async def _one(faulty: FaultProvider, sidecar, *faults: Fault, method: str = "GET"):
+async def _one(faulty: FaultProvider, sidecar, *faults: Fault, method: str = "GET", **app):
     faulty.then(*faults)
     client = await sidecar(sidecar_config(provider(
-        "p", faulty.url, timeouts=Timeouts(connect=1.0, attempt=0.5, total=3.0))))
+        "p", faulty.url, timeouts=Timeouts(connect=1.0, attempt=0.5, total=3.0))), **app)
     resp = await client.request(method, "/p/x")
     body = await resp.read()
     snap = client.app[SERVICES].registry.providers["p"].breaker.snapshot()
@@ -38,10 +40,13 @@ async def test_503_is_retried_then_returned(faulty: FaultProvider, sidecar) -> N
 
 
 async def test_429_is_retried_after_retry_after_and_not_a_failure(
-    faulty: FaultProvider, sidecar, sleep
+    faulty: FaultProvider, sidecar
 ) -> None:
-    """A 429 with Retry-After 1 is retried after 1 s and never counts as a breaker failure."""
-    resp, body, snap = await _one(faulty, sidecar, Fault("rate_limit", retry_after="1"), Fault())
+    """A 429 with Retry-After 1 is retried after 1 s (when the pause it started is over) and never
+    counts as a breaker failure."""
+    sleep = ClockedSleep(FakeClock())
+    resp, body, snap = await _one(faulty, sidecar, Fault("rate_limit", retry_after="1"), Fault(),
+                                  clock=sleep.clock, sleep=sleep)
     assert (resp.status, body) == (200, OK_BODY) and resp.headers["X-Sidecar-Attempts"] == "2"
     assert sleep.delays == [1.0]
     assert snap["total_failures"] == 0

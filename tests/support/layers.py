@@ -15,6 +15,8 @@ The rules, as ``violations`` checks them:
 - the layers below the providers (``upstream``, ``fleet``, ``limits``, ``state``) never import
   ``providers``, ``ops``, ``web`` or ``__main__``;
 - the shared root modules (``errors``, ``headers``, ``logs``, ``sidecar``) import no layer;
+- ``limits`` (the limiter's seam, the local limiter and the fallback) never imports ``fleet``: the
+  fleet's Redis backend implements that seam, and the request path wires the two together;
 
 and ``cycles`` finds every cycle in the graph of nodes.
 """
@@ -129,6 +131,8 @@ def _rule_broken(here: str | None, imported: str) -> str | None:
         return "config imports nothing else of the sidecar"
     if here in BELOW_PROVIDERS and there in ABOVE_THEM:
         return f"{here} may not depend on {there}"
+    if here == "limits" and there == "fleet":
+        return "limits is the seam the fleet implements; it may not depend on fleet"
     if here in SHARED and there not in SHARED:
         return f"the shared root module {here} may not depend on the {there} layer"
     return None
