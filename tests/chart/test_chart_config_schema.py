@@ -5,6 +5,7 @@ names the path; partial overrides of the default configuration stay valid."""
 from __future__ import annotations
 
 import pytest
+
 from tests.support.helm_chart import CHART, helm, render
 
 REFUSED = [
