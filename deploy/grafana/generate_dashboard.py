@@ -196,6 +196,24 @@ def build() -> dict[str, object]:
               [(f"sum by (provider) (rate(sidecar_bulkhead_rejected_total{{{P}}}[{RI}]))", "{{provider}}")],
               w=8, unit="reqps")
 
+    lay.row("Rate limits")
+    lay.panel("timeseries", "Rate-limit rejections",
+              "Requests answered 429 rate_limited per second, by why no place was free in time: the "
+              "provider's rate or concurrency budget, or a pause after the provider's own 429.",
+              [(f"sum by (provider, reason) (rate(sidecar_rate_limited_total{{{P}}}[{RI}]))",
+                "{{provider}} {{reason}}")], w=8, unit="reqps", alert="SidecarProviderPaused")
+    lay.panel("timeseries", "Rate-limit wait p95",
+              "How long requests waited for their place under the provider's limits (refused ones "
+              "included), 95th percentile.",
+              [(f"histogram_quantile(0.95, sum by (provider, le) "
+                f"(rate(sidecar_rate_limit_wait_seconds_bucket{{{P}}}[{RI}])))", "{{provider}}")],
+              w=8, unit="s")
+    lay.panel("timeseries", "Provider pauses",
+              "Seconds left of each provider's pause after its own 429 (the longest over pods; 0 when "
+              "not paused).",
+              [(f"max by (provider) (clamp_min(sidecar_provider_paused_until_seconds{{{P}}} - time(), 0))",
+                "{{provider}}")], w=8, unit="s", alert="SidecarProviderPaused")
+
     lay.row("Retries and attempts")
     lay.panel("timeseries", "Retries", "Retries sent per second.",
               [(f"sum by (provider) (rate(sidecar_retries_total{{{P}}}[{RI}]))", "{{provider}}")],

@@ -34,7 +34,8 @@ from tests.support.helm_chart import (
 
 DEFAULT_DOCS = "https://owner.github.io/sidecar"
 ALERTS = ("SidecarBreakerOpen", "SidecarBreakerFlapping", "SidecarHighShortCircuitRatio",
-          "SidecarRetryBudgetExhausted", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown")
+          "SidecarRetryBudgetExhausted", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown",
+          "SidecarProviderPaused")
 
 
 def _render(values: list[Path] | None = None, sets: list[str] | None = None,
@@ -120,7 +121,8 @@ def test_default_rules_per_alert() -> None:
     fors = {r["alert"]: r["for"] for r in rules}
     assert fors == {"SidecarBreakerOpen": "1m", "SidecarBreakerFlapping": "5m",
                     "SidecarHighShortCircuitRatio": "5m", "SidecarRetryBudgetExhausted": "5m",
-                    "SidecarProbeDown": "5m", "SidecarHighLatencyP99": "10m", "SidecarDown": "5m"}
+                    "SidecarProbeDown": "5m", "SidecarHighLatencyP99": "10m", "SidecarDown": "5m",
+                    "SidecarProviderPaused": "1m"}
     for rule in rules:
         assert rule["annotations"]["runbook_url"] == f"{DEFAULT_DOCS}/runbooks/{rule['alert'].lower()}/"
         assert "runbook" not in rule["annotations"]
@@ -142,6 +144,9 @@ def test_values_shape_every_alert() -> None:
     assert budget["expr"].count("[15m]") == 4 and budget["labels"]["severity"] == "info"
     (probe,) = _by_alert(rules, "SidecarProbeDown")
     assert probe["for"] == "10m"
+    (paused,) = _by_alert(rules, "SidecarProviderPaused")
+    assert "[15m:30s]" in paused["expr"] and paused["expr"].endswith(">= 0.5")
+    assert paused["for"] == "3m" and paused["labels"]["severity"] == "critical"
     for rule in rules:
         assert rule["labels"]["team"] == "bots", "ruleLabels reach every alert"
         assert rule["labels"]["severity"] != "ignored-the-alerts-own-wins", "the alert's severity wins"

@@ -15,7 +15,8 @@ ALERT_TESTS = ROOT / "tests" / "observability" / "alerts-test.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 MKDOCS = ROOT / "mkdocs.yml"
 EXPECTED = {"SidecarBreakerOpen", "SidecarBreakerFlapping", "SidecarRetryBudgetExhausted",
-            "SidecarHighShortCircuitRatio", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown"}
+            "SidecarHighShortCircuitRatio", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown",
+            "SidecarProviderPaused"}
 # The default per-provider latency thresholds (seconds) and the default for every other provider.
 LATENCY = {"elevenlabs": 60, "file-download": 60, "huggingface": 90, "replicate": 90}
 LATENCY_DEFAULT = 30

@@ -26,7 +26,8 @@ from tests.support.promql_names import (
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SCOPE = ('namespace=~"$namespace"', 'job=~"$job"', 'pod=~"$pod"')
 ALERT_NAMES = {"SidecarBreakerOpen", "SidecarBreakerFlapping", "SidecarHighShortCircuitRatio",
-               "SidecarRetryBudgetExhausted", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown"}
+               "SidecarRetryBudgetExhausted", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown",
+               "SidecarProviderPaused"}
 
 
 def test_no_inputs_and_no_hardcoded_datasource() -> None:
@@ -71,7 +72,8 @@ def test_variables() -> None:
 def test_rows() -> None:
     """The rows, in order."""
     rows = [p["title"] for p in dashboard()["panels"] if p["type"] == "row"]
-    assert rows == ["Circuit breakers", "Traffic", "Connections and bulkhead", "Retries and attempts",
+    assert rows == ["Circuit breakers", "Traffic", "Connections and bulkhead", "Rate limits",
+                    "Retries and attempts",
                     "Latency", "Provider probes",
                     "Sidecar process"]
 
@@ -134,7 +136,8 @@ def test_required_panels_exist() -> None:
     for metric in ("sidecar_short_circuited_total", "sidecar_retries_total",
                    "sidecar_breaker_failure_rate", "sidecar_breaker_failure_rate_threshold",
                    "sidecar_upstream_connections", "sidecar_upstream_connection_waiters",
-                   "sidecar_bulkhead_rejected_total",
+                   "sidecar_bulkhead_rejected_total", "sidecar_rate_limited_total",
+                   "sidecar_rate_limit_wait_seconds_bucket", "sidecar_provider_paused_until_seconds",
                    "sidecar_retry_budget_exhausted_total",
                    "sidecar_upstream_attempts_total", "sidecar_inflight_requests", "sidecar_probe_up",
                    "sidecar_probe_duration_seconds", "process_resident_memory_bytes",

@@ -32,8 +32,10 @@ METRIC_COUNTERS_GAUGES = {
     "sidecar_breaker_failure_rate_threshold", "sidecar_breaker_minimum_calls",
     "sidecar_upstream_connections", "sidecar_upstream_connection_waiters",
     "sidecar_upstream_connection_limit", "sidecar_bulkhead_rejected_total",
+    "sidecar_rate_limited_total", "sidecar_provider_paused_until_seconds",
 }
-METRIC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds"}
+METRIC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds",
+                     "sidecar_rate_limit_wait_seconds"}
 METRIC_SERIES = METRIC_COUNTERS_GAUGES | {
     f"{h}{s}" for h in METRIC_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 WITHOUT_PROVIDER = {"sidecar_build_info"}
