@@ -37,7 +37,7 @@ from .model import (
     Timeouts,
 )
 from .schema import ENV_BREAKER, ENV_REFERENCE, UPSTREAM_VARIABLE, upstream_variable
-from .units import format_duration
+from .units import format_duration, parse_duration
 
 ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses", "rate_limit")
 PROXY_KEYS = ("upstream", "auth", "health", "routes", "rate_limit")
@@ -143,9 +143,32 @@ def parse_config(data: object, environ: Mapping[str, str]) -> SidecarConfig:
     providers = _providers(problems, root.get("providers"), defaults, environ)
     _stray_upstream_variables(problems, root.get("providers"), environ)
     _check_fleet(problems, ledger, providers)
+    try:
+        fleet_lease_ttl(environ)
+    except ValueError as exc:
+        problems.add(FLEET_LEASE_TTL, str(exc))
     if problems.items:
         raise ConfigError(_unexpand(problems.items, raw, environ))
     return SidecarConfig(server=server, providers=MappingProxyType(providers), ledger=ledger)
+
+
+FLEET_LEASE_TTL = "SIDECAR_FLEET_LEASE_TTL"
+
+
+def fleet_lease_ttl(environ: Mapping[str, str]) -> float | None:
+    """``SIDECAR_FLEET_LEASE_TTL`` in seconds (``30s``, ``500ms`` or integer ms); None when unset.
+
+    How long a fleet concurrency slot outlives a sidecar that died holding it. Checked with the rest
+    of the configuration, so a bad value is a configuration error, not a crash at start-up.
+    """
+    raw = environ.get(FLEET_LEASE_TTL, "").strip()
+    if not raw:
+        return None
+    value: object = int(raw) if raw.isdigit() else raw
+    seconds = parse_duration(value)  # ValueError names the problem
+    if seconds <= 0:
+        raise ValueError(f"must be > 0, got {raw!r}")
+    return seconds
 
 
 def _ledger(problems: s.Problems, raw: object) -> LedgerConfig:

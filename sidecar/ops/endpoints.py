@@ -9,6 +9,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..providers.admission import Limits
 from ..providers.registry import ProviderRegistry
+from ..providers.shared_breaker import SharedBreaker
 from .admin import AdminHandlers
 from .checks import LocalChecks
 from .health import HealthHandlers, ProcessStatus
@@ -32,10 +33,11 @@ def add_own_routes(
     bound_host: str,
     environ: Mapping[str, str],
     limits: Limits | None = None,
+    shared: Mapping[str, SharedBreaker] | None = None,
 ) -> None:
     """Add the own endpoints of a listener bound to ``bound_host``; ``environ`` is read once, here."""
     checks = LocalChecks(registry.clock)
-    admin = AdminHandlers(registry, environ, bound_host=bound_host)
+    admin = AdminHandlers(registry, environ, bound_host=bound_host, shared=shared)
     app[CHECKS] = checks
     app[ADMIN] = admin
     HealthHandlers(registry, probes, checks, status, limits).add_routes(app)

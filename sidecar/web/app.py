@@ -70,7 +70,7 @@ def create_app(
     add_own_routes(
         app, registry=svc.registry, probes=svc.probes, metrics=svc.metrics, status=svc.status,
         bound_host=bound_host, environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
-        limits=svc.limits,
+        limits=svc.limits, shared=svc.shared,
     )
     if role == "proxy":
         handler = _proxy_dispatch(svc)
