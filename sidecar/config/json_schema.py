@@ -119,6 +119,7 @@ class _Blocks:
             "health": self.fields(s.HEALTH_FIELDS, "The background probe (none when null)."),
             "routes": {"type": ["array", "null"], "items": route},
             "rate_limit": self.fields(s.RATE_LIMIT_FIELDS, "The provider's rate limit (none when null)."),
+            **{key: _rule(key, conv) for key, conv in s.PROVIDER_JOB_FIELDS.items()},
             **{key: _rule(key, conv) for key, conv in s.DOWNLOAD_FIELDS.items()},
         }
         block = self.closed(properties, PROVIDER_KEYS)

@@ -40,7 +40,7 @@ from .schema import ENV_BREAKER, ENV_REFERENCE, UPSTREAM_VARIABLE, upstream_vari
 from .units import format_duration, parse_duration
 
 ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses", "rate_limit")
-PROXY_KEYS = ("upstream", "auth", "health", "routes", "rate_limit")
+PROXY_KEYS = ("upstream", "auth", "health", "routes", "rate_limit", *s.PROVIDER_JOB_FIELDS)
 ROOT_KEYS = ("server", "defaults", "providers", "ledger")
 PROVIDER_KEYS = (*s.PROVIDER_HEAD_FIELDS, *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
 EMBEDDED = "<embedded default.yaml>"
@@ -171,13 +171,6 @@ def fleet_lease_ttl(environ: Mapping[str, str]) -> float | None:
     return seconds
 
 
-def _ledger(problems: s.Problems, raw: object) -> LedgerConfig:
-    ledger = LedgerConfig(**s.parse_fields(problems, "ledger", raw, s.LEDGER_FIELDS))
-    if ledger.backend == "redis" and not ledger.url:
-        problems.add("ledger.url", "is required when ledger.backend is redis")
-    return ledger
-
-
 def _check_fleet(problems: s.Problems, ledger: LedgerConfig,
                  providers: Mapping[str, ProviderConfig]) -> None:
     """``breaker.shared`` needs the fleet's Redis: without it, each sidecar would silently decide
@@ -248,6 +241,13 @@ def _server(problems: s.Problems, raw: object) -> ServerConfig:
     if server.port and server.port == server.ops_port and server.host == server.ops_host:
         problems.add("server.ops_port", f"must differ from server.port, got {server.port}")
     return server
+
+
+def _ledger(problems: s.Problems, raw: object) -> LedgerConfig:
+    ledger = LedgerConfig(**s.parse_fields(problems, "ledger", raw, s.LEDGER_FIELDS))
+    if ledger.backend == "redis" and not ledger.url:
+        problems.add("ledger.url", "is required when ledger.backend is redis")
+    return ledger
 
 
 def _policies(problems: s.Problems, path: str, block: Mapping[str, object],
@@ -375,9 +375,14 @@ def _proxy_parts(problems: s.Problems, name: str, path: str, block: Mapping[str,
     if block.get("health") is not None:
         values = s.parse_fields(problems, f"{path}.health", block["health"], s.HEALTH_FIELDS)
         health = HealthConfig(**values)
+    jobs = s.parse_fields(problems, path, _pick(block, tuple(s.PROVIDER_JOB_FIELDS)),
+                          s.PROVIDER_JOB_FIELDS)
+    # Replicate can be asked what became of a create: that is the default for the provider so named.
+    jobs.setdefault("reconcile", "replicate" if name == "replicate" else None)
     routes = _routes(problems, f"{path}.routes", block.get("routes"), policies)
     _check_budgets(problems, f"{path}.routes", routes)
     return {
+        **jobs,
         "upstream": upstream if ok else "",
         "auth": _auth(problems, f"{path}.auth", block.get("auth"), environ),
         "health": health,
@@ -441,6 +446,8 @@ def _route(problems: s.Problems, path: str, raw: object, policies: Policies) -> 
     values = s.parse_fields(problems, path, _pick(block, tuple(s.ROUTE_FIELDS)), s.ROUTE_FIELDS,
                             required=("name", "path"))
     merged = _policies(problems, path, _pick(block, ROUTE_POLICY_KEYS), policies)
+    if values.get("idempotency_window") is not None and not values.get("creates_job"):
+        problems.add(f"{path}.idempotency_window", "needs creates_job: true on the same route")
     limit = _rate_limit(problems, f"{path}.rate_limit", block.get("rate_limit"),
                         s.ROUTE_RATE_LIMIT_FIELDS)
     if len(problems.items) != before:

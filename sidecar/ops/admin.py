@@ -113,6 +113,10 @@ class AdminHandlers:
         app.router.add_get("/admin/breakers", self._guard(self.breakers))
         app.router.add_post("/admin/breakers/{provider}/{action}", self._guard(self.action))
 
+    def guard(self, handler: Handler) -> Handler:
+        """``handler`` behind ``/admin``'s access rule (for other ``/admin`` routes)."""
+        return self._guard(handler)
+
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             if self.token is not None:

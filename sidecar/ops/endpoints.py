@@ -8,11 +8,13 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..providers.admission import Limits
+from ..providers.ledger import JobLedger
 from ..providers.registry import ProviderRegistry
 from ..providers.shared_breaker import SharedBreaker
 from .admin import AdminHandlers
 from .checks import LocalChecks
 from .health import HealthHandlers, ProcessStatus
+from .jobs import JobsAdmin
 from .metrics import Metrics
 from .probes import ProbeRunner
 
@@ -34,14 +36,16 @@ def add_own_routes(
     environ: Mapping[str, str],
     limits: Limits | None = None,
     shared: Mapping[str, SharedBreaker] | None = None,
+    jobs: JobLedger | None = None,
 ) -> None:
     """Add the own endpoints of a listener bound to ``bound_host``; ``environ`` is read once, here."""
     checks = LocalChecks(registry.clock)
     admin = AdminHandlers(registry, environ, bound_host=bound_host, shared=shared)
     app[CHECKS] = checks
     app[ADMIN] = admin
-    HealthHandlers(registry, probes, checks, status, limits).add_routes(app)
+    HealthHandlers(registry, probes, checks, status, limits, jobs=jobs).add_routes(app)
     admin.add_routes(app)
+    JobsAdmin(jobs, registry.known).add_routes(app, admin.guard)
 
     # prometheus_client's own handler on the app's registry: the text format, or OpenMetrics when
     # the scraper asks for it (Accept: application/openmetrics-text), compressed when it accepts

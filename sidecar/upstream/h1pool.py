@@ -50,7 +50,7 @@ from .aiohttp_client_compat import (
     shared_verified_context,
 )
 
-__all__ = ["H1Pool", "H1Response", "PoolStats", "PoolTimeout", "Timers"]
+__all__ = ["ConnectFailed", "H1Pool", "H1Response", "PoolStats", "PoolTimeout", "Timers"]
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -68,6 +68,10 @@ class PoolStats:
     idle: int
     waiting: int
     limit: int
+
+
+class ConnectFailed(aiohttp.ClientOSError):
+    """The connection could not be opened (refused, unreachable, DNS): nothing was written."""
 
 
 class PoolTimeout(aiohttp.ServerTimeoutError):
@@ -450,7 +454,7 @@ class H1Pool:
             raise
         except OSError as exc:
             detail = f"Cannot connect to host {self.host}:{self.port}: {exc}"
-            raise aiohttp.ClientOSError(exc.errno, detail) from exc
+            raise ConnectFailed(exc.errno, detail) from exc
         assert isinstance(proto, UpstreamProtocol)
         return _Conn(proto)
 

@@ -67,6 +67,7 @@ BLOCKS: dict[str, tuple[tuple[str | int, ...], Mapping[str, s.Converter]]] = {
     "route_rate_limit": (("providers", "replicate", "routes", 0, "rate_limit"),
                          s.ROUTE_RATE_LIMIT_FIELDS),
     "ledger": (("ledger",), s.LEDGER_FIELDS),
+    "jobs": (("providers", "bfl"), s.PROVIDER_JOB_FIELDS),
 }
 # (Not a float: JSON Schema counts 5.0 as an integer where the loader wants an int.)
 WRONG_VALUES = ({"a": 1}, [{"a": 1}])
@@ -177,6 +178,17 @@ HAND_CASES: list[tuple[str, tuple[str | int, ...], object, bool]] = [
     ("ledger url scheme", ("ledger",), {"backend": "redis", "url": "http://redis"}, False),
     ("ledger backend", ("ledger", "backend"), "postgres", False),
     ("ledger prefix space", ("ledger", "prefix"), "a b", False),
+    ("ledger ttl", ("ledger", "ttl"), "0s", False),
+    ("ledger url unset", ("ledger", "url"), "", True),
+    ("ledger on_unavailable", ("ledger", "on_unavailable"), "drop", False),
+    ("reconcile", ("providers", "bfl", "reconcile"), "bfl", False),
+    ("native idempotency", ("providers", "bfl", "native_idempotency"), True, True),
+    ("creates_job route", ("providers", "bfl", "routes"),
+     [{"name": "x", "method": "POST", "path": "/v1/x", "creates_job": True,
+       "idempotency_window": "10s"}], True),
+    ("creates_job not boolean", ("providers", "bfl", "routes"),
+     [{"name": "x", "path": "/v1/x", "creates_job": "yes"}], False),
+    ("download reconcile", ("providers", "file-download", "reconcile"), None, False),
 ]
 
 
@@ -231,6 +243,8 @@ def test_every_block_the_loader_closes_is_closed_in_the_schema() -> None:
      [{"name": "a", "path": "/a"}, {"name": "a", "path": "/b"}]),
     ("a shared breaker without Redis", ("defaults", "breaker", "shared"), True),
     ("redis without a url", ("ledger", "backend"), "redis"),
+    ("a keyless window without creates_job", ("providers", "bfl", "routes"),
+     [{"name": "x", "path": "/v1/x", "idempotency_window": "10s"}]),
 ])
 def test_rules_across_fields_are_the_loaders_alone(
         name: str, path: tuple[str | int, ...], value: object) -> None:
