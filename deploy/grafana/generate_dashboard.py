@@ -214,6 +214,24 @@ def build() -> dict[str, object]:
               [(f"max by (provider) (clamp_min(sidecar_provider_paused_until_seconds{{{P}}} - time(), 0))",
                 "{{provider}}")], w=8, unit="s", alert="SidecarProviderPaused")
 
+    lay.row("Job ledger")
+    lay.panel("timeseries", "Paid-job requests by ledger result",
+              "Requests on creates_job routes per second by what the job ledger did: first (forwarded "
+              "once), replayed, coalesced, in_flight (409), reused (422), unknown (an outcome became "
+              "unknown), reconciled, released, unprotected (forwarded without the ledger).",
+              [(f"sum by (provider, result) (rate(sidecar_idempotency_total{{{P}}}[{RI}]))",
+                "{{provider}} {{result}}")], w=8, unit="reqps", alert="SidecarUnknownOutcomes")
+    lay.panel("timeseries", "Ledger latency p99",
+              "Duration of job ledger operations (claim, settle, get …) by backend, 99th percentile.",
+              [(f"histogram_quantile(0.99, sum by (backend, op, le) "
+                f"(rate(sidecar_ledger_duration_seconds_bucket{{{SCOPE}}}[{RI}])))", "{{backend}} {{op}}")],
+              w=8, unit="s", alert="SidecarLedgerErrors")
+    lay.panel("timeseries", "Ledger errors",
+              "Job ledger operations that failed per second, by backend and operation: paid creates go "
+              "unprotected (on_unavailable: forward) or are refused meanwhile.",
+              [(f"sum by (backend, op) (rate(sidecar_ledger_errors_total{{{SCOPE}}}[{RI}]))",
+                "{{backend}} {{op}}")], w=8, unit="ops", alert="SidecarLedgerErrors")
+
     lay.row("Retries and attempts")
     lay.panel("timeseries", "Retries", "Retries sent per second.",
               [(f"sum by (provider) (rate(sidecar_retries_total{{{P}}}[{RI}]))", "{{provider}}")],

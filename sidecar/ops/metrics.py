@@ -183,8 +183,11 @@ class JobMetrics:
         """The state layer's ``StoreObserver``: time every store operation, count the failures."""
         m = self._metrics
         m.ledger_duration.labels(event.backend, event.op).observe(event.duration)
+        # The error series of an operation exists (at 0) once the operation has run, so that
+        # increase() and the alert see the first failure.
+        errors = m.ledger_errors.labels(event.backend, event.op)
         if event.error is not None:
-            m.ledger_errors.labels(event.backend, event.op).inc()
+            errors.inc()
 
 
 class RouteMetrics:

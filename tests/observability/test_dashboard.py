@@ -27,7 +27,7 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 SCOPE = ('namespace=~"$namespace"', 'job=~"$job"', 'pod=~"$pod"')
 ALERT_NAMES = {"SidecarBreakerOpen", "SidecarBreakerFlapping", "SidecarHighShortCircuitRatio",
                "SidecarRetryBudgetExhausted", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown",
-               "SidecarProviderPaused"}
+               "SidecarProviderPaused", "SidecarLedgerErrors", "SidecarUnknownOutcomes"}
 
 
 def test_no_inputs_and_no_hardcoded_datasource() -> None:
@@ -73,7 +73,7 @@ def test_rows() -> None:
     """The rows, in order."""
     rows = [p["title"] for p in dashboard()["panels"] if p["type"] == "row"]
     assert rows == ["Circuit breakers", "Traffic", "Connections and bulkhead", "Rate limits",
-                    "Retries and attempts",
+                    "Job ledger", "Retries and attempts",
                     "Latency", "Provider probes",
                     "Sidecar process"]
 
@@ -138,6 +138,8 @@ def test_required_panels_exist() -> None:
                    "sidecar_upstream_connections", "sidecar_upstream_connection_waiters",
                    "sidecar_bulkhead_rejected_total", "sidecar_rate_limited_total",
                    "sidecar_rate_limit_wait_seconds_bucket", "sidecar_provider_paused_until_seconds",
+                   "sidecar_idempotency_total", "sidecar_ledger_errors_total",
+                   "sidecar_ledger_duration_seconds_bucket",
                    "sidecar_retry_budget_exhausted_total",
                    "sidecar_upstream_attempts_total", "sidecar_inflight_requests", "sidecar_probe_up",
                    "sidecar_probe_duration_seconds", "process_resident_memory_bytes",

@@ -1,12 +1,15 @@
 """The metrics operators' panels need: who answered (source), every breaker edge from 0, the
-breaker's failure rate against its threshold, the connection pool, and bulkhead refusals."""
+breaker's failure rate against its threshold, the connection pool, bulkhead refusals, and the
+ledger's error series from 0."""
 
 from __future__ import annotations
 
 import asyncio
 
 from sidecar.config import BreakerConfig, DownloadConfig, RetryConfig
+from sidecar.ops.metrics import Metrics
 from sidecar.policy.breaker import LEGAL_TRANSITIONS
+from sidecar.state import OperationEvent
 from sidecar.web.app import SERVICES
 
 from ..support.configs import QUIET, provider, sidecar_config
@@ -127,3 +130,17 @@ async def test_bulkhead_refusals_are_counted(fake: FakeProvider, sidecar) -> Non
     assert value(t, "sidecar_requests_total", provider="p", operation="other", code="503",
                  source="sidecar") == 1
 
+
+
+def test_a_ledger_operation_exports_its_error_series_at_zero() -> None:
+    """After a successful claim the claim's error counter exists at 0; a failed one adds 1."""
+    metrics = Metrics("test")
+    jobs = metrics.jobs(["p"])
+    jobs.on_operation(OperationEvent(backend="sqlite", op="claim", duration=0.001, error=None))
+    t = samples(metrics.render().decode())
+    assert value(t, "sidecar_ledger_errors_total", backend="sqlite", op="claim") == 0
+    jobs.on_operation(OperationEvent(backend="sqlite", op="claim", duration=0.001,
+                                     error="OperationalError"))
+    t = samples(metrics.render().decode())
+    assert value(t, "sidecar_ledger_errors_total", backend="sqlite", op="claim") == 1
+    assert value(t, "sidecar_idempotency_total", provider="p", result="unknown") == 0
