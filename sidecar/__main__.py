@@ -1,4 +1,5 @@
-"""Command line: ``sidecar [serve] [options]`` runs the server, ``sidecar check-config [PATH]`` checks.
+"""Command line: ``sidecar [serve] [options]`` runs the server, ``sidecar check-config [PATH]`` checks,
+``sidecar schema`` prints the configuration file's JSON Schema.
 
 Both load the configuration the same way and compute the same warnings (``config_warnings``):
 check-config prints them on stderr, so that its stdout stays pure YAML; the server logs them as
@@ -18,10 +19,11 @@ from typing import cast
 from . import __version__
 from .config import SidecarConfig
 from .config.dump import ConfigWarning, config_warnings, referenced_variables, unconfigured_providers
+from .config.json_schema import render_schema
 from .config.load import ConfigError, dump_effective, parse_config, read_document
 from .logs import LEVELS, LogFormat, LogLevel, configure_logging, get_logger
 
-COMMANDS = ("serve", "check-config")
+COMMANDS = ("serve", "check-config", "schema")
 
 ENVIRONMENT = """\
 environment variables:
@@ -81,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "path", nargs="?", metavar="PATH",
         help="YAML config file (default: $SIDECAR_CONFIG, else the embedded default)")
+    schema = commands.add_parser(
+        "schema", help="print the configuration file's JSON Schema",
+        description="Print the JSON Schema (draft-07) of the configuration file on stdout, for "
+                    "editors (yaml-language-server) and CI. It is built from the loader's own rules.")
+    schema.add_argument(
+        "--partial", action="store_true",
+        help="the schema of an override deep-merged onto the default configuration (the Helm "
+             "chart's config: value): no required keys in merged blocks")
     return p
 
 
@@ -154,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(_with_default_command(list(sys.argv[1:] if argv is None else argv)))
     if args.command == "check-config":
         return check_config(args.path)
+    if args.command == "schema":
+        sys.stdout.write(render_schema(partial=args.partial))
+        return 0
     return serve(args)
 
 

@@ -82,7 +82,7 @@ async def test_help_lists_the_commands_and_every_variable_the_sidecar_reads() ->
     assert out.returncode == 0
     for name in sorted(names):
         assert name in out.stdout, name
-    for command in ("serve", "check-config", "${VAR}"):
+    for command in ("serve", "check-config", "schema", "${VAR}"):
         assert command in out.stdout
 
 
@@ -100,6 +100,7 @@ def test_only_the_entry_points_touch_the_process_environment() -> None:
 @pytest.mark.parametrize(("args", "usage"), [
     (("check-config", "--help"), "usage: sidecar check-config [-h] [PATH]"),
     (("serve", "--help"), "usage: sidecar serve"),
+    (("schema", "--help"), "usage: sidecar schema [-h] [--partial]"),
 ])
 def test_subcommand_help(args: tuple[str, ...], usage: str) -> None:
     """--help after a subcommand prints that command's help instead of reading a file "--help"."""
@@ -110,12 +111,22 @@ def test_subcommand_help(args: tuple[str, ...], usage: str) -> None:
 
 
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ("check-config",),
-                                  ("check-config", "--help"), ("serve", "--help")])
+                                  ("check-config", "--help"), ("serve", "--help"), ("schema",)])
 def test_python_dash_m_is_the_same_command(args: tuple[str, ...]) -> None:
     """python -m sidecar gives the same output and exit code as the console script."""
     script, module = run_cli(*args), run_cli(*args, module=True)
     assert (module.returncode, module.stdout, module.stderr) == (
         script.returncode, script.stdout, script.stderr)
+
+
+def test_schema_prints_the_published_json_schema() -> None:
+    """sidecar schema prints the JSON Schema that the repository publishes, byte for byte."""
+    out = run_cli("schema")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (ROOT / "schema" / "sidecar-config.schema.json").read_text()
+    assert json.loads(out.stdout)["$schema"] == "http://json-schema.org/draft-07/schema#"
+    partial = json.loads(run_cli("schema", "--partial").stdout)
+    assert partial["title"].startswith("sidecar configuration override")
 
 
 def test_check_config_without_a_path_uses_the_embedded_default() -> None:

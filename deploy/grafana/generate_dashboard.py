@@ -143,23 +143,94 @@ def build() -> dict[str, object]:
               "Requests answered 503 circuit_open without an attempt, per second.",
               [(f"sum by (provider) (rate(sidecar_short_circuited_total{{{P}}}[{RI}]))", "{{provider}}")],
               w=9, h=6, unit="reqps", alert="SidecarHighShortCircuitRatio")
+    lay.panel("timeseries", "Failure rate against the breaker's threshold",
+              "Failures / calls in each breaker's window (worst pod) beside the failure_rate_threshold "
+              "that opens it; the rate rule applies once the window holds minimum_calls calls "
+              "(sidecar_breaker_window_calls, sidecar_breaker_minimum_calls).",
+              [(f"max by (provider) (sidecar_breaker_failure_rate{{{P}}})", "{{provider}} failure rate"),
+               (f"max by (provider) (sidecar_breaker_failure_rate_threshold{{{P}}})",
+                "{{provider}} threshold")],
+              w=24, h=7, unit="percentunit", alert="SidecarBreakerOpen",
+              extra={"fieldConfig": {"overrides": [{
+                  "matcher": {"id": "byRegexp", "options": ".* threshold"},
+                  "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}],
+              }]}})
 
     lay.row("Traffic")
-    lay.panel("timeseries", "Request rate by status code",
-              "Client requests per second by the status the client got, sidecar errors included.",
-              [(f"sum by (code) (rate(sidecar_requests_total{{{PO}}}[{RI}]))", "{{code}}")], unit="reqps")
+    lay.panel("timeseries", "Request rate by status code and source",
+              "Client requests per second by the status the client got and who answered: source=sidecar "
+              "for the sidecar's own errors (X-Sidecar-Error: circuit_open, provider_overloaded …), "
+              "source=provider for the provider's answers.",
+              [(f"sum by (code, source) (rate(sidecar_requests_total{{{PO}}}[{RI}]))",
+                "{{code}} {{source}}")], unit="reqps")
     lay.panel("timeseries", "Request rate by bot and provider",
               "Client requests per second per bot and provider.",
               [(f"sum by (job, provider) (rate(sidecar_requests_total{{{PO}}}[{RI}]))",
                 "{{job}} · {{provider}}")], unit="reqps")
-    lay.panel("timeseries", "5xx ratio by provider",
-              "Share of client requests answered with a 5xx (provider's or sidecar's).",
-              [(f'sum by (provider) (rate(sidecar_requests_total{{{PO}, code=~"5.."}}[{RI}]))'
-                f" / sum by (provider) (rate(sidecar_requests_total{{{PO}}}[{RI}]))", "{{provider}}")],
+    lay.panel("timeseries", "5xx ratio by provider and source",
+              "Share of client requests answered with a 5xx, split by who answered: the provider's own "
+              "5xx, or the sidecar's (circuit_open, provider_overloaded, upstream_unreachable …).",
+              [(f'sum by (provider, source) (rate(sidecar_requests_total{{{PO}, code=~"5.."}}[{RI}]))'
+                f" / ignoring (source) group_left"
+                f" sum by (provider) (rate(sidecar_requests_total{{{PO}}}[{RI}]))",
+                "{{provider}} ({{source}})")],
               unit="percentunit")
     lay.panel("timeseries", "In-flight requests",
               "Client requests in flight per provider (sum over pods).",
               [(f"sum by (provider) (sidecar_inflight_requests{{{P}}})", "{{provider}}")])
+
+    lay.row("Connections and bulkhead")
+    lay.panel("timeseries", "Connections to providers",
+              "Open connections of the sidecars' pools per provider (sum over pods): answering a request "
+              "(in_use) or kept for reuse (idle), beside the limit (max_concurrent, else 256 per pod).",
+              [(f"sum by (provider, state) (sidecar_upstream_connections{{{P}}})", "{{provider}} {{state}}"),
+               (f"sum by (provider) (sidecar_upstream_connection_limit{{{P}}})", "{{provider}} limit")],
+              w=8)
+    lay.panel("timeseries", "Callers waiting for a connection",
+              "Requests queued because a pool is at its limit (sum over pods); above 0 for long, the "
+              "limit is too low for the traffic.",
+              [(f"sum by (provider) (sidecar_upstream_connection_waiters{{{P}}})", "{{provider}}")], w=8)
+    lay.panel("timeseries", "Bulkhead rejections",
+              "Requests answered 503 provider_overloaded because max_concurrent requests were in flight, "
+              "per second.",
+              [(f"sum by (provider) (rate(sidecar_bulkhead_rejected_total{{{P}}}[{RI}]))", "{{provider}}")],
+              w=8, unit="reqps")
+
+    lay.row("Rate limits")
+    lay.panel("timeseries", "Rate-limit rejections",
+              "Requests answered 429 rate_limited per second, by why no place was free in time: the "
+              "provider's rate or concurrency budget, or a pause after the provider's own 429.",
+              [(f"sum by (provider, reason) (rate(sidecar_rate_limited_total{{{P}}}[{RI}]))",
+                "{{provider}} {{reason}}")], w=8, unit="reqps", alert="SidecarProviderPaused")
+    lay.panel("timeseries", "Rate-limit wait p95",
+              "How long requests waited for their place under the provider's limits (refused ones "
+              "included), 95th percentile.",
+              [(f"histogram_quantile(0.95, sum by (provider, le) "
+                f"(rate(sidecar_rate_limit_wait_seconds_bucket{{{P}}}[{RI}])))", "{{provider}}")],
+              w=8, unit="s")
+    lay.panel("timeseries", "Provider pauses",
+              "Seconds left of each provider's pause after its own 429 (the longest over pods; 0 when "
+              "not paused).",
+              [(f"max by (provider) (clamp_min(sidecar_provider_paused_until_seconds{{{P}}} - time(), 0))",
+                "{{provider}}")], w=8, unit="s", alert="SidecarProviderPaused")
+
+    lay.row("Job ledger")
+    lay.panel("timeseries", "Paid-job requests by ledger result",
+              "Requests on creates_job routes per second by what the job ledger did: first (forwarded "
+              "once), replayed, coalesced, in_flight (409), reused (422), unknown (an outcome became "
+              "unknown), reconciled, released, unprotected (forwarded without the ledger).",
+              [(f"sum by (provider, result) (rate(sidecar_idempotency_total{{{P}}}[{RI}]))",
+                "{{provider}} {{result}}")], w=8, unit="reqps", alert="SidecarUnknownOutcomes")
+    lay.panel("timeseries", "Ledger latency p99",
+              "Duration of job ledger operations (claim, settle, get …) by backend, 99th percentile.",
+              [(f"histogram_quantile(0.99, sum by (backend, op, le) "
+                f"(rate(sidecar_ledger_duration_seconds_bucket{{{SCOPE}}}[{RI}])))", "{{backend}} {{op}}")],
+              w=8, unit="s", alert="SidecarLedgerErrors")
+    lay.panel("timeseries", "Ledger errors",
+              "Job ledger operations that failed per second, by backend and operation: paid creates go "
+              "unprotected (on_unavailable: forward) or are refused meanwhile.",
+              [(f"sum by (backend, op) (rate(sidecar_ledger_errors_total{{{SCOPE}}}[{RI}]))",
+                "{{backend}} {{op}}")], w=8, unit="ops", alert="SidecarLedgerErrors")
 
     lay.row("Retries and attempts")
     lay.panel("timeseries", "Retries", "Retries sent per second.",

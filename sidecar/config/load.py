@@ -42,7 +42,7 @@ from .units import format_duration, parse_duration
 ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses", "rate_limit")
 PROXY_KEYS = ("upstream", "auth", "health", "routes", "rate_limit", *s.PROVIDER_JOB_FIELDS)
 ROOT_KEYS = ("server", "defaults", "providers", "ledger")
-PROVIDER_KEYS = ("kind", "critical", *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
+PROVIDER_KEYS = (*s.PROVIDER_HEAD_FIELDS, *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
 EMBEDDED = "<embedded default.yaml>"
 __all__ = ["ConfigError", "dump_effective", "load_config", "parse_config", "read_document"]
 
@@ -321,8 +321,8 @@ def _provider(problems: s.Problems, name: str, raw: object, defaults: Policies,
     if block is None:
         return None
     s.check_keys(problems, path, block, PROVIDER_KEYS)
-    head = s.parse_fields(problems, path, _pick(block, ("kind", "critical")),
-                          {"kind": s.one_of("proxy", "download"), "critical": s.boolean})
+    head = s.parse_fields(problems, path, _pick(block, tuple(s.PROVIDER_HEAD_FIELDS)),
+                          s.PROVIDER_HEAD_FIELDS)
     policies = _policies(problems, path, _pick(block, POLICY_KEYS), defaults)
     own_breaker = block.get("breaker")
     if isinstance(own_breaker, Mapping) and {"recovery_timeout", "max_recovery_timeout"} & set(

@@ -1,7 +1,11 @@
 """Schema pieces for ``config.load``: typed converters, field tables and dotted-key problems.
 
 A converter takes the raw YAML value and returns the typed value or raises ``ValueError`` whose
-message completes the sentence ``"<dotted.key>: <message>"``.
+message completes the sentence ``"<dotted.key>: <message>"``. Every converter is a ``Rule``: it
+carries the JSON Schema of the values it accepts, written next to the code that accepts them, so
+that ``config.json_schema`` describes the same rules the loader applies. A value that is a string
+holding ``${VAR}`` can become anything once expanded: the JSON Schema of a non-string field also
+admits such a string (and only such a string).
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from .units import parse_duration, parse_size
 
 Converter = Callable[[object], Any]
+Json = dict[str, Any]
+T = TypeVar("T")
 
 PROVIDER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 ROUTE_NAME = re.compile(r"[a-z0-9_]+")
@@ -34,6 +40,55 @@ ENV_BREAKER = (("CB_FAILURE_THRESHOLD", "failure_threshold"),
                ("CB_RECOVERY_TIMEOUT", "recovery_timeout"),
                ("CB_MONITORING_PERIOD", "monitoring_period"))
 UPSTREAM_VARIABLE = re.compile(r"SIDECAR_[A-Z0-9_]+_UPSTREAM")
+
+
+# The JSON Schema of a ``${VAR}`` string (``pattern`` is unanchored: it contains one).
+ENV_STRING: Json = {"type": "string", "pattern": ENV_REFERENCE.pattern}
+
+
+class Rule(Generic[T]):
+    """A converter with the JSON Schema of the raw values it accepts."""
+
+    __slots__ = ("_convert", "json")
+
+    def __init__(self, convert: Callable[[object], T], json: Json) -> None:
+        self._convert = convert
+        self.json = json
+
+    def __call__(self, value: object) -> T:
+        return self._convert(value)
+
+
+def rule(json: Json) -> Callable[[Callable[[object], T]], Rule[T]]:
+    """Decorate a converter function with its JSON Schema."""
+    def wrap(convert: Callable[[object], T]) -> Rule[T]:
+        return Rule(convert, json)
+    return wrap
+
+
+def or_env(json: Json) -> Json:
+    """``json``, or a string holding ``${VAR}`` (expanded before the loader converts it)."""
+    return {"anyOf": [*json.get("anyOf", [json]), ENV_STRING]}
+
+
+def anchored(pattern: str) -> str:
+    """A JSON Schema ``pattern`` (unanchored by definition) that must match the whole string."""
+    return f"^(?:{pattern})$"
+
+
+# Durations and sizes as strings (``units`` parses them); the *_NONZERO forms need a digit other
+# than 0 in the number, so "0s" and "0.0MiB" are refused where zero is.
+_AMOUNT = r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+"
+_AMOUNT_NONZERO = r"[0-9]*[1-9][0-9]*(?:\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*|\.[0-9]*[1-9][0-9]*"
+_SIZE_UNIT = r"(?:[kKmMgGtT][iI]?)?[bB]"
+
+
+def _duration_pattern(amount: str) -> str:
+    return anchored(rf"\s*(?:{amount})\s*(?:ms|s|m|h)\s*")
+
+
+def _size_pattern(amount: str, digits: str) -> str:
+    return anchored(rf"\s*(?:{digits})\s*|\s*(?:{amount})\s*{_SIZE_UNIT}\s*")
 
 
 def upstream_variable(provider: str) -> str:
@@ -135,7 +190,11 @@ def parse_fields(problems: Problems, path: str, raw: object, spec: Mapping[str, 
 
 # --- converters -------------------------------------------------------------------------------
 
-def integer(minimum: int | None = None, maximum: int | None = None) -> Converter:
+def _bounds(minimum: float | None, maximum: float | None) -> Json:
+    return {k: v for k, v in (("minimum", minimum), ("maximum", maximum)) if v is not None}
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Rule[int]:
     def conv(value: object) -> int:
         if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,18}\s*", value):
             value = int(value)  # e.g. from ${VAR}
@@ -143,11 +202,11 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Converter
             raise ValueError(f"must be an integer, got {show(value)}")
         _check_range(value, minimum, maximum)
         return value
-    return conv
+    return Rule(conv, or_env({"type": "integer", **_bounds(minimum, maximum)}))
 
 
 def number(minimum: float | None = None, maximum: float | None = None,
-           *, above: float | None = None) -> Converter:
+           *, above: float | None = None) -> Rule[float]:
     def conv(value: object) -> float:
         if isinstance(value, str) and NUMBER.fullmatch(value):
             value = float(value)  # e.g. from ${VAR}
@@ -160,7 +219,12 @@ def number(minimum: float | None = None, maximum: float | None = None,
             raise ValueError(f"must be > {above:g}, got {result:g}")
         _check_range(result, minimum, maximum)
         return result
-    return conv
+    json: Json = {"type": "number", **_bounds(minimum, maximum)}
+    if above is not None:
+        json["exclusiveMinimum"] = above
+    # A decimal string too: `helm --set x=0.5` gives the string "0.5" (the range is the loader's).
+    decimal = {"type": "string", "pattern": anchored(NUMBER.pattern)}
+    return Rule(conv, or_env({"anyOf": [json, decimal]}))
 
 
 def _check_range(value: float, minimum: float | None, maximum: float | None) -> None:
@@ -170,24 +234,34 @@ def _check_range(value: float, minimum: float | None, maximum: float | None) -> 
         raise ValueError(f"must be <= {maximum:g}, got {value:g}")
 
 
-def duration(*, allow_zero: bool = False) -> Converter:
+def duration(*, allow_zero: bool = False) -> Rule[float]:
     def conv(value: object) -> float:
         seconds = parse_duration(value)
         if seconds == 0 and not allow_zero:
             raise ValueError(f"must be > 0, got {show(value)}")
         return seconds
-    return conv
+    amount = _AMOUNT if allow_zero else _AMOUNT_NONZERO
+    return Rule(conv, or_env({"anyOf": [
+        {"type": "integer", "minimum": 0 if allow_zero else 1},
+        {"type": "string", "pattern": _duration_pattern(amount)}]}))
 
 
-def size(minimum: int = 0) -> Converter:
+def size(minimum: int = 0) -> Rule[int]:
     def conv(value: object) -> int:
         result = parse_size(value)
         if result < minimum:
             raise ValueError(f"must be >= {minimum} bytes, got {show(value)}")
         return result
-    return conv
+    if minimum > 1:
+        raise ValueError("the JSON Schema of a size knows the minimums 0 and 1 only")
+    amount, digits = ((_AMOUNT_NONZERO, "[0-9]*[1-9][0-9]*") if minimum
+                      else (_AMOUNT, "[0-9]+"))
+    return Rule(conv, or_env({"anyOf": [
+        {"type": "integer", "minimum": minimum},
+        {"type": "string", "pattern": _size_pattern(amount, digits)}]}))
 
 
+@rule(or_env({"type": "boolean"}))
 def boolean(value: object) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"  # e.g. from ${VAR}
@@ -196,21 +270,22 @@ def boolean(value: object) -> bool:
     return value
 
 
-def optional(inner: Converter) -> Converter:
-    def conv(value: object) -> Any:
+def optional(inner: Rule[T]) -> Rule[T | None]:
+    def conv(value: object) -> T | None:
         return None if value is None else inner(value)
-    return conv
+    return Rule(conv, {"anyOf": [{"type": "null"}, *inner.json.get("anyOf", [inner.json])]})
 
 
-def one_of(*choices: str) -> Converter:
+def one_of(*choices: str) -> Rule[str]:
     def conv(value: object) -> str:
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}, got {show(value)}")
         assert isinstance(value, str)
         return value
-    return conv
+    return Rule(conv, or_env({"enum": list(choices)}))
 
 
+@rule({"type": "string", "pattern": anchored(r"[^\r\n]*")})
 def string(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {type_name(value)}")
@@ -219,15 +294,16 @@ def string(value: object) -> str:
     return value
 
 
-def text(pattern: re.Pattern[str], what: str) -> Converter:
+def text(pattern: re.Pattern[str], what: str) -> Rule[str]:
     def conv(value: object) -> str:
         result = string(value)
         if not pattern.fullmatch(result):
             raise ValueError(f"must be {what}, got {show(value)}")
         return result
-    return conv
+    return Rule(conv, or_env({"type": "string", "pattern": anchored(pattern.pattern)}))
 
 
+@rule({"type": "array", "items": integer(100, 599).json})
 def statuses(value: object) -> frozenset[int]:
     if not isinstance(value, list):
         raise ValueError(f"must be a list of HTTP status codes, got {type_name(value)}")
@@ -241,6 +317,7 @@ def statuses(value: object) -> frozenset[int]:
     return frozenset(result)
 
 
+@rule(or_env({"type": "string", "pattern": anchored("[A-Za-z]+")}))
 def method(value: object) -> str:
     name = string(value).upper()
     if not METHOD.fullmatch(name):
@@ -248,6 +325,10 @@ def method(value: object) -> str:
     return name
 
 
+_SEGMENT = r"(?:[^/?#{}\r\n]*|\{[A-Za-z_][A-Za-z0-9_]*\})"
+
+
+@rule(or_env({"type": "string", "pattern": anchored(f"/{_SEGMENT}(?:/{_SEGMENT})*")}))
 def path_template(value: object) -> str:
     """A route path: ``/v1/models/{owner}/{name}``, no query; ``{var}`` is one whole segment."""
     path = string(value)
@@ -259,6 +340,7 @@ def path_template(value: object) -> str:
     return path
 
 
+@rule(or_env({"type": "string", "pattern": anchored(r"/[^# \r\n]*")}))
 def probe_path(value: object) -> str:
     """A health probe target: ``/v1/account`` or ``/v2/generations?limit=1``."""
     path = string(value)
@@ -267,6 +349,10 @@ def probe_path(value: object) -> str:
     return path
 
 
+_ORIGIN = r"[hH][tT][tT][pP][sS]?://(?:[^/?#@\s:\[][^/?#@\s]*|\[[0-9a-fA-F:.]+\](?::[0-9]+)?)"
+
+
+@rule(or_env({"type": "string", "pattern": anchored(rf"\s*(?:{_ORIGIN}(?:/[^?#\s]*)?)?\s*")}))
 def upstream_url(value: object) -> str:
     """An http(s) URL without query, fragment or credentials; trailing slashes removed."""
     url = string(value).strip()
@@ -286,6 +372,13 @@ def upstream_url(value: object) -> str:
     return url.rstrip("/")
 
 
+# An allowed_hosts entry: a name (``*.`` wildcard allowed, any case) or an IP literal; an IPv6
+# one is only roughly checked here (the loader parses it).
+_HOST_ENTRY = (r"\s*(?:(?:\*\.)?[a-zA-Z0-9_](?:[a-zA-Z0-9_.-]*[a-zA-Z0-9_])?"
+               r"|\[[0-9a-fA-F.]*:[0-9a-fA-F:.]*\]|[0-9a-fA-F.]*:[0-9a-fA-F:.]*)\s*")
+
+
+@rule({"type": "array", "items": or_env({"type": "string", "pattern": anchored(_HOST_ENTRY)})})
 def host_list(value: object) -> tuple[str, ...]:
     """``allowed_hosts``: names (``*.`` wildcards allowed), lower-cased; IP literals, IPv6 bare or
     bracketed, in their canonical form (``[0:0::1]`` becomes ``::1``)."""
@@ -318,6 +411,7 @@ def allowed_host(item: object) -> str | None:
     return host if HOST_PATTERN.fullmatch(host) else None
 
 
+@rule({"type": "array", "minItems": 1, "items": or_env({"enum": ["http", "https"]})})
 def schemes(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise ValueError(f"must be a non-empty list of http/https, got {show(value)}")
@@ -325,6 +419,7 @@ def schemes(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(allowed(item) for item in value))
 
 
+@rule({"enum": [None, REDACTED]})
 def redacted_placeholder(value: object) -> None:
     """``value:`` in an auth entry exists only so that a dump re-loads; it is never a secret."""
     if value is not None and value != REDACTED:
@@ -380,6 +475,10 @@ DOWNLOAD_FIELDS: dict[str, Converter] = {
     "allow_private_networks": boolean,
     "max_redirects": integer(0, 20),
 }
+PROVIDER_HEAD_FIELDS: dict[str, Converter] = {
+    "kind": one_of("proxy", "download"),
+    "critical": boolean,
+}
 POLICY_SCALARS: dict[str, Converter] = {
     "failure_statuses": statuses,
     "max_request_body": size(1),
@@ -405,6 +504,8 @@ ROUTE_RATE_LIMIT_FIELDS: dict[str, Converter] = {
 }
 
 
+@rule(or_env({"type": "string", "pattern": anchored(
+    r"\s*[rR][eE][dD][iI][sS][sS]?://(?:[^@/?#\s]*@)?[^/?#@\s:][^\s]*\s*")}))
 def redis_url(value: object) -> str:
     """``redis://`` or ``rediss://`` (TLS) with a host; a password in it is allowed (``${VAR}``)."""
     url = string(value).strip()
@@ -432,6 +533,7 @@ PROVIDER_JOB_FIELDS: dict[str, Converter] = {
 }
 
 
+@rule({"anyOf": [*redis_url.json["anyOf"], {"type": "string", "pattern": anchored(r"\s*")}]})
 def ledger_url(value: object) -> str | None:
     """``redis_url``, with an empty value (an unset ``${VAR}``) read as null."""
     if isinstance(value, str) and not value.strip():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ..providers.admission import Limits
 from ..providers.ledger import JobLedger
@@ -14,7 +15,7 @@ from .admin import AdminHandlers
 from .checks import LocalChecks
 from .health import HealthHandlers, ProcessStatus
 from .jobs import JobsAdmin
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .metrics import Metrics
 from .probes import ProbeRunner
 
 __all__ = ["ADMIN", "CHECKS", "add_own_routes"]
@@ -46,7 +47,7 @@ def add_own_routes(
     admin.add_routes(app)
     JobsAdmin(jobs, registry.known).add_routes(app, admin.guard)
 
-    async def render(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app.router.add_get("/metrics", render)
+    # prometheus_client's own handler on the app's registry: the text format, or OpenMetrics when
+    # the scraper asks for it (Accept: application/openmetrics-text), compressed when it accepts
+    # gzip (Prometheus does), and ?name[]= to select families.
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))

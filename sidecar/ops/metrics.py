@@ -7,7 +7,7 @@ name is the ``operation`` label: that is the label's name in the contract.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,18 +20,22 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..state import OperationEvent
+from ..upstream.h1pool import PoolStats
 from ..upstream.observer import ATTEMPT_RESULTS
 from .limit_metrics import LimitFamilies, ProviderLimitMetrics
+from .scrape_gauges import ScrapeGauges
 
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+# The ``source`` label of sidecar_requests_total: who produced the status the client got.
+SOURCES = ("sidecar", "provider")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 LEDGER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # What the job ledger did with a request on a creates_job route (sidecar_idempotency_total).
 IDEMPOTENCY_RESULTS = ("first", "replayed", "coalesced", "in_flight", "reused", "unknown",
                        "reconciled", "released", "unprotected")
 
-__all__ = ["CONTENT_TYPE_LATEST", "IDEMPOTENCY_RESULTS", "JobMetrics", "Metrics", "ProviderMetrics",
-           "RouteMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "IDEMPOTENCY_RESULTS", "SOURCES", "JobMetrics", "Metrics",
+           "ProviderMetrics", "RouteMetrics"]
 
 
 class Metrics:
@@ -43,8 +47,9 @@ class Metrics:
         ProcessCollector(registry=r)
         self.requests = Counter(
             "sidecar_requests_total",
-            "Client requests by the status the client got.",
-            ("provider", "operation", "code"),
+            "Client requests by the status the client got, and who answered: the sidecar itself "
+            "(an error of its own, with X-Sidecar-Error) or the provider.",
+            ("provider", "operation", "code", "source"),
             registry=r,
         )
         self.request_duration = Histogram(
@@ -129,6 +134,13 @@ class Metrics:
             buckets=LEDGER_BUCKETS,
             registry=r,
         )
+        self.bulkhead_rejected = Counter(
+            "sidecar_bulkhead_rejected_total",
+            "Requests answered provider_overloaded: max_concurrent requests were in flight.",
+            ("provider",),
+            registry=r,
+        )
+        self.scrape_gauges = ScrapeGauges(r)
         build = Gauge("sidecar_build_info", "Build information.", ("version",), registry=r)
         build.labels(version).set(1)
         self.limit_families = LimitFamilies(r)
@@ -171,8 +183,11 @@ class JobMetrics:
         """The state layer's ``StoreObserver``: time every store operation, count the failures."""
         m = self._metrics
         m.ledger_duration.labels(event.backend, event.op).observe(event.duration)
+        # The error series of an operation exists (at 0) once the operation has run, so that
+        # increase() and the alert see the first failure.
+        errors = m.ledger_errors.labels(event.backend, event.op)
         if event.error is not None:
-            m.ledger_errors.labels(event.backend, event.op).inc()
+            errors.inc()
 
 
 class RouteMetrics:
@@ -184,12 +199,14 @@ class RouteMetrics:
         self._family = metrics.requests
         self._labels = (provider, route)
         self.duration = metrics.request_duration.labels(provider, route)
-        self._by_code: dict[int, Counter] = {}
+        self._by_code: dict[tuple[int, str], Counter] = {}
 
-    def observe(self, code: int, seconds: float) -> None:
-        child = self._by_code.get(code)
+    def observe(self, code: int, seconds: float, source: str) -> None:
+        """One request answered ``code`` by ``source`` (``sidecar`` or ``provider``)."""
+        child = self._by_code.get((code, source))
         if child is None:
-            child = self._by_code[code] = self._family.labels(*self._labels, str(code))
+            child = self._family.labels(*self._labels, str(code), source)
+            self._by_code[(code, source)] = child
         child.inc()
         self.duration.observe(seconds)
 
@@ -205,6 +222,7 @@ class ProviderMetrics:
         self.retries = metrics.retries.labels(name)
         self.budget_exhausted = metrics.budget_exhausted.labels(name)
         self.short_circuited = metrics.short_circuited.labels(name)
+        self.bulkhead_rejected = metrics.bulkhead_rejected.labels(name)
         self._routes: dict[str, RouteMetrics] = {}
         for route in (*routes, "other"):
             self.route(route)
@@ -224,6 +242,19 @@ class ProviderMetrics:
     def export_inflight(self, current: Callable[[], float]) -> None:
         """Make ``sidecar_inflight_requests`` read ``current()`` at each scrape."""
         self._metrics.inflight.labels(self.name).set_function(current)
+
+    def export_breaker(self, snapshot: Callable[[], Mapping[str, object]]) -> None:
+        """Read the breaker's window and thresholds from ``snapshot()`` at each scrape."""
+        self._metrics.scrape_gauges.add_breaker(self.name, snapshot)
+
+    def export_pool(self, stats: Callable[[], PoolStats | None]) -> None:
+        """Read the connection pool's numbers from ``stats()`` at each scrape (None: no pool)."""
+        self._metrics.scrape_gauges.add_pool(self.name, stats)
+
+    def count_transitions(self, edges: Iterable[tuple[str, str]]) -> None:
+        """Export every (from_state, to_state) edge at 0, so that ``increase()`` sees the first."""
+        for from_state, to_state in edges:
+            self._metrics.transitions.labels(self.name, from_state, to_state)
 
     def transition(self, from_state: str, to_state: str) -> None:
         self._metrics.transitions.labels(self.name, from_state, to_state).inc()

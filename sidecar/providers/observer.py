@@ -7,9 +7,10 @@ metrics layer above the providers: ``ops`` may read the registry, the registry n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
+from ..upstream.h1pool import PoolStats
 from ..upstream.observer import AttemptMetrics
 
 __all__ = ["MetricsSource", "ProviderMetrics"]
@@ -24,6 +25,15 @@ class ProviderMetrics(AttemptMetrics, Protocol):
 
     def export_inflight(self, current: Callable[[], float]) -> None:
         """Read the requests in flight from ``current()`` at each scrape."""
+
+    def export_breaker(self, snapshot: Callable[[], Mapping[str, object]]) -> None:
+        """Read the breaker's window and thresholds from ``snapshot()`` at each scrape."""
+
+    def export_pool(self, stats: Callable[[], PoolStats | None]) -> None:
+        """Read the connection pool's numbers from ``stats()`` at each scrape (None: no pool)."""
+
+    def count_transitions(self, edges: Iterable[tuple[str, str]]) -> None:
+        """Export every legal (from_state, to_state) edge of the breaker at 0."""
 
 
 class MetricsSource(Protocol):

@@ -15,7 +15,7 @@ from multidict import istr
 
 from ..config import DownloadConfig, ProviderConfig, SidecarConfig
 from ..logs import get_logger
-from ..policy.breaker import CircuitBreaker, Transition
+from ..policy.breaker import LEGAL_TRANSITIONS, CircuitBreaker, Transition
 from ..policy.host_breakers import HostBreakers
 from ..policy.retry import RetryBudget
 from ..policy.routes import RouteTable
@@ -77,6 +77,11 @@ class ProviderRegistry:
         runtime = rt
         pm.export_inflight(lambda: runtime.inflight)
         pm.export_state(lambda: runtime.control.state.value)
+        pm.export_breaker(lambda: runtime.control.snapshot())
+        if isinstance(runtime, ProxyRuntime):
+            proxy = runtime
+            pm.export_pool(lambda: proxy.pool_stats())
+        pm.count_transitions((a.value, b.value) for a, b in LEGAL_TRANSITIONS)
         return rt
 
     def notify_transition(self, t: Transition, host: str | None) -> None:

@@ -19,7 +19,7 @@ from ..policy.host_breakers import HostBreakers
 from ..policy.retry import RetryBudget
 from ..policy.routes import RouteTable
 from ..upstream.aiohttp_client_compat import disable_silent_resend
-from ..upstream.h1pool import H1Pool
+from ..upstream.h1pool import H1Pool, PoolStats
 from ..upstream.ssrf import guarded_connector
 from .observer import ProviderMetrics
 
@@ -60,6 +60,10 @@ class ProxyRuntime:
         if self._pool is None:
             raise RuntimeError(f"provider {self.name}: not open (or no upstream)")
         return self._pool
+
+    def pool_stats(self) -> PoolStats | None:
+        """The pool's numbers for the metrics; None before ``open`` or without an upstream."""
+        return None if self._pool is None else self._pool.stats()
 
     def route_for(self, method: str, path: str) -> RouteConfig:
         route = self.routes.match(method, path)

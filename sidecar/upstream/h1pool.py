@@ -31,6 +31,7 @@ import contextlib
 import functools
 import ssl as _ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -49,13 +50,24 @@ from .aiohttp_client_compat import (
     shared_verified_context,
 )
 
-__all__ = ["ConnectFailed", "H1Pool", "H1Response", "PoolTimeout", "Timers"]
+__all__ = ["ConnectFailed", "H1Pool", "H1Response", "PoolStats", "PoolTimeout", "Timers"]
 
 Body = bytes | AsyncIterable[bytes] | None
 
 _CONTENT_LENGTH = istr("Content-Length")
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT", "DELETE"})
 _CRLF = "\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """The pool at one moment: connections answering a request (or being opened), idle ones kept
+    for reuse, callers waiting for a connection, and the limit of open connections."""
+
+    in_use: int
+    idle: int
+    waiting: int
+    limit: int
 
 
 class ConnectFailed(aiohttp.ClientOSError):
@@ -207,6 +219,11 @@ class H1Pool:
     def waiting(self) -> int:
         """Callers queued for a connection (the pool is at its limit)."""
         return sum(1 for waiter in self._waiters if not waiter.done())
+
+    def stats(self) -> PoolStats:
+        """What the metrics export at each scrape (``sidecar_upstream_connections`` …)."""
+        idle = len(self._idle)
+        return PoolStats(in_use=self._open - idle, idle=idle, waiting=self.waiting, limit=self.limit)
 
     async def request(
         self,

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..config import OWN_ENDPOINTS, UNKNOWN_PROVIDER, RouteConfig, SidecarConfig
 from ..errors import ErrorCode, error_response
-from ..headers import CALLER_OPERATION, REQUEST_ID
+from ..headers import CALLER_OPERATION, REQUEST_ID, SIDECAR_ERROR
 from ..logs import get_logger
 from ..ops.endpoints import add_own_routes
 from ..ops.metrics import RouteMetrics
@@ -141,7 +141,7 @@ def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.Stre
                     provider=None,
                     extra={"known_providers": known},
                 )
-        unknown.observe(resp.status, 0.0)
+        unknown.observe(resp.status, 0.0, "sidecar")
         return resp
 
     return dispatch
@@ -166,7 +166,7 @@ class _ProviderCalls:
         # Unique, not secret: a PRNG draw avoids uuid4's urandom syscall per request.
         request_id = request.headers.get(REQUEST_ID) or f"{self._rng.getrandbits(128):032x}"
         rt.inflight += 1
-        code = 500
+        code, source = 500, "sidecar"  # an exception becomes aiohttp's 500: not the provider's
         try:
             resp: web.StreamResponse
             refused = self._refusal(rt)
@@ -176,11 +176,12 @@ class _ProviderCalls:
                 refused.headers[REQUEST_ID] = request_id
                 resp = refused
             code = resp.status
+            source = "sidecar" if SIDECAR_ERROR in resp.headers else "provider"
             return resp
         finally:
             rt.inflight -= 1
             elapsed = self._clock() - t0
-            self._metrics[rt.name].route(route.name).observe(code, elapsed)
+            self._metrics[rt.name].route(route.name).observe(code, elapsed, source)
             if self._log is not None:
                 self._log.info(
                     "request", provider=rt.name, operation=route.name, method=request.method,
@@ -189,8 +190,7 @@ class _ProviderCalls:
                     duration_ms=round(elapsed * 1000, 1),
                 )
 
-    @staticmethod
-    def _refusal(rt: ProviderRuntime) -> web.Response | None:
+    def _refusal(self, rt: ProviderRuntime) -> web.Response | None:
         """503 without trying: no upstream configured, or the bulkhead (``max_concurrent``) full."""
         cfg = rt.config
         if not cfg.configured:
@@ -198,6 +198,7 @@ class _ProviderCalls:
                 ErrorCode.PROVIDER_UNCONFIGURED, f"provider {rt.name} has no upstream", provider=rt.name
             )
         if cfg.max_concurrent is not None and rt.inflight > cfg.max_concurrent:
+            self._metrics[rt.name].bulkhead_rejected.inc()
             return error_response(
                 ErrorCode.PROVIDER_OVERLOADED,
                 f"{cfg.max_concurrent} requests already in flight to {rt.name}",

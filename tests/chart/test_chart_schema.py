@@ -62,9 +62,12 @@ def test_schema_is_draft7_and_closed() -> None:
 
     def walk(node: object, path: str) -> None:
         if isinstance(node, dict):
-            if "properties" in node:
+            if "properties" in node and not path.endswith("/if"):  # a condition, not a block
                 assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
             for k, v in node.items():
                 walk(v, f"{path}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}/{i}")
 
     walk(schema, "")

@@ -34,7 +34,8 @@ from tests.support.helm_chart import (
 
 DEFAULT_DOCS = "https://owner.github.io/sidecar"
 ALERTS = ("SidecarBreakerOpen", "SidecarBreakerFlapping", "SidecarHighShortCircuitRatio",
-          "SidecarRetryBudgetExhausted", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown")
+          "SidecarRetryBudgetExhausted", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown",
+          "SidecarProviderPaused", "SidecarLedgerErrors", "SidecarUnknownOutcomes")
 
 
 def _render(values: list[Path] | None = None, sets: list[str] | None = None,
@@ -120,7 +121,9 @@ def test_default_rules_per_alert() -> None:
     fors = {r["alert"]: r["for"] for r in rules}
     assert fors == {"SidecarBreakerOpen": "1m", "SidecarBreakerFlapping": "5m",
                     "SidecarHighShortCircuitRatio": "5m", "SidecarRetryBudgetExhausted": "5m",
-                    "SidecarProbeDown": "5m", "SidecarHighLatencyP99": "10m", "SidecarDown": "5m"}
+                    "SidecarProbeDown": "5m", "SidecarHighLatencyP99": "10m", "SidecarDown": "5m",
+                    "SidecarProviderPaused": "1m", "SidecarLedgerErrors": "5m",
+                    "SidecarUnknownOutcomes": "0m"}
     for rule in rules:
         assert rule["annotations"]["runbook_url"] == f"{DEFAULT_DOCS}/runbooks/{rule['alert'].lower()}/"
         assert "runbook" not in rule["annotations"]
@@ -142,6 +145,13 @@ def test_values_shape_every_alert() -> None:
     assert budget["expr"].count("[15m]") == 4 and budget["labels"]["severity"] == "info"
     (probe,) = _by_alert(rules, "SidecarProbeDown")
     assert probe["for"] == "10m"
+    (paused,) = _by_alert(rules, "SidecarProviderPaused")
+    assert "[15m:30s]" in paused["expr"] and paused["expr"].endswith(">= 0.5")
+    assert paused["for"] == "3m" and paused["labels"]["severity"] == "critical"
+    (ledger,) = _by_alert(rules, "SidecarLedgerErrors")
+    assert "[10m]" in ledger["expr"] and ledger["expr"].endswith("> 2") and ledger["for"] == "2m"
+    (unknown,) = _by_alert(rules, "SidecarUnknownOutcomes")
+    assert "[1h]" in unknown["expr"] and unknown["expr"].endswith("> 1") and unknown["for"] == "1m"
     for rule in rules:
         assert rule["labels"]["team"] == "bots", "ruleLabels reach every alert"
         assert rule["labels"]["severity"] != "ignored-the-alerts-own-wins", "the alert's severity wins"
@@ -188,6 +198,10 @@ def test_disabled_alerts_and_empty_groups_are_left_out() -> None:
     assert "SidecarBreakerFlapping" not in names and "SidecarProbeDown" not in names
     sets = ["prometheusRule.alerts.SidecarRetryBudgetExhausted.enabled=false"]
     groups = [g["name"] for g in one(_render(sets=sets), "PrometheusRule")["spec"]["groups"]]
+    assert groups == ["sidecar.breakers", "sidecar.providers", "sidecar.ledger", "sidecar.availability"]
+    ledger_off = [*sets, *(f"prometheusRule.alerts.{a}.enabled=false"
+                           for a in ("SidecarLedgerErrors", "SidecarUnknownOutcomes"))]
+    groups = [g["name"] for g in one(_render(sets=ledger_off), "PrometheusRule")["spec"]["groups"]]
     assert groups == ["sidecar.breakers", "sidecar.providers", "sidecar.availability"]
     every = [f"prometheusRule.alerts.{a}.enabled=false" for a in ALERTS]
     assert "every alert is disabled" in render_fails(every, chart=MONITORING)

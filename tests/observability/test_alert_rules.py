@@ -15,7 +15,8 @@ ALERT_TESTS = ROOT / "tests" / "observability" / "alerts-test.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 MKDOCS = ROOT / "mkdocs.yml"
 EXPECTED = {"SidecarBreakerOpen", "SidecarBreakerFlapping", "SidecarRetryBudgetExhausted",
-            "SidecarHighShortCircuitRatio", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown"}
+            "SidecarHighShortCircuitRatio", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown",
+            "SidecarProviderPaused", "SidecarLedgerErrors", "SidecarUnknownOutcomes"}
 # The default per-provider latency thresholds (seconds) and the default for every other provider.
 LATENCY = {"elevenlabs": 60, "file-download": 60, "huggingface": 90, "replicate": 90}
 LATENCY_DEFAULT = 30
@@ -63,8 +64,8 @@ def test_alert_uses_spec_metrics(rule: dict[str, str]) -> None:
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
 def test_alert_is_scoped_per_bot_and_waits(rule: dict[str, str]) -> None:
-    """Every aggregation keeps namespace and job (one job per bot), so one rule set serves every bot;
-    every alert has a `for:`."""
+    """Every aggregation keeps namespace and job (one job per bot), so one rule set serves every bot,
+    and provider (the ledger's errors: backend and op instead); every alert has a `for:`."""
     assert re.fullmatch(r"[0-9]+[smh]", str(rule.get("for", ""))), rule["alert"]
     groupings = re.findall(r"\b(?:sum|min|max|count) by \(([^)]*)\)", rule["expr"])
     if rule["alert"] == "SidecarDown":
@@ -73,7 +74,8 @@ def test_alert_is_scoped_per_bot_and_waits(rule: dict[str, str]) -> None:
     assert groupings, rule["expr"]
     for grouping in groupings:
         labels = {label.strip() for label in grouping.split(",")}
-        assert {"namespace", "job", "provider"} <= labels, grouping
+        what = {"backend", "op"} if rule["alert"] == "SidecarLedgerErrors" else {"provider"}
+        assert {"namespace", "job", *what} <= labels, grouping
 
 
 def test_retry_budget_alert_is_a_ratio_with_a_floor() -> None:

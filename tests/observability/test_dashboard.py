@@ -26,7 +26,8 @@ from tests.support.promql_names import (
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SCOPE = ('namespace=~"$namespace"', 'job=~"$job"', 'pod=~"$pod"')
 ALERT_NAMES = {"SidecarBreakerOpen", "SidecarBreakerFlapping", "SidecarHighShortCircuitRatio",
-               "SidecarRetryBudgetExhausted", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown"}
+               "SidecarRetryBudgetExhausted", "SidecarProbeDown", "SidecarHighLatencyP99", "SidecarDown",
+               "SidecarProviderPaused", "SidecarLedgerErrors", "SidecarUnknownOutcomes"}
 
 
 def test_no_inputs_and_no_hardcoded_datasource() -> None:
@@ -71,7 +72,9 @@ def test_variables() -> None:
 def test_rows() -> None:
     """The rows, in order."""
     rows = [p["title"] for p in dashboard()["panels"] if p["type"] == "row"]
-    assert rows == ["Circuit breakers", "Traffic", "Retries and attempts", "Latency", "Provider probes",
+    assert rows == ["Circuit breakers", "Traffic", "Connections and bulkhead", "Rate limits",
+                    "Job ledger", "Retries and attempts",
+                    "Latency", "Provider probes",
                     "Sidecar process"]
 
 
@@ -120,15 +123,23 @@ def test_panels_link_to_their_alerts_runbooks() -> None:
 
 
 def test_required_panels_exist() -> None:
-    """Breaker timeline, status codes, short circuits, retries, budget, attempts, quantiles, in-flight,
+    """Breaker timeline, status codes by source, short circuits, failure rate against its threshold,
+    connections, waiters, bulkhead rejections, retries, budget, attempts, quantiles, in-flight,
     probes, memory and CPU are all on the dashboard."""
     panels = dashboard_panels()
     timeline = [p for p in panels if p["type"] == "state-timeline" and any(
         "sidecar_breaker_state" in t["expr"] and "== 1" in t["expr"] for t in p["targets"])]
     assert timeline, "breaker state timeline"
     exprs = [e for _, e in dashboard_exprs()]
-    assert [e for e in exprs if "sum by (code)" in e and "sidecar_requests_total" in e]
+    assert [e for e in exprs if "sum by (code, source)" in e and "sidecar_requests_total" in e]
+    assert [e for e in exprs if "sum by (provider, source)" in e and 'code=~"5.."' in e]
     for metric in ("sidecar_short_circuited_total", "sidecar_retries_total",
+                   "sidecar_breaker_failure_rate", "sidecar_breaker_failure_rate_threshold",
+                   "sidecar_upstream_connections", "sidecar_upstream_connection_waiters",
+                   "sidecar_bulkhead_rejected_total", "sidecar_rate_limited_total",
+                   "sidecar_rate_limit_wait_seconds_bucket", "sidecar_provider_paused_until_seconds",
+                   "sidecar_idempotency_total", "sidecar_ledger_errors_total",
+                   "sidecar_ledger_duration_seconds_bucket",
                    "sidecar_retry_budget_exhausted_total",
                    "sidecar_upstream_attempts_total", "sidecar_inflight_requests", "sidecar_probe_up",
                    "sidecar_probe_duration_seconds", "process_resident_memory_bytes",

@@ -81,6 +81,7 @@ def sidecar_config(
     return {
         "server": {"host": "127.0.0.1", "port": port, "ops_host": "127.0.0.1", "ops_port": ops_port,
                    "drain_time": "0s", "shutdown_grace": "1s"},
+        "ledger": {"backend": "memory"},
         "defaults": {
             "retry": {"max_attempts": 2, "base_delay": "10ms", "max_delay": "50ms", "jitter": False},
             "timeouts": {"connect": "1s", "attempt": "2s", "total": "5s"},
@@ -89,6 +90,8 @@ def sidecar_config(
             "flaky": {
                 "upstream": f"http://127.0.0.1:{flaky.port}",
                 "health": probe,
+                # a paid create, so that the job ledger's series exist (sidecar_idempotency_total …)
+                "routes": [{"name": "create", "method": "POST", "path": "/v1/jobs", "creates_job": True}],
                 "breaker": {"failure_threshold": 3, "monitoring_period": "10s", "minimum_calls": 0,
                             "recovery_timeout": "1s", "success_threshold": 1},
             },
@@ -282,6 +285,17 @@ async def _scenario(port: int, ops_port: int, prom_port: int, flaky: SwitchableU
                     and metric_value(text, "sidecar_probe_up", provider="flaky") == 1)
 
         await until("the flaky breaker to close again", recovered, within=30, alive=alive)
+
+        async def paid_create_replayed() -> bool:
+            headers = {"Idempotency-Key": "e2e-create-1"}
+            for _ in range(2):  # the first is forwarded once, the repeat is its stored answer
+                async with session.post(f"{proxy}/flaky/v1/jobs", json={"n": 1}, headers=headers) as r:
+                    await r.read()
+            return metric_value(await metrics(), "sidecar_idempotency_total", provider="flaky",
+                                result="replayed") > 0
+
+        await until("a paid create through the job ledger, then its replay", paid_create_replayed,
+                    within=15, alive=alive)
 
         queries = [(f"dashboard: {title}", substitute_grafana(e)) for title, e in dashboard_exprs()]
         for rule in rules:

@@ -21,7 +21,7 @@ from ..support.fakes import FakeClock
 
 # The metric contract: family name (as the parser reports it) -> (type, label names of its samples).
 CONTRACT = {
-    "sidecar_requests": ("counter", {"provider", "operation", "code"}),
+    "sidecar_requests": ("counter", {"provider", "operation", "code", "source"}),
     "sidecar_request_duration_seconds": ("histogram", {"provider", "operation"}),
     "sidecar_upstream_attempts": ("counter", {"provider", "result"}),
     "sidecar_upstream_attempt_duration_seconds": ("histogram", {"provider"}),
@@ -85,12 +85,17 @@ async def test_metrics_after_traffic_match_what_happened(
     await svc.probes.run_once(svc.registry.providers["p"])
     t = samples(await scrape(client))
     req = "sidecar_requests_total"
-    assert value(t, req, provider="p", operation="get_thing", code="200") == 1
-    assert value(t, req, provider="p", operation="other", code="200") == 3
-    assert value(t, req, provider="p", operation="other", code="404") == 1
-    assert value(t, req, provider="p", operation="other", code="500") == 1
-    assert value(t, req, provider="p", operation="other", code="503") == 1
-    assert value(t, req, provider="unknown", operation="other", code="404") == 1
+    def requests(source: str, **labels: str) -> float | None:
+        return value(t, req, source=source, **labels)
+
+    assert requests("provider", provider="p", operation="get_thing", code="200") == 1
+    assert requests("provider", provider="p", operation="other", code="200") == 3
+    assert requests("provider", provider="p", operation="other", code="404") == 1
+    assert requests("provider", provider="p", operation="other", code="500") == 1
+    # the 503 is the sidecar's circuit_open; the provider's own 503 was retried over
+    assert requests("sidecar", provider="p", operation="other", code="503") == 1
+    assert requests("provider", provider="p", operation="other", code="503") is None
+    assert requests("sidecar", provider="unknown", operation="other", code="404") == 1
     assert value(t, "sidecar_request_duration_seconds_count", provider="p", operation="other") == 6
     assert value(t, "sidecar_retries_total", provider="p") == 3  # one after the 503, two in the 500s
     assert value(t, "sidecar_short_circuited_total", provider="p") == 1

@@ -28,11 +28,20 @@ METRIC_COUNTERS_GAUGES = {
     "sidecar_retry_budget_exhausted_total", "sidecar_breaker_state", "sidecar_breaker_transitions_total",
     "sidecar_short_circuited_total", "sidecar_inflight_requests", "sidecar_probe_up",
     "sidecar_probe_duration_seconds", "sidecar_build_info",
+    "sidecar_breaker_failure_rate", "sidecar_breaker_window_calls",
+    "sidecar_breaker_failure_rate_threshold", "sidecar_breaker_minimum_calls",
+    "sidecar_upstream_connections", "sidecar_upstream_connection_waiters",
+    "sidecar_upstream_connection_limit", "sidecar_bulkhead_rejected_total",
+    "sidecar_rate_limited_total", "sidecar_provider_paused_until_seconds",
+    "sidecar_idempotency_total", "sidecar_ledger_errors_total",
 }
-METRIC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds"}
+METRIC_HISTOGRAMS = {"sidecar_request_duration_seconds", "sidecar_upstream_attempt_duration_seconds",
+                     "sidecar_rate_limit_wait_seconds", "sidecar_ledger_duration_seconds"}
 METRIC_SERIES = METRIC_COUNTERS_GAUGES | {
     f"{h}{s}" for h in METRIC_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
-WITHOUT_PROVIDER = {"sidecar_build_info"}
+WITHOUT_PROVIDER = {"sidecar_build_info", "sidecar_ledger_errors_total",
+                    "sidecar_ledger_duration_seconds_bucket", "sidecar_ledger_duration_seconds_sum",
+                    "sidecar_ledger_duration_seconds_count"}
 WITH_OPERATION = {"sidecar_requests_total", "sidecar_request_duration_seconds_bucket",
                   "sidecar_request_duration_seconds_sum", "sidecar_request_duration_seconds_count"}
 
