@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import RateLimitConfig, RetryConfig, RouteConfig
 from sidecar.web.app import SERVICES
@@ -22,18 +21,9 @@ from ..support.clocked_sleep import ClockedSleep
 from ..support.configs import provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.fakes import FakeClock
+from ..support.metric_samples import metric
 
 Start = Callable[..., Awaitable[Any]]
-
-
-def metric(client: Any, name: str, **labels: str) -> float:
-    """A sample's value from the app's own registry (0 when absent)."""
-    text = client.app[SERVICES].metrics.render().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 @pytest.fixture
