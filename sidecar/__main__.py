@@ -27,7 +27,13 @@ ENVIRONMENT = """\
 environment variables:
   SIDECAR_CONFIG               the configuration file when --config / PATH is not given
   SIDECAR_ADMIN_TOKEN          /admin then requires "Authorization: Bearer <token>"; unset,
-                               /admin answers only on loopback connections
+                               /admin answers only on a listener bound to loopback
+  SIDECAR_FLEET_LEASE_TTL      how long a fleet concurrency slot outlives a sidecar that died
+                               holding it (a duration, default 30s; ledger.backend: redis)
+  SIDECAR_STATE_DIR            where the SQLite job ledger lives (default /var/lib/sidecar when
+                               writable, else <tmp>/sidecar-<uid>)
+  SIDECAR_INSTANCE_ID          this sidecar's name in the job ledger (default: HOSTNAME, then
+                               the host name); keep it across restarts, unique per sidecar
   CB_FAILURE_THRESHOLD         sets defaults.breaker.failure_threshold
   CB_RECOVERY_TIMEOUT          sets defaults.breaker.recovery_timeout (integer milliseconds, or "30s")
   CB_MONITORING_PERIOD         sets defaults.breaker.monitoring_period (integer milliseconds, or "60s")

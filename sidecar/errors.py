@@ -87,15 +87,8 @@ class ErrorCode(StrEnum):
     LEDGER_UNAVAILABLE = "ledger_unavailable", 503
 
 
-# Codes of the contract whose feature (the idempotency ledger) is not built yet: nothing answers
-# them, so the user documentation lists them only once that feature lands.
-PLANNED = frozenset({
-    ErrorCode.IDEMPOTENCY_KEY_REUSED,
-    ErrorCode.IDEMPOTENCY_IN_FLIGHT,
-    ErrorCode.OUTCOME_UNKNOWN,
-    ErrorCode.IDEMPOTENCY_REPLAY_UNAVAILABLE,
-    ErrorCode.LEDGER_UNAVAILABLE,
-})
+# Every code of the contract is answered by a feature that is built.
+PLANNED: frozenset[ErrorCode] = frozenset()
 
 # Code -> status, for the codes the sidecar answers today.
 STATUS: dict[str, int] = {code.value: code.status for code in ErrorCode if code not in PLANNED}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,13 +43,16 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def sidecar(sleep: RecordingSleep) -> AsyncIterator[Callable[..., Any]]:
-    """Start a sidecar app for a config; returns a client on its proxy listener."""
+async def sidecar(sleep: RecordingSleep, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start a sidecar app for a config; returns a client on its proxy listener.
+
+    A SQLite job ledger (the default backend) lives in the test's own directory."""
     clients: list[SidecarClient] = []
 
     async def start(config: SidecarConfig, **kwargs: Any) -> SidecarClient:
         kwargs.setdefault("sleep", sleep)
-        kwargs.setdefault("environ", {})  # e.g. SIDECAR_ADMIN_TOKEN on the test machine never leaks in
+        # Nothing of the test machine leaks in (SIDECAR_ADMIN_TOKEN, say).
+        kwargs.setdefault("environ", {"SIDECAR_STATE_DIR": str(tmp_path / "state")})
         kwargs.setdefault("rng", random.Random(7))
         client = await start_listener(create_app(config, **kwargs), config)
         clients.append(client)

@@ -1,7 +1,7 @@
 """Configuration: the frozen model, loading and validation, the effective dump, units."""
 
 from .dump import dump_effective
-from .load import ConfigError, load_config, parse_config
+from .load import ConfigError, fleet_lease_ttl, load_config, parse_config
 from .model import (
     OWN_ENDPOINTS,
     RESERVED_NAMES,
@@ -46,6 +46,7 @@ __all__ = [
     "SidecarConfig",
     "Timeouts",
     "dump_effective",
+    "fleet_lease_ttl",
     "format_duration",
     "format_size",
     "load_config",

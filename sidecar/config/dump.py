@@ -34,8 +34,10 @@ POLICY_KEYS = ("breaker", "retry", "failure_statuses", "max_request_body", "time
 DURATION_KEYS = frozenset({
     "monitoring_period", "recovery_timeout", "max_recovery_timeout", "slow_call_duration",
     "base_delay", "max_delay", "connect", "attempt", "total", "interval", "timeout",
-    "drain_time", "shutdown_grace", "header_read_timeout", "max_wait", "max_pause"})
-SIZE_KEYS = frozenset({"max_buffered_body", "max_request_body", "max_download_size"})
+    "drain_time", "shutdown_grace", "header_read_timeout", "max_wait", "max_pause",
+    "idempotency_window", "ttl"})
+SIZE_KEYS = frozenset({"max_buffered_body", "max_request_body", "max_download_size",
+                       "max_stored_body"})
 
 
 def dump_effective(config: SidecarConfig) -> str:
@@ -91,6 +93,8 @@ def _dump_provider(provider: ProviderConfig) -> dict[str, Any]:
             {"header": a.header, "prefix": a.prefix, "env": a.env,
              "value": REDACTED if a.value else None} for a in provider.auth]
         out["health"] = None if provider.health is None else _plain(provider.health)
+        out["native_idempotency"] = provider.native_idempotency
+        out["reconcile"] = provider.reconcile
     for key in POLICY_KEYS:
         out[key] = _plain_value(key, getattr(provider, key))
     if provider.download is not None:

@@ -37,10 +37,10 @@ from .model import (
     Timeouts,
 )
 from .schema import ENV_BREAKER, ENV_REFERENCE, UPSTREAM_VARIABLE, upstream_variable
-from .units import format_duration
+from .units import format_duration, parse_duration
 
 ROUTE_POLICY_KEYS = ("retry", "timeouts", "failure_statuses", "rate_limit")
-PROXY_KEYS = ("upstream", "auth", "health", "routes", "rate_limit")
+PROXY_KEYS = ("upstream", "auth", "health", "routes", "rate_limit", *s.PROVIDER_JOB_FIELDS)
 ROOT_KEYS = ("server", "defaults", "providers", "ledger")
 PROVIDER_KEYS = ("kind", "critical", *POLICY_KEYS, *PROXY_KEYS, *s.DOWNLOAD_FIELDS)
 EMBEDDED = "<embedded default.yaml>"
@@ -143,16 +143,32 @@ def parse_config(data: object, environ: Mapping[str, str]) -> SidecarConfig:
     providers = _providers(problems, root.get("providers"), defaults, environ)
     _stray_upstream_variables(problems, root.get("providers"), environ)
     _check_fleet(problems, ledger, providers)
+    try:
+        fleet_lease_ttl(environ)
+    except ValueError as exc:
+        problems.add(FLEET_LEASE_TTL, str(exc))
     if problems.items:
         raise ConfigError(_unexpand(problems.items, raw, environ))
     return SidecarConfig(server=server, providers=MappingProxyType(providers), ledger=ledger)
 
 
-def _ledger(problems: s.Problems, raw: object) -> LedgerConfig:
-    ledger = LedgerConfig(**s.parse_fields(problems, "ledger", raw, s.LEDGER_FIELDS))
-    if ledger.backend == "redis" and not ledger.url:
-        problems.add("ledger.url", "is required when ledger.backend is redis")
-    return ledger
+FLEET_LEASE_TTL = "SIDECAR_FLEET_LEASE_TTL"
+
+
+def fleet_lease_ttl(environ: Mapping[str, str]) -> float | None:
+    """``SIDECAR_FLEET_LEASE_TTL`` in seconds (``30s``, ``500ms`` or integer ms); None when unset.
+
+    How long a fleet concurrency slot outlives a sidecar that died holding it. Checked with the rest
+    of the configuration, so a bad value is a configuration error, not a crash at start-up.
+    """
+    raw = environ.get(FLEET_LEASE_TTL, "").strip()
+    if not raw:
+        return None
+    value: object = int(raw) if raw.isdigit() else raw
+    seconds = parse_duration(value)  # ValueError names the problem
+    if seconds <= 0:
+        raise ValueError(f"must be > 0, got {raw!r}")
+    return seconds
 
 
 def _check_fleet(problems: s.Problems, ledger: LedgerConfig,
@@ -225,6 +241,13 @@ def _server(problems: s.Problems, raw: object) -> ServerConfig:
     if server.port and server.port == server.ops_port and server.host == server.ops_host:
         problems.add("server.ops_port", f"must differ from server.port, got {server.port}")
     return server
+
+
+def _ledger(problems: s.Problems, raw: object) -> LedgerConfig:
+    ledger = LedgerConfig(**s.parse_fields(problems, "ledger", raw, s.LEDGER_FIELDS))
+    if ledger.backend == "redis" and not ledger.url:
+        problems.add("ledger.url", "is required when ledger.backend is redis")
+    return ledger
 
 
 def _policies(problems: s.Problems, path: str, block: Mapping[str, object],
@@ -352,9 +375,14 @@ def _proxy_parts(problems: s.Problems, name: str, path: str, block: Mapping[str,
     if block.get("health") is not None:
         values = s.parse_fields(problems, f"{path}.health", block["health"], s.HEALTH_FIELDS)
         health = HealthConfig(**values)
+    jobs = s.parse_fields(problems, path, _pick(block, tuple(s.PROVIDER_JOB_FIELDS)),
+                          s.PROVIDER_JOB_FIELDS)
+    # Replicate can be asked what became of a create: that is the default for the provider so named.
+    jobs.setdefault("reconcile", "replicate" if name == "replicate" else None)
     routes = _routes(problems, f"{path}.routes", block.get("routes"), policies)
     _check_budgets(problems, f"{path}.routes", routes)
     return {
+        **jobs,
         "upstream": upstream if ok else "",
         "auth": _auth(problems, f"{path}.auth", block.get("auth"), environ),
         "health": health,
@@ -418,6 +446,8 @@ def _route(problems: s.Problems, path: str, raw: object, policies: Policies) -> 
     values = s.parse_fields(problems, path, _pick(block, tuple(s.ROUTE_FIELDS)), s.ROUTE_FIELDS,
                             required=("name", "path"))
     merged = _policies(problems, path, _pick(block, ROUTE_POLICY_KEYS), policies)
+    if values.get("idempotency_window") is not None and not values.get("creates_job"):
+        problems.add(f"{path}.idempotency_window", "needs creates_job: true on the same route")
     limit = _rate_limit(problems, f"{path}.rate_limit", block.get("rate_limit"),
                         s.ROUTE_RATE_LIMIT_FIELDS)
     if len(problems.items) != before:

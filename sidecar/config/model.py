@@ -14,6 +14,7 @@ MiB = 1024 * 1024
 
 ProviderKind = Literal["proxy", "download"]
 LedgerBackendName = Literal["sqlite", "memory", "redis"]
+ReconcileKind = Literal["replicate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,8 @@ class RouteConfig:
     retry: RetryConfig = RetryConfig()
     timeouts: Timeouts = Timeouts()
     failure_statuses: frozenset[int] = frozenset({500, 502, 503, 504})
+    creates_job: bool = False  # a paid job: keyed requests go through the ledger, never retried
+    idempotency_window: float | None = None  # keyless identical requests within it are repeats
     rate_limit: RateLimitConfig | None = None  # the route's own, on top of its provider's
 
 
@@ -123,6 +126,8 @@ class ProviderConfig:
     max_concurrent: int | None = None
     routes: tuple[RouteConfig, ...] = ()
     download: DownloadConfig | None = None
+    native_idempotency: bool = False  # the provider honours Idempotency-Key itself (sync.so)
+    reconcile: ReconcileKind | None = None  # how to ask the provider about an unknown outcome
     rate_limit: RateLimitConfig | None = None
 
     @property
@@ -150,12 +155,17 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class LedgerConfig:
-    """Where the state shared by the sidecars of one bot lives: with ``backend: redis``, the fleet's
-    rate limits, pauses and shared breakers live in that Redis, under ``prefix``."""
+    """Where the state shared by the sidecars of one bot lives: the job ledger's records, and with
+    ``backend: redis`` also the fleet's rate limits, pauses and shared breakers, under ``prefix``."""
 
     backend: LedgerBackendName = "sqlite"
-    url: str | None = None
+    path: str | None = None  # sqlite: the file; None -> ledger.sqlite3 in the state directory
+    url: str | None = None  # redis: redis://host:6379/0, rediss:// for TLS
     prefix: str = "sidecar:"
+    ttl: float = 86400.0
+    max_stored_body: int = 1 * MiB
+    max_entries: int = 100_000
+    on_unavailable: Literal["forward", "refuse"] = "forward"
 
 
 @dataclass(frozen=True, slots=True)

@@ -417,14 +417,35 @@ def redis_url(value: object) -> str:
     return url
 
 
-LEDGER_FIELDS: dict[str, Converter] = {
-    "backend": one_of("sqlite", "memory", "redis"),
-    "url": optional(redis_url),
-    "prefix": text(re.compile(r"[!-~]{1,64}"), "1 to 64 printable characters without spaces"),
-}
 ROUTE_FIELDS: dict[str, Converter] = {
     "name": text(ROUTE_NAME, "lower-case letters, digits and '_'"),
     "method": optional(method),
     "path": path_template,
     "idempotent": optional(boolean),
+    "creates_job": boolean,
+    "idempotency_window": optional(duration()),
+}
+# Proxy providers only: how the job ledger treats the provider.
+PROVIDER_JOB_FIELDS: dict[str, Converter] = {
+    "native_idempotency": boolean,
+    "reconcile": optional(one_of("replicate")),
+}
+
+
+def ledger_url(value: object) -> str | None:
+    """``redis_url``, with an empty value (an unset ``${VAR}``) read as null."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return redis_url(value)
+
+
+LEDGER_FIELDS: dict[str, Converter] = {
+    "backend": one_of("sqlite", "memory", "redis"),
+    "path": optional(text(re.compile(r".+"), "a file path")),
+    "url": optional(ledger_url),
+    "prefix": text(re.compile(r"[!-~]{1,64}"), "1 to 64 printable characters without spaces"),
+    "ttl": duration(),
+    "max_stored_body": size(),
+    "max_entries": integer(1),
+    "on_unavailable": one_of("forward", "refuse"),
 }

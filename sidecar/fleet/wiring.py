@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from sidecar.config import SidecarConfig, parse_duration, shared_redis
+from sidecar.config import SidecarConfig, fleet_lease_ttl, shared_redis
 from sidecar.fleet.breaker import SharedBreakers
 from sidecar.fleet.client import redis_client
 from sidecar.fleet.keys import FleetKeys
@@ -23,25 +23,7 @@ from sidecar.limits import FallbackLimiter, FleetUnavailable, Limiter, LocalBack
 from sidecar.limits.fallback import Mode
 from sidecar.policy.admission import Scope
 
-__all__ = ["LEASE_TTL_VARIABLE", "FleetState", "lease_ttl_from"]
-
-LEASE_TTL_VARIABLE = "SIDECAR_FLEET_LEASE_TTL"
-
-
-def lease_ttl_from(environ: Mapping[str, str]) -> float:
-    """``SIDECAR_FLEET_LEASE_TTL`` in seconds (``30s``, ``500ms``, or integer ms), else 30 s."""
-    raw = environ.get(LEASE_TTL_VARIABLE, "").strip()
-    if not raw:
-        return DEFAULT_LEASE_TTL
-    value: object = int(raw) if raw.isdigit() else raw
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise ValueError(f"{LEASE_TTL_VARIABLE}: {exc}") from None
-    if seconds <= 0:
-        raise ValueError(f"{LEASE_TTL_VARIABLE}: must be > 0, got {raw!r}")
-    return seconds
-
+__all__ = ["FleetState"]
 
 @dataclass(slots=True)
 class FleetState:
@@ -78,7 +60,8 @@ class FleetState:
             return cls(local, own)
         redis = redis_client(where.url)
         keys = FleetKeys(where.prefix)
-        backend = RedisBackend(redis, keys=keys, lease_ttl=lease_ttl_from(environ), sleep=sleep)
+        lease_ttl = fleet_lease_ttl(environ) or DEFAULT_LEASE_TTL
+        backend = RedisBackend(redis, keys=keys, lease_ttl=lease_ttl, sleep=sleep)
         fleet = QueuedLimiter(backend, clock=clock, sleep=sleep)
         limiter = FallbackLimiter(
             fleet, local, ping=backend.ping, clock=clock, sleep=sleep, on_switch=on_switch

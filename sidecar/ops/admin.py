@@ -26,6 +26,7 @@ from aiohttp import web
 from ..errors import ErrorCode, error_response
 from ..logs import get_logger
 from ..providers.registry import ProviderRegistry
+from ..providers.shared_breaker import SharedBreaker
 
 __all__ = ["TOKEN_ENV", "AdminHandlers", "is_loopback_binding", "token_matches"]
 
@@ -93,9 +94,11 @@ class AdminHandlers:
     """The ``/admin`` routes of one listener; ``bound_host`` is the address that listener binds."""
 
     def __init__(
-        self, registry: ProviderRegistry, environ: Mapping[str, str], *, bound_host: str
+        self, registry: ProviderRegistry, environ: Mapping[str, str], *, bound_host: str,
+        shared: Mapping[str, SharedBreaker] | None = None,
     ) -> None:
         self.registry = registry
+        self._shared = shared or {}  # breaker.shared providers: reset clears the fleet's record too
         self.token = environ.get(TOKEN_ENV) or None  # read once: changing env later changes nothing
         self.bound_host = bound_host
         self._local_only = is_loopback_binding(bound_host)
@@ -109,6 +112,10 @@ class AdminHandlers:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/admin/breakers", self._guard(self.breakers))
         app.router.add_post("/admin/breakers/{provider}/{action}", self._guard(self.action))
+
+    def guard(self, handler: Handler) -> Handler:
+        """``handler`` behind ``/admin``'s access rule (for other ``/admin`` routes)."""
+        return self._guard(handler)
 
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -155,9 +162,14 @@ class AdminHandlers:
         breaker = self.registry.providers[name].control
         before = breaker.state.value
         act(name)
+        fleet: bool | None = None
+        link = self._shared.get(name)
+        if link is not None and action == "reset":
+            fleet = await link.reset()
         snapshot = breaker.snapshot()
         self._log.warning(
             "admin_action", provider=name, action=action, from_state=before,
             state=snapshot["state"], remote=request.remote,
+            **({} if fleet is None else {"fleet_reset": fleet}),
         )
         return web.json_response({"provider": name, **snapshot})

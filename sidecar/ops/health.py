@@ -16,9 +16,11 @@ from aiohttp import web
 from .. import __version__
 from ..policy.breaker import BreakerState
 from ..providers.admission import Limits
+from ..providers.ledger import JobLedger
 from ..providers.registry import ProviderRegistry
 from ..providers.runtime import DownloadRuntime, ProviderRuntime
 from .checks import Check, LocalChecks
+from .jobs import ledger_health
 from .probes import ProbeResult, ProbeRunner
 
 __all__ = [
@@ -113,7 +115,10 @@ class HealthHandlers:
         checks: LocalChecks,
         status: ProcessStatus,
         limits: Limits | None = None,
+        *,
+        jobs: JobLedger | None = None,
     ) -> None:
+        self.jobs = jobs
         self.registry = registry
         self.probes = probes
         self.checks = checks
@@ -163,5 +168,11 @@ class HealthHandlers:
             faults[name] = (rt.config.critical, fault)
         checks = await self.checks.run()
         status = overall_status(faults, checks)
-        body = {"status": status, **self._base(), "providers": providers, "checks": checks}
+        ledger = await ledger_health(self.jobs)
+        if ledger is not None and not ledger["ok"] and status == "healthy":
+            status = "degraded"  # requests still flow (on_unavailable), without protection or with 503s
+        body: dict[str, object] = {"status": status, **self._base(), "providers": providers,
+                                   "checks": checks}
+        if ledger is not None:  # only when some route creates jobs
+            body["ledger"] = ledger
         return web.json_response(body, status=503 if status == "unhealthy" else 200)

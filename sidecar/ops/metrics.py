@@ -19,13 +19,19 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..state import OperationEvent
 from ..upstream.observer import ATTEMPT_RESULTS
 from .limit_metrics import LimitFamilies, ProviderLimitMetrics
 
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+LEDGER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# What the job ledger did with a request on a creates_job route (sidecar_idempotency_total).
+IDEMPOTENCY_RESULTS = ("first", "replayed", "coalesced", "in_flight", "reused", "unknown",
+                       "reconciled", "released", "unprotected")
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "ProviderMetrics", "RouteMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "IDEMPOTENCY_RESULTS", "JobMetrics", "Metrics", "ProviderMetrics",
+           "RouteMetrics"]
 
 
 class Metrics:
@@ -104,6 +110,25 @@ class Metrics:
             ("provider",),
             registry=r,
         )
+        self.idempotency = Counter(
+            "sidecar_idempotency_total",
+            "Requests on creates_job routes by what the job ledger did with them.",
+            ("provider", "result"),
+            registry=r,
+        )
+        self.ledger_errors = Counter(
+            "sidecar_ledger_errors_total",
+            "Job ledger operations that failed.",
+            ("backend", "op"),
+            registry=r,
+        )
+        self.ledger_duration = Histogram(
+            "sidecar_ledger_duration_seconds",
+            "Job ledger operation duration.",
+            ("backend", "op"),
+            buckets=LEDGER_BUCKETS,
+            registry=r,
+        )
         build = Gauge("sidecar_build_info", "Build information.", ("version",), registry=r)
         build.labels(version).set(1)
         self.limit_families = LimitFamilies(r)
@@ -121,6 +146,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def jobs(self, providers: Iterable[str]) -> JobMetrics:
+        """The ledger's counters, every result of every given provider present from 0."""
+        return JobMetrics(self, providers)
+
+
+class JobMetrics:
+    """``sidecar_idempotency_total`` children by provider, and the store's operation reports."""
+
+    def __init__(self, metrics: Metrics, providers: Iterable[str]) -> None:
+        self._metrics = metrics
+        self._results = {
+            (p, r): metrics.idempotency.labels(p, r) for p in providers for r in IDEMPOTENCY_RESULTS
+        }
+
+    def count(self, provider: str, result: str) -> None:
+        child = self._results.get((provider, result))
+        if child is None:
+            child = self._results[(provider, result)] = self._metrics.idempotency.labels(provider, result)
+        child.inc()
+
+    def on_operation(self, event: OperationEvent) -> None:
+        """The state layer's ``StoreObserver``: time every store operation, count the failures."""
+        m = self._metrics
+        m.ledger_duration.labels(event.backend, event.op).observe(event.duration)
+        if event.error is not None:
+            m.ledger_errors.labels(event.backend, event.op).inc()
 
 
 class RouteMetrics:

@@ -28,7 +28,6 @@ from types import TracebackType
 from typing import Protocol
 
 import aiohttp
-from aiohttp.base_protocol import BaseProtocol
 
 from ..config import ProviderConfig, RateLimitConfig, RouteConfig
 from ..errors import ErrorCode, SidecarError
@@ -37,6 +36,7 @@ from ..limits import Completion, Limiter, RateLimited, Slot
 from ..logs import get_logger
 from ..policy.admission import PROVIDER_SCOPE, Reason, Scope
 from ..policy.pause import MAX_INSPECTED_BODY, read_429
+from ..upstream.aiohttp_client_compat import stream_of
 from ..upstream.h1pool import H1Response
 
 __all__ = ["LimitMetrics", "LimitMetricsSource", "Limits", "ProviderLimits", "Ticket"]
@@ -286,9 +286,5 @@ async def _peek_body(response: H1Response) -> bytes:
         body = await response.content.read()
     except _BODY_ERRORS:
         return b""  # the stream is broken anyway: relaying it fails the same way
-    loop = asyncio.get_running_loop()
-    refilled = aiohttp.StreamReader(BaseProtocol(loop), MAX_INSPECTED_BODY, loop=loop)
-    refilled.feed_data(body)
-    refilled.feed_eof()
-    response.content = refilled
+    response.content = stream_of(body, MAX_INSPECTED_BODY)
     return body

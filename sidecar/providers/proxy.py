@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,12 +28,16 @@ from ..headers import (
 )
 from ..policy.breaker import Rejection
 from ..policy.retry import request_is_retryable
+from ..state import InvalidIdempotencyKey, Outcome, fingerprint, validate_idempotency_key, window_scope
 from ..upstream.attempts import AttemptLoop
 from ..upstream.h1pool import Body, H1Response
 from ..upstream.transports import gated, pool_send
 from .admission import Limits, Ticket
+from .ledger import OUTCOME, JobLedger, JobRequest
+from .reconcile import replicate_reconciler
 from .runtime import ProxyRuntime
 from .shared_breaker import SharedBreaker
+from .tap import Tap, relay_tapped
 
 # Bodies up to this size are read whole (one write instead of a stream) even when not retryable.
 _SMALL_BODY = 64 * 1024
@@ -158,11 +162,12 @@ class ProxyHandler:
 
     def __init__(
         self, loop: AttemptLoop, limits: Limits | None = None,
-        shared: Mapping[str, SharedBreaker] | None = None,
+        shared: Mapping[str, SharedBreaker] | None = None, *, jobs: JobLedger | None = None,
     ) -> None:
         self._loop = loop
         self._limits = limits
         self._shared = shared or {}
+        self._jobs = jobs
 
     async def forward(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str,
@@ -174,8 +179,16 @@ class ProxyHandler:
         for name, value in rt.auth_headers:
             if name not in headers:
                 headers[name] = value
+        if route.creates_job and self._jobs is not None:
+            keys = request.headers.getall(IDEMPOTENCY_KEY, [])
+            if keys or route.idempotency_window is not None:
+                return await self._forward_job(request, rt, rest, query, route, request_id, headers,
+                                               keys)
         eligible = (
-            request_is_retryable(request.method, IDEMPOTENCY_KEY in headers, route.idempotent)
+            # A paid job is never re-sent on the sidecar's account, unless the provider itself
+            # recognises the key (native_idempotency).
+            (not route.creates_job or rt.config.native_idempotency)
+            and request_is_retryable(request.method, IDEMPOTENCY_KEY in headers, route.idempotent)
             and route.retry.max_attempts > 1
         )
         try:
@@ -193,38 +206,50 @@ class ProxyHandler:
             route=route,
             retryable=eligible and replayable,
         )
+        return await self._through_fleet(request, rt, out, request_id, None)
+
+    async def _through_fleet(
+        self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
+        tap: Tap | None,
+    ) -> web.StreamResponse:
+        """Through the fleet's shared breaker (when the provider has one), then admitted and sent.
+
+        ``tap``: a paid job's first request, whose answer the ledger keeps (refused before it was
+        sent, it leaves the tap as it was: nothing went out)."""
+        route = out.route
         link = self._shared.get(rt.name)
         if link is None:
-            return await self._admitted(request, rt, out, request_id)
+            return await self._admitted(request, rt, out, request_id, tap)
         decision = await link.before(route)
         if isinstance(decision, Rejection):
             rt.metrics.short_circuited.inc()
             return _with_request_id(to_response(_fleet_open(rt.name, decision)), request_id)
         verdict: bool | None = None
         try:
-            response = await self._admitted(request, rt, out, request_id)
+            response = await self._admitted(request, rt, out, request_id, tap)
             verdict = _trial_verdict(response, route)
             return response
         finally:
             await link.after(decision, verdict)
 
     async def _admitted(
-        self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str
+        self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
+        tap: Tap | None,
     ) -> web.StreamResponse:
         """Through the provider's limits (when there are any), then sent and relayed."""
         route = out.route
         if self._limits is None:
-            return await self._send(request, rt, out, request_id, None)
+            return await self._send(request, rt, out, request_id, None, tap)
         try:
             ticket = await self._limits.admit(rt.name, route, route.timeouts.total)
         except SidecarError as refused:
             return _with_request_id(to_response(refused), request_id)
         async with ticket:
-            return await self._send(request, rt, out, request_id, ticket)
+            return await self._send(request, rt, out, request_id, ticket, tap)
 
     async def _send(
         self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
-        ticket: Ticket | None,
+        ticket: Ticket | None, tap: Tap | None,
     ) -> web.StreamResponse:
         route = out.route
         send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)
@@ -239,10 +264,68 @@ class ProxyHandler:
         )
         if ticket is not None:
             ticket.finish(None if exchange.response is None else exchange.response.status)
-        if exchange.response is None:
+        up = exchange.response
+        if up is None:
             assert exchange.error is not None
-            return _with_request_id(to_response(exchange.error), request_id)
-        return await relay(request, exchange.response, exchange.attempts, request_id, rt.name)
+            resp = _with_request_id(to_response(exchange.error), request_id)
+            if tap is not None:
+                tap.unanswered(exchange.sent)
+                if tap.outcome is Outcome.UNKNOWN:
+                    resp.headers[OUTCOME] = "unknown"
+            return resp
+        if tap is None:
+            return await relay(request, up, exchange.attempts, request_id, rt.name)
+        answer = filter_headers(up.headers, RESPONSE_DROP)
+        tap.answered(up.status, answer)  # what a replay gives back, before per-request headers
+        answer[ATTEMPTS] = str(exchange.attempts)
+        answer[REQUEST_ID] = request_id
+        if tap.outcome is Outcome.UNKNOWN:
+            answer[OUTCOME] = "unknown"
+        return await relay_tapped(request, up, answer, tap)
+
+    async def _forward_job(
+        self, request: web.Request, rt: ProxyRuntime, rest: str, query: str, route: RouteConfig,
+        request_id: str, headers: CIMultiDict[str], keys: list[str],
+    ) -> web.StreamResponse:
+        """A creates_job request with a key (its own, or its fingerprint within the window)."""
+        jobs = self._jobs
+        assert jobs is not None
+        try:
+            if len(keys) > 1:
+                raise InvalidIdempotencyKey("Idempotency-Key must be sent once")
+            key = validate_idempotency_key(keys[0]) if keys else None
+            # The fingerprint needs the whole body before the claim: it is read (up to
+            # max_request_body), and then sent from memory.
+            read, _ = await read_body(request, rt, rt.config.max_request_body, True, route.timeouts.total)
+        except InvalidIdempotencyKey as bad:
+            refused = SidecarError(ErrorCode.BAD_REQUEST, str(bad), provider=rt.name)
+            return _with_request_id(to_response(refused), request_id)
+        except SidecarError as refused:
+            return _with_request_id(to_response(refused), request_id)
+        body = read if isinstance(read, bytes) else b""
+        path = rest or "/"
+        digest = fingerprint(request.method, path, query, body)
+        job = JobRequest(
+            provider=rt.name,
+            scope=rt.name if key is not None else window_scope(rt.name),
+            key=key if key is not None else digest,
+            fingerprint=digest,
+            ttl=None if key is not None else route.idempotency_window,
+            total=route.timeouts.total,
+            request_id=request_id,
+            reconcile=replicate_reconciler(rt, path, body) if rt.config.reconcile == "replicate" else None,
+        )
+        # Keyed retries only where the provider itself recognises the key it is sent.
+        retryable = key is not None and rt.config.native_idempotency and route.retry.max_attempts > 1
+        out = _Outbound(
+            method=request.method, target=upstream_target(rt.pool.prefix, rest, query),
+            headers=headers, body=read, route=route, retryable=retryable,
+        )
+
+        def send(tap: Tap | None) -> Awaitable[web.StreamResponse]:
+            return self._through_fleet(request, rt, out, request_id, tap)
+
+        return await jobs.handle(job, send)
 
 
 _VERDICT_ERRORS = frozenset({ErrorCode.UPSTREAM_TIMEOUT.value, ErrorCode.UPSTREAM_UNREACHABLE.value})

@@ -107,6 +107,18 @@ class SharedBreaker:
             return
         self._reachable()
 
+    async def reset(self) -> bool:
+        """An operator's reset for the whole fleet: the shared record closes too, so the next request
+        does not follow it back open. False when the fleet's store can't be reached."""
+        try:
+            view = await self._store.reset(self.provider)
+        except FleetUnavailable as error:
+            self._unreachable(error)
+            return False
+        self._reachable()
+        self._follow(view)
+        return True
+
     async def _publish_opening(self) -> None:
         breaker = self.breaker
         if breaker.openings == self._published or breaker.state is not BreakerState.OPEN:

@@ -17,6 +17,7 @@ from typing import Literal, NamedTuple
 
 import aiohttp
 import aiohttp.connector
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -31,6 +32,7 @@ __all__ = [
     "parser_ready",
     "prepare_response",
     "shared_verified_context",
+    "stream_of",
 ]
 
 Kind = Literal["class", "method", "coroutine", "property", "attribute", "module attribute"]
@@ -72,7 +74,17 @@ PRIVATE_API: tuple[PrivateName, ...] = (
     PrivateName("aiohttp.http_exceptions.HttpProcessingError", "message", "attribute"),
     PrivateName("aiohttp.connector", "_SSL_CONTEXT_VERIFIED", "module attribute"),
     PrivateName("aiohttp.ClientSession", "_retry_connection", "attribute"),
+    PrivateName("aiohttp.base_protocol", "BaseProtocol", "class", ("loop",)),
 )
+
+
+def stream_of(body: bytes, limit: int) -> aiohttp.StreamReader:
+    """A finished ``StreamReader`` holding ``body``: an answer's bytes put back after a peek."""
+    loop = asyncio.get_running_loop()
+    stream = aiohttp.StreamReader(BaseProtocol(loop), limit, loop=loop)
+    stream.feed_data(body)
+    stream.feed_eof()
+    return stream
 
 
 def new_protocol(loop: asyncio.AbstractEventLoop) -> ResponseHandler:

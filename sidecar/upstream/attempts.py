@@ -23,7 +23,7 @@ from ..errors import ErrorCode, RequestBodyError, SidecarError
 from ..headers import RETRY_AFTER
 from ..policy.breaker import BreakerState, CircuitBreaker, Outcome, Rejection
 from ..policy.retry import RetryBudget, parse_retry_after, retry_delay
-from .h1pool import H1Response, PoolTimeout
+from .h1pool import ConnectFailed, H1Response, PoolTimeout
 from .observer import AttemptMetrics
 from .verdict import AttemptOutcome, Ending, classify
 
@@ -205,7 +205,7 @@ class AttemptLoop:
             outcome = AttemptOutcome(Ending.TIMEOUT, elapsed=clock() - t0, sent=sent)
             return None, outcome, _no_response(seconds)
         except _CONNECT_ERRORS as exc:
-            sent = not isinstance(exc, aiohttp.ClientConnectorError)
+            sent = not isinstance(exc, aiohttp.ClientConnectorError | ConnectFailed)
             outcome = AttemptOutcome(Ending.CONNECT_ERROR, elapsed=clock() - t0, sent=sent)
             return None, outcome, _describe(exc)
         return response, AttemptOutcome(Ending.RESPONSE, response.status, clock() - t0), ""

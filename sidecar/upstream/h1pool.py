@@ -49,13 +49,17 @@ from .aiohttp_client_compat import (
     shared_verified_context,
 )
 
-__all__ = ["H1Pool", "H1Response", "PoolTimeout", "Timers"]
+__all__ = ["ConnectFailed", "H1Pool", "H1Response", "PoolTimeout", "Timers"]
 
 Body = bytes | AsyncIterable[bytes] | None
 
 _CONTENT_LENGTH = istr("Content-Length")
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT", "DELETE"})
 _CRLF = "\r\n"
+
+
+class ConnectFailed(aiohttp.ClientOSError):
+    """The connection could not be opened (refused, unreachable, DNS): nothing was written."""
 
 
 class PoolTimeout(aiohttp.ServerTimeoutError):
@@ -433,7 +437,7 @@ class H1Pool:
             raise
         except OSError as exc:
             detail = f"Cannot connect to host {self.host}:{self.port}: {exc}"
-            raise aiohttp.ClientOSError(exc.errno, detail) from exc
+            raise ConnectFailed(exc.errno, detail) from exc
         assert isinstance(proto, UpstreamProtocol)
         return _Conn(proto)
 

@@ -70,7 +70,8 @@ def create_app(
     add_own_routes(
         app, registry=svc.registry, probes=svc.probes, metrics=svc.metrics, status=svc.status,
         bound_host=bound_host, environ=svc.environ,  # SIDECAR_ADMIN_TOKEN, read once
-        limits=svc.limits,
+        limits=svc.limits, shared=svc.shared,
+        jobs=svc.jobs,
     )
     if role == "proxy":
         handler = _proxy_dispatch(svc)
@@ -104,7 +105,7 @@ Forward = Callable[
 
 def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     registry = svc.registry
-    proxy = ProxyHandler(svc.attempts, svc.limits, svc.shared)
+    proxy = ProxyHandler(svc.attempts, svc.limits, svc.shared, jobs=svc.jobs)
     download = DownloadHandler(registry, svc.attempts)
 
     async def forward(

@@ -17,13 +17,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from .. import __version__
 from ..config import SidecarConfig
 from ..fleet.wiring import FleetState
+from ..logs import get_logger
 from ..ops.health import ProcessStatus
 from ..ops.metrics import Metrics
 from ..ops.probes import ProbeRunner
 from ..providers.admission import Limits
+from ..providers.ledger import JobLedger
 from ..providers.registry import ProviderRegistry
 from ..providers.shared_breaker import shared_breakers
+from ..state import StoreError, instance_id_from
 from ..upstream.attempts import AttemptLoop
+from .ledger import open_job_ledger
 
 __all__ = ["Services"]
 
@@ -72,12 +76,18 @@ class Services:
             fallbacks("breaker", "fleet" if up else "local")
 
         self.shared = shared_breakers(self.registry, fleet, clock=clock, on_reachable=breakers_reachable)
+        # SIDECAR_INSTANCE_ID: this process's name in a shared ledger (see open_job_ledger).
+        self.instance_id = instance_id_from(self.environ)
+        self.jobs: JobLedger | None = open_job_ledger(
+            config, self.metrics, instance_id=self.instance_id, environ=self.environ, wall=wall
+        )
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Services]:
         """Open the upstream connections and start the probes; close both on the way out."""
         await self.registry.start()
         try:
+            await self._start_ledger()
             self.probes.start()
             yield self
         finally:
@@ -85,6 +95,29 @@ class Services:
                 await self.probes.close()
             finally:
                 try:
-                    await self.registry.close()
+                    if self.jobs is not None:
+                        await self.jobs.close()
                 finally:
-                    await self.limits.aclose()
+                    try:
+                        await self.registry.close()
+                    finally:
+                        await self.limits.aclose()
+
+    async def _start_ledger(self) -> None:
+        """Open the store and turn what this instance's previous process left in flight unknown.
+
+        A store that can't be reached (Redis down, an unwritable file) doesn't stop the start:
+        requests then meet ``ledger.on_unavailable`` and ``/health/detailed`` shows the error.
+        """
+        if self.jobs is None:
+            return
+        store = self.jobs.store
+        log = get_logger("ledger")
+        try:
+            await store.start()
+            adopted = await store.adopt_orphans(self.instance_id)
+        except StoreError as exc:
+            log.error("ledger_start_failed", backend=store.backend, error=str(exc))
+            return
+        log.info("ledger_started", backend=store.backend, instance_id=self.instance_id,
+                 adopted_unknown=adopted)

@@ -284,7 +284,9 @@ def test_cb_variables_beat_the_files_defaults_block() -> None:
      ("CB_FAILURE_THRESHOLD", "0", "CB_FAILURE_THRESHOLD: must be >= 1, got 0"),
      ("CB_RECOVERY_TIMEOUT", "-5", "CB_RECOVERY_TIMEOUT: must not be negative"),
      ("CB_MONITORING_PERIOD", "1 minute", "CB_MONITORING_PERIOD: "),
-     ("SIDECAR_P_UPSTREAM", "not a url", "SIDECAR_P_UPSTREAM: must be an http(s) URL")],
+     ("SIDECAR_P_UPSTREAM", "not a url", "SIDECAR_P_UPSTREAM: must be an http(s) URL"),
+     ("SIDECAR_FLEET_LEASE_TTL", "soon", "SIDECAR_FLEET_LEASE_TTL: "),
+     ("SIDECAR_FLEET_LEASE_TTL", "0", "SIDECAR_FLEET_LEASE_TTL: must be > 0")],
 )
 def test_bad_environment_override_names_the_variable(var: str, value: str, message: str) -> None:
     """A bad override is a ConfigError line that starts with the variable's name."""

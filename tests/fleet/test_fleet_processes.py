@@ -271,3 +271,32 @@ async def test_a_shared_breaker_opens_everywhere_and_one_trial_decides(
         for other in (a, b, c):
             assert (await call(session, other))[0] == 200
     assert any(e["to_state"] == "closed" for e in b.events("breaker_transition"))
+
+
+async def test_an_admin_reset_of_a_shared_breaker_closes_it_for_the_fleet(
+    fleet: Fleet, upstream: CountingProvider
+) -> None:
+    """breaker.shared: an operator's reset on one sidecar clears the fleet's record, so the other
+    sidecars send again at once instead of following the record back open."""
+    failing = True
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if failing:
+            return web.json_response({"error": "down"}, status=500)
+        return web.json_response({"ok": True})
+
+    upstream.answer = answer
+    breaker = {"shared": True, "failure_threshold": 2, "minimum_calls": 0, "recovery_timeout": "60s",
+               "success_threshold": 1}
+    a, b, c = await fleet({"breaker": breaker, "retry": {"max_attempts": 1}})
+    async with aiohttp.ClientSession() as session:
+        assert [(await call(session, a))[0] for _ in range(2)] == [500, 500]
+        assert (await call(session, c))[:2] == (503, "circuit_open")
+        failing = False
+        async with session.post(b.ops + "/admin/breakers/p/reset") as response:
+            assert response.status == 200
+            assert (await response.json())["state"] == "closed"
+        await asyncio.sleep(0.3)  # past the read cache of the others
+        for other in (a, c):
+            assert (await call(session, other))[0] == 200
+    assert any(e.get("fleet_reset") is True for e in b.events("admin_action"))

@@ -1,6 +1,7 @@
 """Load with faults through a sidecar subprocess: the scenario shared by the test and ``make soak``.
 
-Concurrent clients send a mix of GET, POST with ``Idempotency-Key`` and plain POST, each with its
+Concurrent clients send a mix of GET, POST with ``Idempotency-Key``, plain POST and paid creates (a
+``creates_job`` route, always with a key, repeated once when the first answer was 200), each with its
 own ``X-Request-Id``, through the sidecar to a ``FaultProvider``. Outages (100% 503) are switched
 on while the load runs, followed by a clean window so the breaker's recovery can be timed.
 Meanwhile ``/health/live`` on the ops port is polled from a thread and the sidecar's RSS is sampled.
@@ -29,6 +30,8 @@ from ..support.fault_provider import OK_BODY, FaultMix, FaultProvider, mix
 from ..support.process import Sidecar, start_sidecar
 
 MiB = 1024 * 1024
+# What request n is: KINDS[n % len(KINDS)].
+KINDS = ("GET", "GET", "GET", "POST+key", "POST", "JOB")
 # Sidecar errors the load may legitimately produce (codes of the error contract).
 ALLOWED_ERRORS = frozenset({"circuit_open", "upstream_unreachable", "upstream_timeout"})
 
@@ -50,7 +53,8 @@ class Spec:
         status=0.10, reset=0.02, latency_ratio=0.2, latency=(0.001, 0.02)))
 
 
-def config_yaml(spec: Spec, upstream: str) -> str:
+def config_yaml(spec: Spec, upstream: str, ledger_path: str | None = None) -> str:
+    ledger = f"{{backend: sqlite, path: '{ledger_path}'}}" if ledger_path else "{backend: memory}"
     return f"""
 server: {{drain_time: 1s, shutdown_grace: 5s}}
 providers:
@@ -62,6 +66,9 @@ providers:
     retry: {{max_attempts: {spec.max_attempts}, base_delay: 10ms, max_delay: 100ms,
             budget_ratio: {spec.budget_ratio}, budget_min_per_second: {spec.budget_min_per_second}}}
     timeouts: {{connect: 1s, attempt: 5s, total: 10s}}
+    routes:
+      - {{name: create, method: POST, path: "/v1/jobs/{{n}}", creates_job: true}}
+ledger: {ledger}
 """
 
 
@@ -76,6 +83,8 @@ class Report:
     provider_faults: Counter[str] = field(default_factory=Counter)
     max_per_request_id: int = 0
     post_duplicates: int = 0  # plain POSTs the provider saw more than once
+    job_duplicates: int = 0  # paid-create keys the provider saw more than once
+    job_replays: int = 0  # repeats of a created job answered from the ledger
     over_max_attempts: int = 0
     attempts_mismatch: int = 0  # provider saw a request id more often than the sidecar reported
     retries: float = 0.0
@@ -102,6 +111,8 @@ class Report:
         out += [f"client error {k} x{n}" for k, n in self.client_errors.items()]
         if self.post_duplicates:
             out.append(f"{self.post_duplicates} POSTs without Idempotency-Key reached the provider twice")
+        if self.job_duplicates:
+            out.append(f"{self.job_duplicates} paid-create keys reached the provider twice")
         if self.over_max_attempts:
             out.append(f"{self.over_max_attempts} request ids reached the provider > max_attempts times")
         if self.attempts_mismatch:
@@ -144,7 +155,8 @@ class Report:
             f"outside outages: {self.steady_faults} of {self.steady_requests} provider answers"
             f" were faults ({steady_share:.1%})",
             f"duplicates: plain POST {self.post_duplicates}, over max_attempts {self.over_max_attempts},"
-            f" max sends of one request id {self.max_per_request_id}",
+            f" max sends of one request id {self.max_per_request_id}, paid-create keys sent twice"
+            f" {self.job_duplicates}, repeats answered by the ledger {self.job_replays}",
             f"retries: {self.retries:.0f} (bound {self.retry_budget_bound:.0f}),"
             f" refused by budget: {self.budget_exhausted:.0f}",
             f"/health/live: {self.live_polls} polls, {self.live_failures} failures,"
@@ -183,7 +195,7 @@ class _Run:
         self.spec, self.sc, self.fp, self.report = spec, sidecar, provider, report
         self.counter = itertools.count()
         self.done = 0
-        self.sent: dict[str, str] = {}  # request id -> "GET" | "POST+key" | "POST"
+        self.sent: dict[str, str] = {}  # request id -> "GET" | "POST+key" | "POST" | "JOB"
         self.attempts: dict[str, int] = {}  # request id -> X-Sidecar-Attempts the client got
         self.deadline = time.monotonic() + spec.duration if spec.duration else None
         self.finished = asyncio.Event()
@@ -201,16 +213,18 @@ class _Run:
     async def client(self, session: aiohttp.ClientSession) -> None:
         while (n := self._next()) is not None:
             rid = f"r{n}"
-            kind = ("GET", "GET", "GET", "POST+key", "POST")[n % 5]
+            kind = KINDS[n % len(KINDS)]
             headers = {"X-Request-Id": rid}
-            if kind == "POST+key":
+            if kind in ("POST+key", "JOB"):
                 headers["Idempotency-Key"] = f"k{n}"
             self.sent[rid] = kind
             method = "GET" if kind == "GET" else "POST"
+            path = f"/p/v1/jobs/{n}" if kind == "JOB" else f"/p/v1/items/{n}"
+            data = None if method == "GET" else b'{"n": %d}' % n
             sent_at = time.monotonic()
             try:
-                async with session.request(method, f"{self.sc.proxy}/p/v1/items/{n}", headers=headers,
-                                           data=None if method == "GET" else b'{"n": %d}' % n) as resp:
+                async with session.request(method, f"{self.sc.proxy}{path}", headers=headers,
+                                           data=data) as resp:
                     body = await resp.read()
                     code = self._check(rid, kind, resp, body)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -218,11 +232,30 @@ class _Run:
                 code = "client error"
             self.report.by_code[code] += 1
             self.report.latencies_ms.append((time.monotonic() - sent_at) * 1000)
+            if kind == "JOB" and code == "200":
+                await self._repeat_job(session, rid, path, headers, data)
             self.done += 1
             if self.spec.requests and self.done >= self.spec.outage_at * self.spec.requests:
                 self.outage_due.set()
             if code == "503 circuit_open":
                 await asyncio.sleep(0.25)  # a polite client backs off on an open circuit
+
+    async def _repeat_job(self, session: aiohttp.ClientSession, rid: str, path: str,
+                          headers: dict[str, str], data: bytes | None) -> None:
+        """The bot repeats a create that succeeded: the ledger answers, the provider sees nothing."""
+        again = {**headers, "X-Request-Id": f"{rid}-again"}
+        try:
+            async with session.post(f"{self.sc.proxy}{path}", headers=again, data=data) as resp:
+                status, replayed, error, body = (resp.status, resp.headers.get("X-Sidecar-Replayed"),
+                                                 resp.headers.get("X-Sidecar-Error"), await resp.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.report.client_errors[type(exc).__name__] += 1
+            return
+        if (status, body, replayed) != (200, OK_BODY, "true"):
+            self.report.malformed.append(f"{rid}: repeat of a created job got {status} {error} "
+                                         f"{body[:80]!r}")
+        else:
+            self.report.job_replays += 1
 
     def _check(self, rid: str, kind: str, resp: aiohttp.ClientResponse, body: bytes) -> str:
         bad = self.report.malformed
@@ -244,8 +277,8 @@ class _Run:
         attempts = int(resp.headers.get("X-Sidecar-Attempts", "0"))
         if error != "circuit_open" and not 1 <= attempts <= self.spec.max_attempts:
             bad.append(f"{rid}: X-Sidecar-Attempts {attempts}")
-        if kind == "POST" and attempts > 1:
-            bad.append(f"{rid}: plain POST sent {attempts} times")
+        if kind in ("POST", "JOB") and attempts > 1:
+            bad.append(f"{rid}: {kind} sent {attempts} times")
         self.attempts[rid] = attempts
         return code
 
@@ -324,7 +357,7 @@ async def run(spec: Spec, tmp: Path) -> Report:
     fp = await FaultProvider(spec.faults).start()
     report = Report()
     try:
-        sc = await start_sidecar(config_yaml(spec, fp.url), tmp)
+        sc = await start_sidecar(config_yaml(spec, fp.url, str(tmp / "ledger.sqlite3")), tmp)
         try:
             poller = _LivePoller()
             report.rss_start = report.rss_peak = sc.rss()
@@ -373,6 +406,8 @@ def _provider_figures(report: Report, fp: FaultProvider, spec: Spec, attempts: d
                       unsteady: list[tuple[float, float]]) -> None:
     report.provider_requests = len(fp.seen)
     report.provider_faults = Counter(fp.counts)
+    jobs = Counter(s.idempotency_key for s in fp.seen if "/v1/jobs/" in s.path)
+    report.job_duplicates = sum(1 for n in jobs.values() if n > 1)
     steady = [s for s in fp.seen if not any(a <= s.at < b for a, b in unsteady)]
     report.steady_requests = len(steady)
     report.steady_faults = sum(s.fault != "ok" for s in steady)
@@ -381,7 +416,7 @@ def _provider_figures(report: Report, fp: FaultProvider, spec: Spec, attempts: d
     for rid, n in counts.items():
         if n > spec.max_attempts:
             report.over_max_attempts += 1
-        if n > 1 and int(rid[1:]) % 5 == 4:  # the plain POSTs
+        if n > 1 and rid[1:].isdigit() and KINDS[int(rid[1:]) % len(KINDS)] == "POST":
             report.post_duplicates += 1
         if n > attempts.get(rid, 0):
             report.attempts_mismatch += 1

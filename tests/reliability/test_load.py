@@ -18,7 +18,8 @@ from .load import Spec, run_on_uvloop
 @pytest.mark.slow
 async def test_load_with_faults_keeps_every_invariant(tmp_path: Path) -> None:
     """200 clients, 10% 503, 2% resets, latency and an outage: every invariant holds, among them
-    that the breaker opens during the outage and never outside it."""
+    that the breaker opens during the outage and never outside it, that no paid-create key reaches
+    the provider twice, and that a repeat of a created job is answered from the ledger."""
     spec = Spec(requests=int(os.environ.get("RELIABILITY_REQUESTS", "20000")))
     # Its own thread and uvloop: the generator stays light, and the test's loop stays free.
     report = await asyncio.to_thread(run_on_uvloop, spec, tmp_path)
@@ -31,5 +32,6 @@ async def test_load_with_faults_keeps_every_invariant(tmp_path: Path) -> None:
     assert report.provider_faults["status"] > 0.02 * spec.requests
     assert report.provider_faults["reset"] > 0.002 * spec.requests
     assert report.retries > 0
+    assert report.job_replays > 0  # repeats of paid creates really met the ledger
     assert len(report.outages) == 1 and report.by_code["503 circuit_open"] > 0
     assert report.outage_provider_share[0] < 0.5  # the open breaker kept most traffic off the provider

@@ -1,0 +1,152 @@
+"""The job ledger across real sidecar processes: a shared Redis, a Redis outage, a SIGKILL mid-create."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.fake_provider import FakeProvider, Reply
+from tests.support.process import Sidecar, start_sidecar
+from tests.support.redis_server import RedisServer
+
+CONFIG = """\
+providers:
+  jobs:
+    upstream: {upstream}
+    routes:
+      - {{name: create, method: POST, path: /v1/create, creates_job: true,
+          timeouts: {{connect: 1s, attempt: {attempt}, total: {total}}}}}
+ledger: {ledger}
+"""
+
+
+def config(upstream: str, ledger: str, attempt: str = "10s", total: str = "15s") -> str:
+    return CONFIG.format(upstream=upstream, ledger=ledger, attempt=attempt, total=total)
+
+
+async def post(sc: Sidecar, key: str, body: bytes = b'{"input": 1}') -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{sc.proxy}/jobs/v1/create", data=body, headers={"Idempotency-Key": key},
+        timeout=aiohttp.ClientTimeout(total=30),
+    ) as resp:
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+async def until(predicate: object, within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():  # type: ignore[operator]
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_two_sidecars_on_one_redis_send_a_key_once(
+    redis_server: RedisServer, fake: FakeProvider, tmp_path: Path
+) -> None:
+    """The same key sent to two sidecars at once reaches the provider once; both get the same answer."""
+    hold = asyncio.Event()
+    fake.default = Reply(status=201, body=b'{"id": "only-one"}', hold=hold)
+    ledger = f"{{backend: redis, url: '{redis_server.url}', prefix: 'two-{uuid.uuid4().hex[:6]}:'}}"
+    text = config(fake.url, ledger)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = await start_sidecar(text, tmp_path / "a", env={"SIDECAR_INSTANCE_ID": "pod-a"})
+    b = await start_sidecar(text, tmp_path / "b", env={"SIDECAR_INSTANCE_ID": "pod-b"})
+    try:
+        first = asyncio.ensure_future(post(a, "tg:1:avatar"))
+        second = asyncio.ensure_future(post(b, "tg:1:avatar"))
+        await until(lambda: len(fake.seen) == 1)
+        await asyncio.sleep(0.3)  # time for the other one to reach the provider, if it would
+        assert len(fake.seen) == 1
+        hold.set()
+        one, two = await first, await second
+        assert (one[0], one[2]) == (two[0], two[2]) == (201, b'{"id": "only-one"}')
+        assert {one[1].get("X-Sidecar-Replayed"), two[1].get("X-Sidecar-Replayed")} == {None, "true"}
+        assert len(fake.seen) == 1
+    finally:
+        hold.set()
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_redis_outage_forwards_or_refuses_and_never_hangs(
+    redis_server: RedisServer, fake: FakeProvider, tmp_path: Path
+) -> None:
+    """Redis killed mid-run: forward keeps serving (counted unprotected), refuse answers 503, both fast."""
+    own_redis = redis_server
+    base = f"backend: redis, url: '{own_redis.url}'"
+    (tmp_path / "f").mkdir()
+    (tmp_path / "r").mkdir()
+    forward = await start_sidecar(config(fake.url, f"{{{base}, prefix: 'f:'}}", "2s", "3s"), tmp_path / "f")
+    refuse = await start_sidecar(
+        config(fake.url, f"{{{base}, prefix: 'r:', on_unavailable: refuse}}", "2s", "3s"), tmp_path / "r")
+    loop = asyncio.get_running_loop()
+    try:
+        assert (await post(forward, "before"))[0] == 200
+        assert (await post(forward, "before"))[1]["X-Sidecar-Replayed"] == "true"
+        own_redis.kill()
+        started = loop.time()
+        status, _, _ = await post(forward, "during")
+        assert status == 200 and loop.time() - started < 3.0
+        started = loop.time()
+        status, headers, _ = await post(refuse, "during")
+        assert status == 503 and headers["X-Sidecar-Error"] == "ledger_unavailable"
+        assert loop.time() - started < 3.0
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{forward.ops}/health/detailed") as resp:
+                ledger = (await resp.json())["ledger"]
+            async with session.get(f"{forward.ops}/metrics") as resp:
+                metrics = await resp.text()
+        assert ledger["ok"] is False and ledger["unprotected"] == 1
+        assert 'sidecar_idempotency_total{provider="jobs",result="unprotected"} 1.0' in metrics
+        await own_redis.start()
+
+        async def ledger_ok() -> bool:
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"{forward.ops}/health/detailed") as resp:
+                return bool((await resp.json())["ledger"]["ok"])
+
+        deadline = loop.time() + 15
+        while not await ledger_ok():  # the store reconnects on its own backoff (at most 2 s apart)
+            assert loop.time() < deadline, "the ledger did not come back"
+            await asyncio.sleep(0.1)
+        # A pooled connection that died with the server fails once more (that request goes
+        # unprotected); then keys are protected again.
+        for attempt in range(10):
+            await post(forward, f"after-{attempt}")
+            if (await post(forward, f"after-{attempt}"))[1].get("X-Sidecar-Replayed") == "true":
+                break
+        else:
+            raise AssertionError("keys are not protected again after Redis came back")
+    finally:
+        await forward.stop()
+        await refuse.stop()
+
+
+async def test_a_sidecar_killed_mid_create_leaves_the_key_unknown(fake: FakeProvider, tmp_path: Path) -> None:
+    """SIGKILL while the provider holds the create; restarted on the same SQLite file: 409, never resent."""
+    hold = asyncio.Event()
+    fake.default = Reply(status=201, body=b'{"id": "j"}', hold=hold)
+    env = {"SIDECAR_STATE_DIR": str(tmp_path / "state"), "SIDECAR_INSTANCE_ID": "pod-1"}
+    text = config(fake.url, "{backend: sqlite}")
+    first = await start_sidecar(text, tmp_path, env=env)
+    pending = asyncio.ensure_future(post(first, "tg:7:train"))
+    try:
+        await until(lambda: len(fake.seen) == 1)
+        await first.kill()
+        second = await start_sidecar(text, tmp_path, env=env)
+        try:
+            status, headers, _ = await post(second, "tg:7:train")
+            assert status == 409 and headers["X-Sidecar-Error"] == "outcome_unknown"
+            assert len(fake.seen) == 1
+            adopted = second.events("ledger_started")
+            assert adopted and adopted[0]["adopted_unknown"] == 1
+        finally:
+            await second.stop()
+    finally:
+        hold.set()
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
