@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from bench import baseline, report, targets, wrk
+from bench import baseline, ledger_memory, report, targets, wrk
 from bench.core import run_core
 from bench.procs import ProcessSet, StartError
 from bench.runner import Settings, run_all
@@ -45,6 +45,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-size", type=int, default=GiB, help="bytes (default 1 GiB)")
     p.add_argument("--no-stream", action="store_true", help="skip the streaming memory figure")
     p.add_argument("--no-core", action="store_true", help="skip the pure-core micro-benchmarks")
+    p.add_argument(
+        "--no-ledger-memory",
+        action="store_true",
+        help="skip the job ledger's memory figure (100,000 keys in the memory store)",
+    )
     p.add_argument("--proxy-cpu", type=int, default=0)
     p.add_argument("--load-cpu", type=int, default=1)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -120,13 +125,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     with ProcessSet(workdir) as procs:
         upstream = targets.start_upstream(procs, workdir, load_cpu)
         env = Env(procs, workdir, proxy_cpu, load_cpu, REPO, upstream, older)
-        results = run_all(env, chosen, settings, wrk.write_script(workdir))
+        results = run_all(env, chosen, settings, wrk.write_scripts(workdir))
         if upstream.proc is not None:
             procs.stop(upstream.proc)  # frees the load core for the streaming run
         stream = {} if args.no_stream else _stream(env, procs, args.stream_size)
     core = None if args.no_core else run_core(REPO, workdir, proxy_cpu)
     if isinstance(core, str):
         print(f"core micro-benchmarks: FAILED: {core}", file=sys.stderr)
+    memory = None if args.no_ledger_memory else ledger_memory.measure(REPO, proxy_cpu)
+    if memory is not None:
+        print(f"ledger memory: {memory}", file=sys.stderr, flush=True)
     meta = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
@@ -137,6 +145,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         "load_cpu": load_cpu,
         "stream_bytes": args.stream_size,
         "loadavg_1m_before": load_before,
+        "loadavg_1m_after": os.getloadavg()[0],
         "commit": report.commit(REPO),
         "baseline": (
             {"rev": older.rev, "sha": older.sha} if isinstance(older, baseline.Baseline) else older
@@ -146,6 +155,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     data = report.to_json(results, stream, meta)
     if core is not None:
         data["core_ns"] = core
+    if memory is not None:
+        data["ledger_memory"] = memory
     return data
 
 

@@ -132,15 +132,39 @@ UNREACHABLE_LIMIT = "{requests_per_minute: 60000000, burst: 100000, concurrency:
 
 
 def sidecar(port: int, ops_port: int, upstream: str, *, limited: bool = False,
-            redis_url: str | None = None) -> str:
+            redis_url: str | None = None, post_route: bool = False, creates_job: bool = False,
+            sqlite_path: Path | None = None) -> str:
     """A sidecar configuration file: one provider `bench`, every default policy left on; `limited`
-    adds a rate limit far above the load, `redis_url` shares the limits through that Redis."""
-    ledger = f"ledger: {{backend: redis, url: '{redis_url}', prefix: 'bench:'}}\n" if redis_url else ""
+    adds a rate limit far above the load, `redis_url` shares the limits through that Redis (and
+    holds the job ledger). `post_route` declares `POST /small` as a route, `creates_job` makes it a
+    paid job (its keyed requests go through the ledger), `sqlite_path` places the ledger's file."""
+    if redis_url:
+        ledger = f"ledger: {{backend: redis, url: '{redis_url}', prefix: 'bench:'}}\n"
+    elif sqlite_path is not None:
+        ledger = f"ledger: {{backend: sqlite, path: '{sqlite_path}'}}\n"
+    else:
+        ledger = ""
     limit = f"    rate_limit: {UNREACHABLE_LIMIT}\n" if limited else ""
+    routes = (
+        "    routes:\n"
+        f"      - {{name: create, method: POST, path: {SMALL_PATH}, "
+        f"creates_job: {'true' if creates_job else 'false'}}}\n"
+        if post_route or creates_job
+        else ""
+    )
     return f"""\
 server: {{host: 127.0.0.1, port: {port}, ops_host: 127.0.0.1, ops_port: {ops_port}}}
 {ledger}providers:
   bench:
     upstream: {upstream}
     health: {{method: GET, path: {SMALL_PATH}, interval: 30s, timeout: 5s}}
-{limit}"""
+{limit}{routes}"""
+
+
+# The create the ledger targets POST: a small JSON body, like a prediction's input.
+POST_BODY = json.dumps(
+    {"version": "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa",
+     "input": {"prompt": "a lighthouse at dusk, oil painting", "num_outputs": 1}},
+    separators=(",", ":"),
+)
+REPLAY_KEY = "bench:replay:0"

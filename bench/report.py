@@ -139,7 +139,9 @@ def markdown(data: Mapping[str, Any]) -> str:
         f"{meta['proxy_cpu']}, wrk and upstream on core {meta['load_cpu']}; "
         f"{meta['repeats']} repeat(s) of {meta['duration_s']:.0f} s, median shown"
         + (", (x%) = (max - min) / median" if meta["repeats"] > 1 else "")
-        + f"; load average before the run {meta['loadavg_1m_before']:.2f}.",
+        + f"; load average before the run {meta['loadavg_1m_before']:.2f}"
+        + (f", after {meta['loadavg_1m_after']:.2f}" if "loadavg_1m_after" in meta else "")
+        + ".",
         "",
         "| target | " + " | ".join(title for _, title, _ in METRICS) + " |",
         "|---|" + "---:|" * len(METRICS),
@@ -161,6 +163,9 @@ def markdown(data: Mapping[str, Any]) -> str:
     goals = _goals_table(targets, data["stream"])
     if goals:
         lines += ["", *goals]
+    ledger = _ledger_table(targets, data.get("ledger_memory"))
+    if ledger:
+        lines += ["", *ledger]
     core = data.get("core_ns")
     if core is not None:
         lines += ["", *_core_table(core)]
@@ -286,6 +291,47 @@ def _pair_goal(pair: Pair, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
         ok = pa - pb <= pair.p50_added_ms_max
         checks.append(f"p50 +≤ {pair.p50_added_ms_max:g} ms: {'yes' if ok else 'NO'}")
     return "; ".join(checks) or "-"
+
+
+def _ledger_table(targets: Mapping[str, Any], memory: Mapping[str, Any] | None) -> list[str]:
+    """The job ledger's goals: its added p50 on the same keyed POST route, replays against a GET."""
+    post, replay, get = targets.get("sidecar-post"), targets.get("sidecar-replay"), targets.get("sidecar")
+
+    def added(name: str) -> float | None:
+        a, b = _median(targets.get(name), "p50_ms"), _median(post, "p50_ms")
+        return a - b if a is not None and b is not None else None
+
+    rps_replay, rps_get = _median(replay, "rps"), _median(get, "rps")
+    rows: list[tuple[str, float | None, float, bool, str]] = []
+    if "sidecar-ledger-sqlite" in targets:
+        rows.append(("added p50 ms, ledger on SQLite (over the same route without it)",
+                     added("sidecar-ledger-sqlite"), 1.0, False, "{:.3f}"))
+    if "sidecar-ledger-redis" in targets:
+        rows.append(("added p50 ms, ledger on Redis (over the same route without it)",
+                     added("sidecar-ledger-redis"), 1.0, False, "{:.3f}"))
+    if replay is not None:
+        rows.append(("replay req/s vs a proxied GET", rps_replay / rps_get if rps_replay and rps_get
+                     else None, 1.0, True, "{:.2f}x"))
+    if memory is not None and memory.get("ok"):
+        rows.append((f"RSS growth, {memory['keys']:,} keys in the memory store (cap "
+                     f"{memory['max_entries']:,}), MiB", memory["growth_mib"], 10.0, False, "{:.1f}"))
+    capped = (memory or {}).get("capped") or {}
+    if capped.get("ok"):
+        rows.append((f"RSS growth, {capped['keys']:,} keys at cap {capped['max_entries']:,} "
+                     f"({capped['evictions']:,} evicted), MiB", capped["growth_mib"], 10.0, False,
+                     "{:.1f}"))
+    if not rows:
+        return []
+    lines = ["The job ledger (docs/jobs.md), from this run:", "",
+             "| goal | value | limit | met |", "|---|---:|---:|---|"]
+    for title, value, limit, higher, fmt in rows:
+        if value is None:
+            lines.append(f"| {title} | - | {limit:g} | - |")
+            continue
+        met = value >= limit if higher else value <= limit
+        lines.append(f"| {title} | {fmt.format(value)} | {'≥' if higher else '≤'} {limit:g} | "
+                     f"{'yes' if met else 'NO'} |")
+    return lines
 
 
 def _core_table(core: Mapping[str, float] | str) -> list[str]:

@@ -48,9 +48,13 @@ Starter = Callable[[Env, str], Running]
 
 @dataclass(frozen=True, slots=True)
 class Target:
+    """`request` is the wrk script's kind (`bench.wrk.SCRIPTS`): `get` for the GET targets, `post`
+    for a POST with a distinct Idempotency-Key each, `replay` for one stored key repeated."""
+
     name: str
     label: str
     start: Starter
+    request: str = "get"
 
 
 def _nginx_bin() -> str:
@@ -123,12 +127,37 @@ def _sidecar_limited(env: Env, upstream: str) -> Running:
 
 def _sidecar_limited_redis(env: Env, upstream: str) -> Running:
     """The same limit shared through a redis-server of its own: two Redis round trips a call."""
+    url = _redis(env)
+    return _start_sidecar(env, upstream, partial(configs.sidecar, limited=True, redis_url=url))
+
+
+def _redis(env: Env) -> str:
+    """A redis-server of its own on a free loopback port, nothing persisted; its URL.
+
+    It shares the load core; its readiness is the sidecar's (readiness needs its first connect).
+    """
     dir_, port = _fresh_dir(env.workdir, "redis"), free_port()
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(dir_)]
     env.procs.spawn("redis", argv, cpu=env.load_cpu)
-    url = f"redis://127.0.0.1:{port}/0"
-    return _start_sidecar(env, upstream, partial(configs.sidecar, limited=True, redis_url=url))
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def _sidecar_post(env: Env, upstream: str) -> Running:
+    """`POST /small` declared as a plain route: keyed POSTs forwarded, no ledger (the baseline)."""
+    return _start_sidecar(env, upstream, partial(configs.sidecar, post_route=True))
+
+
+def _sidecar_ledger_sqlite(env: Env, upstream: str) -> Running:
+    """The same route as `creates_job`, its ledger a SQLite file in the run's directory."""
+    path = _fresh_dir(env.workdir, "ledger") / "ledger.sqlite3"
+    return _start_sidecar(env, upstream, partial(configs.sidecar, creates_job=True, sqlite_path=path))
+
+
+def _sidecar_ledger_redis(env: Env, upstream: str) -> Running:
+    """The same route as `creates_job`, its ledger on a redis-server of its own."""
+    url = _redis(env)
+    return _start_sidecar(env, upstream, partial(configs.sidecar, creates_job=True, redis_url=url))
 
 
 def _start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], str], *,
@@ -180,4 +209,22 @@ LIMITED = Target("sidecar-limited", "sidecar, rate limit far above the load", _s
 LIMITED_REDIS = Target(
     "sidecar-limited-redis", "sidecar, the same limit shared through Redis", _sidecar_limited_redis
 )
-ALL = (DIRECT, HAPROXY, NGINX, BARE, SIDECAR, SIDECAR_BEFORE, LIMITED, LIMITED_REDIS)
+POST = Target(
+    "sidecar-post", "sidecar, keyed POST on a plain route (no ledger)", _sidecar_post, "post"
+)
+LEDGER_SQLITE = Target(
+    "sidecar-ledger-sqlite", "sidecar, keyed POST, creates_job, ledger on SQLite",
+    _sidecar_ledger_sqlite, "post",
+)
+LEDGER_REDIS = Target(
+    "sidecar-ledger-redis", "sidecar, keyed POST, creates_job, ledger on Redis",
+    _sidecar_ledger_redis, "post",
+)
+REPLAY = Target(
+    "sidecar-replay", "sidecar, one stored key repeated (replay, SQLite)", _sidecar_ledger_sqlite,
+    "replay",
+)
+ALL = (
+    DIRECT, HAPROXY, NGINX, BARE, SIDECAR, SIDECAR_BEFORE, LIMITED, LIMITED_REDIS,
+    POST, LEDGER_SQLITE, LEDGER_REDIS, REPLAY,
+)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.configs import POST_BODY, REPLAY_KEY
 
 MARKER = "BENCH_JSON "
 
@@ -57,14 +60,58 @@ class WrkResult:
         return self.errors / max(1, self.requests)
 
 
-def write_script(workdir: Path) -> Path:
-    path = workdir / "summary.lua"
-    path.write_text(LUA)
-    return path
+_POST = f"""\
+wrk.method = "POST"
+wrk.body = [[{POST_BODY}]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+# A distinct Idempotency-Key per request: the run's tag (first script argument, so that the c32 and
+# c1 runs against one sidecar never share a key), wrk's thread number and a per-thread counter.
+_KEYED = """\
+local tag, counter, threads = "run", 0, 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+init = function(args)
+  tag = args[1] or tag
+end
+request = function()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = string.format("bench:%s:%d:%d", tag, tid or 0, counter)
+  return wrk.format(nil, nil, wrk.headers, wrk.body)
+end
+"""
+
+# Every request repeats one key the harness stored first: the replay path.
+_REPLAY = f'wrk.headers["Idempotency-Key"] = "{REPLAY_KEY}"\n'
+
+SCRIPTS = {"get": "", "post": _POST + _KEYED, "replay": _POST + _REPLAY}
+"""Request kinds: `get` the plain GET, `post` a POST with a distinct key each, `replay` one key."""
 
 
-def run(url: str, *, connections: int, duration: float, script: Path, cpu: int | None) -> WrkResult:
-    """One wrk thread (its core is shared with the upstream; two would fight over it)."""
+def write_scripts(workdir: Path) -> dict[str, Path]:
+    """One Lua file per request kind, each ending with the JSON summary hook."""
+    paths = {}
+    for kind, head in SCRIPTS.items():
+        path = workdir / f"{kind}.lua"
+        path.write_text(head + LUA)
+        paths[kind] = path
+    return paths
+
+
+def run(
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    script: Path,
+    cpu: int | None,
+    args: Sequence[str] = (),
+) -> WrkResult:
+    """One wrk thread (its core is shared with the upstream; two would fight over it); `args` go
+    to the script's `init`."""
     argv = [
         "wrk",
         "-t1",
@@ -76,6 +123,8 @@ def run(url: str, *, connections: int, duration: float, script: Path, cpu: int |
         str(script),
         url,
     ]
+    if args:
+        argv += ["--", *args]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.fake_provider import FakeProvider, Reply
+from tests.support.fault_provider import FaultProvider, mix
 from tests.support.process import Sidecar, start_sidecar
 from tests.support.redis_server import RedisServer
 
@@ -150,3 +151,55 @@ async def test_a_sidecar_killed_mid_create_leaves_the_key_unknown(fake: FakeProv
         hold.set()
         pending.cancel()
         await asyncio.gather(pending, return_exceptions=True)
+
+
+async def test_two_sidecars_under_load_with_faults_never_send_a_key_twice(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """1,500 paid creates from 100 clients, each key sent to both sidecars at once, against a provider
+    that answers 10% 503, resets 2% and delays 20%: a key reaches the provider again only after the
+    provider said "not now" (503) to it, and a key whose answer was lost (reset) never does."""
+    provider = await FaultProvider(
+        mix(status=0.10, reset=0.02, latency_ratio=0.2, latency=(0.001, 0.02))
+    ).start()
+    ledger = f"{{backend: redis, url: '{redis_server.url}', prefix: 'load-{uuid.uuid4().hex[:6]}:'}}"
+    text = config(provider.url, ledger)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = await start_sidecar(text, tmp_path / "a", env={"SIDECAR_INSTANCE_ID": "pod-a"})
+    b = await start_sidecar(text, tmp_path / "b", env={"SIDECAR_INSTANCE_ID": "pod-b"})
+    keys = [f"tg:{n}:render" for n in range(1500)]
+    answers: dict[str, list[int]] = {}
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+            async def send(sc: Sidecar, key: str) -> int:
+                async with session.post(f"{sc.proxy}/jobs/v1/create", data=b'{"input": 1}',
+                                        headers={"Idempotency-Key": key}) as resp:
+                    await resp.read()
+                    return resp.status
+
+            async def worker() -> None:
+                while keys:
+                    key = keys.pop()
+                    answers[key] = list(await asyncio.gather(send(a, key), send(b, key)))
+
+            await asyncio.gather(*(worker() for _ in range(100)))
+    finally:
+        await a.stop()
+        await b.stop()
+        await provider.close()
+    assert len(answers) == 1500
+    sends: dict[str, list[str]] = {}
+    for seen in provider.seen:
+        if seen.idempotency_key is not None:
+            sends.setdefault(seen.idempotency_key, []).append(seen.fault)
+    assert set(sends) <= set(answers)
+    resent = {key: faults for key, faults in sends.items() if len(faults) > 1}
+    # Each earlier send of a key that went again was answered "not now" (its claim was dropped).
+    assert all(set(faults[:-1]) == {"status"} for faults in resent.values()), resent
+    assert all(len(faults) <= 2 for faults in sends.values())  # two callers per key at most
+    assert sum(f == "reset" for faults in sends.values() for f in faults) > 0  # the faults happened
+    assert sum(f == "status" for faults in sends.values() for f in faults) > 0
