@@ -118,7 +118,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     chosen = [t for t in targets.ALL if t.name in args.targets.split(",")]
     older = _baseline(args.baseline_rev) if targets.SIDECAR_BEFORE in chosen else None
     if isinstance(older, baseline.Baseline):
-        label = f"sidecar at {older.sha[:7]} (before the layout change)"
+        label = f"sidecar at {older.sha[:7]}" + (
+            " (before the layout change)" if args.baseline_rev == baseline.DEFAULT_REV else ""
+        )
         chosen = [dataclasses.replace(t, label=label) if t is targets.SIDECAR_BEFORE else t
                   for t in chosen]
     settings = Settings(args.repeats, args.duration, args.connections)

@@ -45,7 +45,7 @@ class Pair:
 
 
 PAIRS = (
-    Pair("sidecar", "sidecar-before", "sidecar now / before the layout change"),
+    Pair("sidecar", "sidecar-before", "sidecar now / sidecar-before (the baseline rev)"),
     Pair("sidecar-limited", "sidecar", "local rate limit / unlimited", 0.9, 0.3),
     Pair("sidecar-limited-redis", "sidecar", "Redis rate limit / unlimited", 0.9, 1.0),
 )
