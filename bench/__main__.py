@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import signal
@@ -11,7 +12,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from bench import ledger_memory, report, targets, wrk
+from bench import baseline, ledger_memory, report, targets, wrk
 from bench.core import run_core
 from bench.procs import ProcessSet, StartError
 from bench.runner import Settings, run_all
@@ -20,6 +21,7 @@ from bench.targets import Env
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "last.json"
+BASELINE_CACHE = REPO / "bench" / "results" / "baseline"
 GiB = 1 << 30
 
 
@@ -33,6 +35,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--targets",
         default=",".join(t.name for t in targets.ALL),
         help="comma list from: " + ", ".join(t.name for t in targets.ALL),
+    )
+    p.add_argument(
+        "--baseline-rev",
+        default=baseline.DEFAULT_REV,
+        help=f"git revision the sidecar-before target runs (default {baseline.DEFAULT_REV}, the last "
+        "flat layout); its tree and venv are cached under bench/results/baseline/",
     )
     p.add_argument("--stream-size", type=int, default=GiB, help="bytes (default 1 GiB)")
     p.add_argument("--no-stream", action="store_true", help="skip the streaming memory figure")
@@ -62,6 +70,18 @@ def _cpus(args: argparse.Namespace) -> tuple[int | None, int | None]:
     return None, None
 
 
+def _baseline(rev: str) -> baseline.Baseline | str:
+    """The older sidecar's tree and venv (cached), or why not: then that target's rows say so."""
+    print(f"bench: preparing the sidecar at {rev} (cached under {BASELINE_CACHE})", file=sys.stderr)
+    try:
+        older = baseline.prepare(REPO, rev, BASELINE_CACHE)
+    except baseline.BaselineError as exc:
+        print(f"bench: sidecar-before: {exc}", file=sys.stderr)
+        return str(exc)
+    print(f"bench: sidecar-before runs {older.sha[:12]} from {older.src}", file=sys.stderr)
+    return older
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the `with` blocks that stop every child
 
@@ -72,7 +92,7 @@ def _stream(env: Env, procs: ProcessSet, size: int) -> dict[str, StreamResult | 
         zeros = start_zeros(procs, env)
     except StartError as exc:
         return {t.name: f"zeros upstream: {exc}" for t in (targets.BARE, targets.SIDECAR)}
-    stream_env = Env(env.procs, env.workdir, env.proxy_cpu, env.load_cpu, env.repo, zeros)
+    stream_env = dataclasses.replace(env, upstream=zeros)
     for target in (targets.BARE, targets.SIDECAR):
         try:
             out[target.name] = stream_through(stream_env, target, size)
@@ -96,10 +116,17 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     proxy_cpu, load_cpu = _cpus(args)
     load_before = os.getloadavg()[0]
     chosen = [t for t in targets.ALL if t.name in args.targets.split(",")]
+    older = _baseline(args.baseline_rev) if targets.SIDECAR_BEFORE in chosen else None
+    if isinstance(older, baseline.Baseline):
+        label = f"sidecar at {older.sha[:7]}" + (
+            " (before the layout change)" if args.baseline_rev == baseline.DEFAULT_REV else ""
+        )
+        chosen = [dataclasses.replace(t, label=label) if t is targets.SIDECAR_BEFORE else t
+                  for t in chosen]
     settings = Settings(args.repeats, args.duration, args.connections)
     with ProcessSet(workdir) as procs:
         upstream = targets.start_upstream(procs, workdir, load_cpu)
-        env = Env(procs, workdir, proxy_cpu, load_cpu, REPO, upstream)
+        env = Env(procs, workdir, proxy_cpu, load_cpu, REPO, upstream, older)
         results = run_all(env, chosen, settings, wrk.write_scripts(workdir))
         if upstream.proc is not None:
             procs.stop(upstream.proc)  # frees the load core for the streaming run
@@ -122,6 +149,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         "loadavg_1m_before": load_before,
         "loadavg_1m_after": os.getloadavg()[0],
         "commit": report.commit(REPO),
+        "baseline": (
+            {"rev": older.rev, "sha": older.sha} if isinstance(older, baseline.Baseline) else older
+        ),
         "machine": report.machine(),
     }
     data = report.to_json(results, stream, meta)

@@ -11,6 +11,7 @@ import platform
 import statistics
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,24 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 )
 RATIO_METRICS = ("rps", "p50_ms", "p99_ms", "large_mb_s", "rss_load_mib")
 StreamOutcome = StreamResult | str
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One target against another from the same run; limits are the goal, None: no goal stated."""
+
+    target: str
+    reference: str
+    title: str
+    rps_ratio_min: float | None = None
+    p50_added_ms_max: float | None = None
+
+
+PAIRS = (
+    Pair("sidecar", "sidecar-before", "sidecar now / sidecar-before (the baseline rev)"),
+    Pair("sidecar-limited", "sidecar", "local rate limit / unlimited", 0.9, 0.3),
+    Pair("sidecar-limited-redis", "sidecar", "Redis rate limit / unlimited", 0.9, 1.0),
+)
 
 
 def stats(samples: Sequence[float]) -> dict[str, Any]:
@@ -138,6 +157,9 @@ def markdown(data: Mapping[str, Any]) -> str:
     lines += notes + ([""] if notes else [])
     if data["stream"]:
         lines += _stream_table(data["stream"], meta["stream_bytes"])
+    pairs = _pairs_table(targets)
+    if pairs:
+        lines += ["", *pairs]
     goals = _goals_table(targets, data["stream"])
     if goals:
         lines += ["", *goals]
@@ -195,6 +217,80 @@ def _goals_table(targets: Mapping[str, Any], stream: Mapping[str, Any]) -> list[
         lines.append(f"| {title} | {fmt.format(value)} | {'≥' if higher else '≤'} {limit:g} | "
                      f"{'yes' if met else 'NO'} |")
     return lines
+
+
+def _pairs_table(targets: Mapping[str, Any]) -> list[str]:
+    """Each pair whose two targets both ran: medians side by side, the ratio or the difference, and
+    the per-repeat ratios (repeat i of both was measured in the same round, minutes apart at most)."""
+    lines = [
+        "Pairs from this run: target / reference (per-repeat ratios in brackets; added = over direct).",
+        "",
+        "| comparison | req/s (c32) | 64 KiB MB/s (c32) | p50 ms (c1) | p99 ms (c1) | RSS after load MiB "
+        "| goal |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    direct = targets.get("direct")
+    rows = 0
+    for pair in PAIRS:
+        a, b = targets.get(pair.target), targets.get(pair.reference)
+        if _median(a, "rps") is None or _median(b, "rps") is None:
+            continue
+        assert a is not None and b is not None
+        cells = [
+            _pair_ratio(a, b, "rps", "{:.0f}"),
+            _pair_ratio(a, b, "large_mb_s", "{:.0f}"),
+            _pair_latency(a, b, direct, "p50_ms"),
+            _pair_latency(a, b, direct, "p99_ms"),
+            _pair_diff(a, b, "rss_load_mib"),
+        ]
+        lines.append(f"| {pair.title} | " + " | ".join(cells) + f" | {_pair_goal(pair, a, b)} |")
+        rows += 1
+    return lines if rows else []
+
+
+def _pair_ratio(a: Mapping[str, Any], b: Mapping[str, Any], key: str, fmt: str) -> str:
+    va, vb = _median(a, key), _median(b, key)
+    if va is None or not vb:
+        return "-"
+    each = _per_repeat(a, b, key)
+    return f"{fmt.format(va)} / {fmt.format(vb)} = {va / vb:.2f}x" + (f" ({each})" if each else "")
+
+
+def _per_repeat(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> str:
+    """Ratios repeat by repeat, only when both targets succeeded in every repeat (else unpaired)."""
+    sa, sb = a["metrics"][key]["samples"], b["metrics"][key]["samples"]
+    if len(sa) < 2 or len(sa) != len(sb) or a["failures"] or b["failures"]:
+        return ""
+    return ", ".join(f"{x / y:.2f}" if y else "-" for x, y in zip(sa, sb, strict=True))
+
+
+def _pair_latency(a: Mapping[str, Any], b: Mapping[str, Any], direct: Mapping[str, Any] | None,
+                  key: str) -> str:
+    va, vb, vd = _median(a, key), _median(b, key), _median(direct, key)
+    if va is None or vb is None:
+        return "-"
+    cell = f"{va:.3f} / {vb:.3f}: {va - vb:+.3f} ms"
+    if vd is not None and vb > vd:
+        cell += f", added {(va - vd) / (vb - vd):.2f}x"
+    return cell
+
+
+def _pair_diff(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> str:
+    va, vb = _median(a, key), _median(b, key)
+    return "-" if va is None or vb is None else f"{va:.1f} / {vb:.1f}: {va - vb:+.1f}"
+
+
+def _pair_goal(pair: Pair, a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    checks = []
+    ra, rb = _median(a, "rps"), _median(b, "rps")
+    if pair.rps_ratio_min is not None and ra is not None and rb:
+        ok = ra / rb >= pair.rps_ratio_min
+        checks.append(f"req/s ≥ {pair.rps_ratio_min:g}x: {'yes' if ok else 'NO'}")
+    pa, pb = _median(a, "p50_ms"), _median(b, "p50_ms")
+    if pair.p50_added_ms_max is not None and pa is not None and pb is not None:
+        ok = pa - pb <= pair.p50_added_ms_max
+        checks.append(f"p50 +≤ {pair.p50_added_ms_max:g} ms: {'yes' if ok else 'NO'}")
+    return "; ".join(checks) or "-"
 
 
 def _ledger_table(targets: Mapping[str, Any], memory: Mapping[str, Any] | None) -> list[str]:

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from bench import configs
+from bench.baseline import Baseline
 from bench.procs import Proc, ProcessSet, StartError, free_port, wait_ready
 
 
@@ -38,6 +39,8 @@ class Env:
     load_cpu: int | None
     repo: Path
     upstream: Running
+    # The older sidecar for `sidecar-before`, or why it could not be prepared (None: not asked for).
+    baseline: Baseline | str | None = None
 
 
 Starter = Callable[[Env, str], Running]
@@ -109,6 +112,14 @@ def _sidecar(env: Env, upstream: str) -> Running:
     return _start_sidecar(env, upstream, configs.sidecar)
 
 
+def _sidecar_before(env: Env, upstream: str) -> Running:
+    """The sidecar at the baseline revision, from its own tree and venv, on the same config."""
+    if not isinstance(env.baseline, Baseline):
+        raise StartError(f"baseline: {env.baseline or 'not prepared'}")
+    return _start_sidecar(env, upstream, configs.sidecar, python=str(env.baseline.python),
+                          cwd=env.baseline.src, name="sidecar-before")
+
+
 def _sidecar_limited(env: Env, upstream: str) -> Running:
     """The same, with a rate limit far above the load: the cost of the local limiter's checks."""
     return _start_sidecar(env, upstream, partial(configs.sidecar, limited=True))
@@ -149,12 +160,15 @@ def _sidecar_ledger_redis(env: Env, upstream: str) -> Running:
     return _start_sidecar(env, upstream, partial(configs.sidecar, creates_job=True, redis_url=url))
 
 
-def _start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], str]) -> Running:
-    dir_, port, ops_port = _fresh_dir(env.workdir, "sidecar"), free_port(), free_port()
+def _start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], str], *,
+                   python: str = sys.executable, cwd: Path | None = None,
+                   name: str = "sidecar") -> Running:
+    """`python -m sidecar` run from `cwd` (the repo by default), so that is the tree it imports."""
+    dir_, port, ops_port = _fresh_dir(env.workdir, name), free_port(), free_port()
     conf = dir_ / "sidecar.yaml"
     conf.write_text(config(port, ops_port, upstream))
     argv = [
-        sys.executable,
+        python,
         "-m",
         "sidecar",
         "--config",
@@ -166,7 +180,7 @@ def _start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], st
     ]
     # SIGTERM starts a 5 s drain (server.drain_time: readiness 503, still serving) that the bench has
     # no use for: cut it short.
-    proc = env.procs.spawn("sidecar", argv, cpu=env.proxy_cpu, cwd=env.repo, stop_grace=0.5)
+    proc = env.procs.spawn(name, argv, cpu=env.proxy_cpu, cwd=cwd or env.repo, stop_grace=0.5)
     return _ready(env, proc, f"http://127.0.0.1:{port}/bench", ops_port, "/health/ready")
 
 
@@ -188,6 +202,9 @@ HAPROXY = Target("haproxy", "HAProxy (nbthread 1)", _haproxy)
 NGINX = Target("nginx", "nginx proxy (1 worker)", _nginx_proxy)
 BARE = Target("bare", "bare aiohttp + uvloop proxy", _bare)
 SIDECAR = Target("sidecar", "sidecar (default policies)", _sidecar)
+SIDECAR_BEFORE = Target(
+    "sidecar-before", "sidecar before the layout change (baseline rev)", _sidecar_before
+)
 LIMITED = Target("sidecar-limited", "sidecar, rate limit far above the load", _sidecar_limited)
 LIMITED_REDIS = Target(
     "sidecar-limited-redis", "sidecar, the same limit shared through Redis", _sidecar_limited_redis
@@ -208,6 +225,6 @@ REPLAY = Target(
     "replay",
 )
 ALL = (
-    DIRECT, HAPROXY, NGINX, BARE, SIDECAR, LIMITED, LIMITED_REDIS,
+    DIRECT, HAPROXY, NGINX, BARE, SIDECAR, SIDECAR_BEFORE, LIMITED, LIMITED_REDIS,
     POST, LEDGER_SQLITE, LEDGER_REDIS, REPLAY,
 )
