@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -23,6 +24,7 @@ from ..state.ledger import WINDOW_SCOPE_SUFFIX
 __all__ = ["JobsAdmin", "ledger_health", "record_view"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 Guard = Callable[[Handler], Handler]
 MAX_LIMIT = 1000
 
@@ -103,36 +105,44 @@ class JobsAdmin:
         records.sort(key=lambda r: r.claimed_at, reverse=True)
         return web.json_response({"jobs": [record_view(r) for r in records[:limit]]})
 
-    async def show(self, request: web.Request) -> web.Response:
+    async def _on_key(
+        self, request: web.Request, op: Callable[[JobLedger, str, str], Awaitable[T]]
+    ) -> tuple[str, str, T] | web.Response:
+        """The provider and key of the path, and ``op`` on them; or the error answer instead."""
         provider, key = request.match_info["provider"], request.match_info["key"]
         refused = self._refusal(provider)
         if refused is not None:
             return refused
         assert self.jobs is not None
         try:
-            record = await self.jobs.store.get(provider, key)
+            return provider, key, await op(self.jobs, provider, key)
         except InvalidName as exc:  # a key no request could have: not 1..255 printable ASCII
             return error_response(ErrorCode.BAD_REQUEST, str(exc), provider=provider)
         except StoreError as exc:
             return error_response(ErrorCode.LEDGER_UNAVAILABLE, str(exc), provider=provider)
+
+    async def show(self, request: web.Request) -> web.Response:
+        found = await self._on_key(request, lambda jobs, p, k: jobs.store.get(p, k))
+        if isinstance(found, web.Response):
+            return found
+        provider, _, record = found
         if record is None:
             return error_response(ErrorCode.NOT_FOUND, "no record for this key", provider=provider)
         return web.json_response(record_view(record))
 
     async def release(self, request: web.Request) -> web.Response:
-        provider, key = request.match_info["provider"], request.match_info["key"]
-        refused = self._refusal(provider)
-        if refused is not None:
-            return refused
-        assert self.jobs is not None
-        try:
-            released = await self.jobs.store.release(provider, key)
-        except InvalidName as exc:
-            return error_response(ErrorCode.BAD_REQUEST, str(exc), provider=provider)
-        except StoreError as exc:
-            return error_response(ErrorCode.LEDGER_UNAVAILABLE, str(exc), provider=provider)
-        if released:
-            self.jobs.released(provider, key)
+        done = await self._on_key(request, _release)
+        if isinstance(done, web.Response):
+            return done
+        provider, key, released = done
         self._log.warning("admin_job_release", provider=provider, key=key, released=released,
                           remote=request.remote)
         return web.json_response({"provider": provider, "key": key, "released": released})
+
+
+async def _release(jobs: JobLedger, provider: str, key: str) -> bool:
+    """Forget the key in the store and in this sidecar's recent answers."""
+    released = await jobs.store.release(provider, key)
+    if released:
+        jobs.released(provider, key)
+    return released

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from .ids import check_key, new_claim_id
 from .observe import NULL_OBSERVER, OperationTimer, StoreObserver
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
-from .waiting import POLL_MAX, POLL_MIN, Waiters, wait_settled
+from .waiting import POLL_MAX, POLL_MIN, Waiters, WaitsForSettling
 
 __all__ = ["MemoryStore"]
 
@@ -29,7 +29,7 @@ def _size(record: LedgerRecord) -> int:
     return 0 if response is None or response.body is None else len(response.body)
 
 
-class MemoryStore:
+class MemoryStore(WaitsForSettling):
     """Records in insertion (claim) order; the oldest go first when a bound is reached."""
 
     backend = "memory"
@@ -153,13 +153,6 @@ class MemoryStore:
                 self._records[k] = dataclasses.replace(self._records[k], state=RecordState.UNKNOWN)
                 self._waiters.wake(*k)
             return len(orphans)
-
-    async def wait(self, provider: str, key: str, max_wait: float) -> LedgerRecord | None:
-        check_key(provider, key)
-        return await wait_settled(
-            lambda: self.get(provider, key), self._waiters, provider, key, max_wait,
-            poll_min=self.poll[0], poll_max=self.poll[1],
-        )
 
     async def ping(self) -> None:
         with self._ops.op("ping"):

@@ -32,7 +32,7 @@ from .observe import NULL_OBSERVER, OperationTimer, StoreObserver
 from .reconnect import ReconnectGate
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
 from .redis_codec import NO_BODY_FIELDS, as_text, decode_record, encode_claim, member
-from .waiting import POLL_MAX, POLL_MIN, Waiters, wait_settled
+from .waiting import POLL_MAX, POLL_MIN, Waiters, WaitsForSettling
 
 __all__ = ["RedisStore", "redis_client"]
 
@@ -53,7 +53,7 @@ def redis_client(url: str, *, op_timeout: float, connect_timeout: float) -> aior
     )
 
 
-class RedisStore:
+class RedisStore(WaitsForSettling):
     backend = "redis"
 
     def __init__(
@@ -180,13 +180,6 @@ class RedisStore:
         if adopted:
             self._waiters.wake_all()
         return adopted
-
-    async def wait(self, provider: str, key: str, max_wait: float) -> LedgerRecord | None:
-        check_key(provider, key)
-        return await wait_settled(
-            lambda: self.get(provider, key), self._waiters, provider, key, max_wait,
-            poll_min=self.poll[0], poll_max=self.poll[1],
-        )
 
     async def ping(self) -> None:
         await self._call("ping", lambda: self.client.ping())

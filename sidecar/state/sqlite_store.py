@@ -29,14 +29,14 @@ from .ids import check_key, new_claim_id
 from .observe import NULL_OBSERVER, OperationTimer, StoreObserver
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
 from .sqlite_db import Db
-from .waiting import POLL_MAX, POLL_MIN, Waiters, wait_settled
+from .waiting import POLL_MAX, POLL_MIN, Waiters, WaitsForSettling
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
 
-class SqliteStore:
+class SqliteStore(WaitsForSettling):
     backend = "sqlite"
 
     def __init__(
@@ -155,13 +155,6 @@ class SqliteStore:
         if adopted:
             self._waiters.wake_all()
         return adopted
-
-    async def wait(self, provider: str, key: str, max_wait: float) -> LedgerRecord | None:
-        check_key(provider, key)
-        return await wait_settled(
-            lambda: self.get(provider, key), self._waiters, provider, key, max_wait,
-            poll_min=self.poll[0], poll_max=self.poll[1],
-        )
 
     async def purge(self) -> int:
         """Delete expired rows now; returns how many went."""

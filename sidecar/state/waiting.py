@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 
+from .ids import check_key
 from .records import LedgerRecord, RecordState
 
-__all__ = ["POLL_MAX", "POLL_MIN", "Waiters", "wait_settled"]
+__all__ = ["POLL_MAX", "POLL_MIN", "Waiters", "WaitsForSettling", "wait_settled"]
 
 POLL_MIN = 0.02
 POLL_MAX = 0.25
@@ -92,3 +93,20 @@ async def wait_settled(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(delay, remaining))
             delay = min(delay * 2, poll_max)
+
+
+class WaitsForSettling:
+    """The ``wait`` of every store: the same wake-or-poll loop over the store's own ``get``."""
+
+    poll: tuple[float, float]
+    _waiters: Waiters
+
+    async def get(self, provider: str, key: str) -> LedgerRecord | None:
+        raise NotImplementedError
+
+    async def wait(self, provider: str, key: str, max_wait: float) -> LedgerRecord | None:
+        check_key(provider, key)
+        return await wait_settled(
+            lambda: self.get(provider, key), self._waiters, provider, key, max_wait,
+            poll_min=self.poll[0], poll_max=self.poll[1],
+        )
