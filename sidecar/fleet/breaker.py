@@ -75,6 +75,7 @@ class SharedBreakers:
         self.keys = keys or FleetKeys()
         self.timeout = timeout
         self._clock = clock
+        self._redis = redis
         self._read = redis.register_script(lua.READ)
         self._open = redis.register_script(lua.OPEN)
         self._trial = redis.register_script(lua.TRIAL)
@@ -137,7 +138,7 @@ class SharedBreakers:
     async def _call(self, script: Any, provider: str, args: list[Any], what: str) -> list[int]:
         keys = [self.keys.breaker(provider), self.keys.trial(provider)]
         operation: Awaitable[list[int]] = script(keys, args)
-        return await guarded(operation, within=self.timeout, what=what)
+        return await guarded(operation, within=self.timeout, what=what, client=self._redis)
 
 
 def _view(reply: list[int]) -> SharedBreakerView:

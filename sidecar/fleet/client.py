@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from sidecar.limits.api import FleetUnavailable
+from sidecar.state.redis_pool import forget_idle_connections, is_connection_failure
 
 __all__ = ["DEFAULT_TIMEOUT", "guarded", "redis_client"]
 
@@ -39,10 +40,15 @@ def redis_client(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> Redis:
     return client
 
 
-async def guarded(operation: Awaitable[T], *, within: float, what: str) -> T:
-    """Await ``operation`` for at most ``within`` seconds; any failure is ``FleetUnavailable``."""
+async def guarded(operation: Awaitable[T], *, within: float, what: str, client: Redis) -> T:
+    """Await ``operation`` (a call on ``client``) for at most ``within`` seconds.
+
+    Any failure is ``FleetUnavailable``; a failed connection also closes the client's idle ones.
+    """
     try:
         async with asyncio.timeout(within):
             return await operation
     except (RedisError, OSError, TimeoutError) as error:
+        if is_connection_failure(error):
+            await forget_idle_connections(client)
         raise FleetUnavailable(f"{what}: {type(error).__name__}: {error}") from error

@@ -220,7 +220,7 @@ class RedisBackend:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _guard(self, operation: Awaitable[Any], what: str) -> Any:
-        return await guarded(operation, within=self.timeout, what=what)
+        return await guarded(operation, within=self.timeout, what=what, client=self.redis)
 
 
 def fleet_limiter(

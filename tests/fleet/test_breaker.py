@@ -148,3 +148,17 @@ async def test_redis_down_is_a_typed_fast_failure(
     with pytest.raises(FleetUnavailable):
         await store.try_trial(P, lease=1)
     assert loop.time() - started < 1.0
+
+
+async def test_after_a_redis_restart_one_failure_retires_every_stale_connection(
+    clients: Callable[[], Redis], redis_server: RedisServer
+) -> None:
+    """Four pooled connections die with Redis: one read fails, then four reads at once all succeed."""
+    store = SharedBreakers(clients())
+    await asyncio.gather(*(store.read(P) for _ in range(4)))  # four connections now sit idle
+    redis_server.kill()
+    with pytest.raises(FleetUnavailable):
+        await store.read(P)
+    await redis_server.start()
+    views = await asyncio.gather(*(store.read(P) for _ in range(4)), return_exceptions=True)
+    assert [type(v).__name__ for v in views] == ["SharedBreakerView"] * 4

@@ -114,14 +114,20 @@ async def test_a_redis_outage_forwards_or_refuses_and_never_hangs(
         while not await ledger_ok():  # the store reconnects on its own backoff (at most 2 s apart)
             assert loop.time() < deadline, "the ledger did not come back"
             await asyncio.sleep(0.1)
-        # A pooled connection that died with the server fails once more (that request goes
-        # unprotected); then keys are protected again.
-        for attempt in range(10):
-            await post(forward, f"after-{attempt}")
-            if (await post(forward, f"after-{attempt}"))[1].get("X-Sidecar-Replayed") == "true":
+        # Keys are protected again: a repeat is replayed. (The connections that died with the
+        # server were closed at the first failure; tests/state/test_store_faults.py holds that
+        # exactly. Here a request racing a reconnection may still go unprotected, so: a deadline.)
+        seen: list[tuple[int, str | None]] = []
+        deadline = loop.time() + 10
+        while True:
+            key = f"after-{len(seen)}"
+            await post(forward, key)
+            status, headers, _ = await post(forward, key)
+            seen.append((status, headers.get("X-Sidecar-Replayed")))
+            if seen[-1] == (200, "true"):
                 break
-        else:
-            raise AssertionError("keys are not protected again after Redis came back")
+            assert loop.time() < deadline, f"keys are not protected again after Redis came back: {seen}"
+            await asyncio.sleep(0.05)
     finally:
         await forward.stop()
         await refuse.stop()
