@@ -20,14 +20,15 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING, Any
 
 from sidecar.fleet import breaker_scripts as lua
 from sidecar.fleet.client import DEFAULT_TIMEOUT, guarded
 from sidecar.fleet.keys import FleetKeys
 from sidecar.policy.gcra import micros, seconds
+
+if TYPE_CHECKING:  # redis is imported only by a sidecar that has a Redis to talk to
+    from redis.asyncio import Redis
 
 __all__ = ["SharedBreakerView", "SharedBreakers", "SharedState", "Trial"]
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
-
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from typing import TYPE_CHECKING, TypeVar
 
 from sidecar.limits.api import FleetUnavailable
-from sidecar.state.redis_pool import forget_idle_connections, is_connection_failure
+
+if TYPE_CHECKING:  # redis-py is imported by the first client made: a sidecar without Redis never loads it
+    from redis.asyncio import Redis
 
 __all__ = ["DEFAULT_TIMEOUT", "guarded", "redis_client"]
 
@@ -31,6 +28,10 @@ T = TypeVar("T")
 
 def redis_client(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> Redis:
     """A client for ``redis://`` / ``rediss://`` URLs with bounded connects and reads, no retries."""
+    from redis.asyncio import Redis  # see TYPE_CHECKING
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     client: Redis = Redis.from_url(
         url,
         socket_timeout=timeout,
@@ -48,7 +49,15 @@ async def guarded(operation: Awaitable[T], *, within: float, what: str, client: 
     try:
         async with asyncio.timeout(within):
             return await operation
-    except (RedisError, OSError, TimeoutError) as error:
+    except (_redis_error(), OSError, TimeoutError) as error:  # evaluated only when one is raised
+        from sidecar.state.redis_pool import forget_idle_connections, is_connection_failure
+
         if is_connection_failure(error):
             await forget_idle_connections(client)
         raise FleetUnavailable(f"{what}: {type(error).__name__}: {error}") from error
+
+
+def _redis_error() -> type[Exception]:
+    from redis.exceptions import RedisError  # loaded already: a client exists
+
+    return RedisError

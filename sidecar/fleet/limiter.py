@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING, Any
 
 from sidecar.fleet import limiter_scripts as lua
 from sidecar.fleet.client import DEFAULT_TIMEOUT, guarded
@@ -33,6 +31,9 @@ from sidecar.policy.admission import (
     Scope,
 )
 from sidecar.policy.gcra import micros, seconds
+
+if TYPE_CHECKING:  # redis is imported only by a sidecar that has a Redis to talk to
+    from redis.asyncio import Redis
 
 __all__ = [
     "DEFAULT_LEASE_TTL",

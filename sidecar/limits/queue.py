@@ -129,8 +129,14 @@ class QueuedLimiter:
 
     def _wake(self, provider: str) -> None:
         """Something changed for ``provider``: let its server look again (start one if needed)."""
-        self._changed.setdefault(provider, asyncio.Event()).set()
-        if self._lines.get(provider) and provider not in self._servers:
+        serving = provider in self._servers
+        if not serving and not self._lines.get(provider):
+            return  # nobody waits and nobody serves: nothing to tell (the common case, kept cheap)
+        changed = self._changed.get(provider)
+        if changed is None:
+            changed = self._changed[provider] = asyncio.Event()
+        changed.set()
+        if not serving:
             self._servers[provider] = asyncio.create_task(self._serve(provider))
 
     async def _serve(self, provider: str) -> None:

@@ -7,7 +7,6 @@ the configured base plus the rest *as received*: nothing the client sends can ch
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 
@@ -253,14 +252,12 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         route = out.route
         send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)
+        spent = 0.0
         if ticket is not None:
             send = gated(send, ticket)
-            if ticket.waited > 0:  # timeouts.total bounds the wait and the attempts together
-                timeouts = route.timeouts
-                left = dataclasses.replace(timeouts, total=max(0.0, timeouts.total - ticket.waited))
-                route = dataclasses.replace(route, timeouts=left)
+            spent = ticket.waited  # timeouts.total bounds the wait and the attempts together
         exchange = await self._loop.run(
-            rt, send, route=route, retryable=out.retryable, gate=ticket
+            rt, send, route=route, retryable=out.retryable, gate=ticket, spent=spent
         )
         if ticket is not None:
             ticket.finish(None if exchange.response is None else exchange.response.status)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from .memory_store import MemoryStore
 from .observe import NULL_OBSERVER, StoreObserver
-from .redis_store import RedisStore
 from .sqlite_store import SqliteStore
 from .store import LedgerStore
 
@@ -102,6 +101,8 @@ def open_store(
     if settings.backend is LedgerBackend.REDIS:
         if not settings.url:
             raise ValueError("ledger.url: required when ledger.backend is redis")
+        from .redis_store import RedisStore  # redis-py only when configured
+
         return RedisStore(
             settings.url, prefix=settings.prefix, instance_id=instance_id, ttl=ttl, max_entries=cap,
             clock=clock, observer=observer,

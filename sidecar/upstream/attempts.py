@@ -111,15 +111,16 @@ class AttemptLoop:
 
     async def run(
         self, target: Target, send: Send[R], *, route: RouteConfig, retryable: bool,
-        gate: AttemptGate | None = None,
+        gate: AttemptGate | None = None, spent: float = 0.0,
     ) -> Exchange[R]:
         """Send through ``send`` under the target's breaker and the route's retry policy.
 
         ``retryable``: the method, key and route allow a retry and the body can be sent again.
         ``gate``: the request's limits, asked before each retry.
+        ``spent``: seconds of ``timeouts.total`` already gone (waiting for a place in the limits).
         """
         clock = self._clock
-        deadline = clock() + route.timeouts.total
+        deadline = clock() + max(0.0, route.timeouts.total - spent)
         retry_cfg = route.retry
         max_attempts = retry_cfg.max_attempts if retryable else 1
         target.budget.record_first_attempt()
