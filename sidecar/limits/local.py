@@ -68,7 +68,7 @@ class LocalBackend:
         self, provider: str, scopes: Sequence[Scope], max_wait: float
     ) -> _LocalLease | Blocked:
         now = micros(self._clock())
-        budgets = [(s, self._budgets.setdefault((provider, s.name), Budget())) for s in scopes]
+        budgets = [(s, self._budget(provider, s)) for s in scopes]
         result = admit(
             now,
             budgets,
@@ -82,6 +82,28 @@ class LocalBackend:
             return result
         return _LocalLease(self, provider, budgets, result)
 
+    def acquire_unlimited(self, provider: str, scopes: Sequence[Scope]) -> _LocalLease | None:
+        """``try_acquire``'s answer for budgets with neither a rate nor a concurrency (the caller
+        checked: ``admission.unlimited``), without a coroutine: the same leases, or None when a pause
+        or a lowered concurrency is in force (then ``try_acquire`` decides)."""
+        now = micros(self._clock())
+        if self._paused_until.get(provider, 0) > now or aimd_limit(self._aimd.get(provider), now) is not None:
+            return None
+        lease_id = str(next(self._ids))
+        budgets = []
+        for scope in scopes:
+            budget = self._budget(provider, scope)
+            budget.leases.take(lease_id, math.inf)
+            budgets.append((scope, budget))
+        return _LocalLease(self, provider, budgets, Granted(lease_id, 0.0, now))
+
+    def _budget(self, provider: str, scope: Scope) -> Budget:
+        key = (provider, scope.name)
+        budget = self._budgets.get(key)
+        if budget is None:  # not setdefault: a Budget (and its lease table) per call adds up
+            budget = self._budgets[key] = Budget()
+        return budget
+
     def release(
         self,
         provider: str,
@@ -90,17 +112,20 @@ class LocalBackend:
         completion: Completion,
     ) -> None:
         now = micros(self._clock())
-        own = next(((s, b) for s, b in budgets if s.name == PROVIDER_SCOPE), None)
-        in_flight = own[1].leases.count(now) if own is not None else 1
+        limited = completion is Completion.CONCURRENCY_LIMITED
+        own = next(((s, b) for s, b in budgets if s.name == PROVIDER_SCOPE), None) if limited else None
+        in_flight = own[1].leases.count(now) if own is not None else 1  # this call included
         for _, budget in budgets:
             budget.leases.release(granted.lease_id)
         state = self._aimd.get(provider)
-        if completion is Completion.CONCURRENCY_LIMITED:
+        if limited:
             configured = own[0].concurrency if own is not None else None
             state = aimd_after_concurrency_429(
                 state, now=now, admitted_at=granted.admitted_at, in_flight=in_flight, configured=configured
             )
         elif completion is Completion.OK:
+            if state is None:
+                return  # nothing lowered: nothing to grow back
             state = aimd_after_success(state, now)
         if state is None:
             self._aimd.pop(provider, None)

@@ -66,6 +66,22 @@ class QueuedLimiter:
         self._changed: dict[str, asyncio.Event] = {}
         self._servers: dict[str, asyncio.Task[None]] = {}
         self._chores: set[asyncio.Task[None]] = set()
+        # A backend that decides unlimited budgets in memory (the local one) offers it without a coroutine.
+        self._at_once: Callable[[str, Sequence[Scope]], Lease | None] | None = getattr(
+            backend, "acquire_unlimited", None
+        )
+
+    def acquire_at_once(self, provider: str, scopes: Sequence[Scope]) -> Slot | None:
+        """For budgets with neither a rate nor a concurrency (``admission.unlimited``): the slot
+        ``acquire`` would give at once, without waiting; None when it might not (a pause, a lowered
+        concurrency, callers in line, a backend that asks Redis): then ``acquire`` decides."""
+        at_once = self._at_once
+        if at_once is None or self._lines.get(provider):
+            return None
+        lease = at_once(provider, scopes)
+        if lease is None:
+            return None
+        return Slot(lease, 0.0, lambda: self._wake(provider))
 
     async def acquire(self, provider: str, scopes: Sequence[Scope], *, max_wait: float) -> Slot:
         """A slot within ``max_wait`` seconds (bound it by the time left of ``timeouts.total``)."""

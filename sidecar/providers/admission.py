@@ -32,9 +32,9 @@ import aiohttp
 from ..config import ProviderConfig, RateLimitConfig, RouteConfig
 from ..errors import ErrorCode, SidecarError
 from ..fleet.wiring import FleetState
-from ..limits import Completion, Limiter, RateLimited, Slot
+from ..limits import Completion, Limiter, QueuedLimiter, RateLimited, Slot
 from ..logs import get_logger
-from ..policy.admission import PROVIDER_SCOPE, Reason, Scope
+from ..policy.admission import PROVIDER_SCOPE, Reason, Scope, unlimited
 from ..policy.pause import MAX_INSPECTED_BODY, read_429
 from ..upstream.aiohttp_client_compat import stream_of
 from ..upstream.h1pool import H1Response
@@ -69,6 +69,7 @@ class _Plan:
     retry_scopes: tuple[Scope, ...]  # the same rates, no concurrency: a retry keeps its place
     max_wait: float
     max_pause: float
+    unlimited: bool  # no rate and no concurrency: admitted at once unless paused or lowered (AIMD)
 
 
 def _plan(provider: RateLimitConfig, route: RouteConfig | None) -> _Plan:
@@ -79,7 +80,7 @@ def _plan(provider: RateLimitConfig, route: RouteConfig | None) -> _Plan:
         limit = route.rate_limit
         scopes.append(Scope.of(limit.budget or route.name, limit))
     retry_scopes = tuple(dataclasses.replace(s, concurrency=None) for s in scopes)
-    return _Plan(tuple(scopes), retry_scopes, limit.max_wait, limit.max_pause)
+    return _Plan(tuple(scopes), retry_scopes, limit.max_wait, limit.max_pause, unlimited(scopes))
 
 
 class ProviderLimits:
@@ -196,6 +197,8 @@ class Limits:
     ) -> None:
         self.fleet = fleet
         self.limiter = fleet.limiter
+        # The local limiter admits a provider without limits in memory, without a coroutine.
+        self._at_once = self.limiter.acquire_at_once if isinstance(self.limiter, QueuedLimiter) else None
         self._wall = wall
         self.providers = {
             p.name: ProviderLimits(p, metrics.limits(p.name), wall)
@@ -206,15 +209,19 @@ class Limits:
         """A place for one request, within its wait; raises ``SidecarError`` (429 rate_limited)."""
         limits = self.providers[provider]
         plan = limits.plan(route.name)
-        wait = max(0.0, min(plan.max_wait, time_left))
-        try:
-            slot = await self.limiter.acquire(provider, plan.scopes, max_wait=wait)
-        except RateLimited as refused:
-            limits.metrics.refused(refused.reason.value)
-            limits.metrics.waited(refused.waited)
-            if refused.reason is Reason.PROVIDER_PAUSE:
-                limits.heard_of_pause(refused.retry_after)
-            raise _rate_limited(provider, refused) from None
+        slot = None
+        if plan.unlimited and self._at_once is not None:
+            slot = self._at_once(provider, plan.scopes)
+        if slot is None:
+            wait = max(0.0, min(plan.max_wait, time_left))
+            try:
+                slot = await self.limiter.acquire(provider, plan.scopes, max_wait=wait)
+            except RateLimited as refused:
+                limits.metrics.refused(refused.reason.value)
+                limits.metrics.waited(refused.waited)
+                if refused.reason is Reason.PROVIDER_PAUSE:
+                    limits.heard_of_pause(refused.retry_after)
+                raise _rate_limited(provider, refused) from None
         limits.metrics.waited(slot.waited)
         limits.in_flight += 1
         return Ticket(self.limiter, limits, plan, slot, self._wall)

@@ -211,6 +211,43 @@ def test_a_concurrency_429_halves_the_limit_and_successes_grow_it_back() -> None
     virtual(test)
 
 
+def test_an_unlimited_budget_is_admitted_at_once_unless_paused_or_lowered() -> None:
+    """No rate, no concurrency: a slot without a coroutine, holding a lease (it counts for AIMD);
+    none while a pause or a lowered concurrency is in force, then ``acquire`` decides as before."""
+
+    async def test(limiter: QueuedLimiter, clock: Callable[[], float]) -> None:
+        free = [scope()]
+        backend = limiter.backend
+        assert isinstance(backend, LocalBackend)
+        slots = [limiter.acquire_at_once(P, free) for _ in range(4)]
+        assert all(s is not None and s.waited == 0 for s in slots)
+        assert backend.usage(P, free[0])[0] == 4
+        first = slots[0]
+        assert first is not None
+        await first.release(Completion.CONCURRENCY_LIMITED)  # 4 were in flight: lowered to 2
+        assert backend.lowered_limit(P) == 2
+        assert limiter.acquire_at_once(P, free) is None
+        with pytest.raises(RateLimited) as refused:
+            await limiter.acquire(P, free, max_wait=0)  # 3 still in flight, over the lowered 2
+        assert refused.value.reason is Reason.CONCURRENCY
+        for slot in slots[1:]:
+            assert slot is not None
+            await slot.release(Completion.ABANDONED)
+        assert backend.usage(P, free[0])[0] == 0
+        await asyncio.sleep(600)  # a reduction with no news for 10 minutes is forgotten
+        assert backend.lowered_limit(P) is None
+        assert limiter.acquire_at_once(P, free) is not None
+        await limiter.pause(P, 3)
+        assert limiter.acquire_at_once(P, free) is None
+        with pytest.raises(RateLimited) as paused:
+            await limiter.acquire(P, free, max_wait=0)
+        assert paused.value.reason is Reason.PROVIDER_PAUSE
+        await asyncio.sleep(3)
+        assert limiter.acquire_at_once(P, free) is not None
+
+    virtual(test)
+
+
 class _ScriptedBackend(LocalBackend):
     """Like the fleet's backend (polled, other holders), it records asks and frees a slot mid-pass."""
 
