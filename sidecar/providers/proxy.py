@@ -30,7 +30,7 @@ from ..policy.retry import request_is_retryable
 from ..state import InvalidIdempotencyKey, Outcome, fingerprint, validate_idempotency_key, window_scope
 from ..upstream.attempts import AttemptLoop
 from ..upstream.h1pool import Body, H1Response
-from ..upstream.transports import gated, pool_send
+from ..upstream.transports import pool_send
 from .admission import Limits, Ticket
 from .ledger import OUTCOME, JobLedger, JobRequest
 from .reconcile import replicate_reconciler
@@ -254,7 +254,6 @@ class ProxyHandler:
         send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)
         spent = 0.0
         if ticket is not None:
-            send = gated(send, ticket)
             spent = ticket.waited  # timeouts.total bounds the wait and the attempts together
         exchange = await self._loop.run(
             rt, send, route=route, retryable=out.retryable, gate=ticket, spent=spent

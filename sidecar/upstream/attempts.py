@@ -23,7 +23,7 @@ from ..errors import ErrorCode, RequestBodyError, SidecarError
 from ..headers import RETRY_AFTER
 from ..policy.breaker import BreakerState, CircuitBreaker, Outcome, Rejection
 from ..policy.retry import RetryBudget, parse_retry_after, retry_delay
-from .h1pool import ConnectFailed, H1Response, PoolTimeout
+from .h1pool import ConnectFailed, PoolTimeout
 from .observer import AttemptMetrics
 from .verdict import AttemptOutcome, Ending, classify
 
@@ -53,6 +53,8 @@ class ResponseHead(Protocol):
 
     def release(self) -> object: ...
 
+    def close(self) -> object: ...
+
 
 R = TypeVar("R", bound=ResponseHead)
 # The transport: given the seconds left for this attempt, the response head, or it raises.
@@ -72,17 +74,20 @@ class Target(Protocol):
     def name(self) -> str: ...
 
 
-class AttemptGate(Protocol):
-    """A say in each retry, given by the request's limits.
+R_contra = TypeVar("R_contra", bound=ResponseHead, contravariant=True)
+
+
+class AttemptGate(Protocol[R_contra]):
+    """A say in each retry, and a look at each 429, given by the request's limits.
 
     ``before_retry`` runs after the wait and before the breaker is asked: False keeps the answer
-    retried over and sends nothing more. (A look at each answer as it comes is ``answered``, which
-    the transport calls: see ``transports.gated``.)
+    retried over and sends nothing more. ``answered`` is shown every 429 as it comes, before the
+    loop looks at it (a provider's pause must hold back the retry and everyone else).
     """
 
     async def before_retry(self, remaining: float) -> bool: ...
 
-    async def answered(self, response: H1Response) -> None: ...
+    async def answered(self, response: R_contra) -> None: ...
 
 
 @dataclass(slots=True)
@@ -111,7 +116,7 @@ class AttemptLoop:
 
     async def run(
         self, target: Target, send: Send[R], *, route: RouteConfig, retryable: bool,
-        gate: AttemptGate | None = None, spent: float = 0.0,
+        gate: AttemptGate[R] | None = None, spent: float = 0.0,
     ) -> Exchange[R]:
         """Send through ``send`` under the target's breaker and the route's retry policy.
 
@@ -145,7 +150,7 @@ class AttemptLoop:
             attempts += 1
             timeout = min(route.timeouts.attempt, deadline - clock())
             try:
-                response, outcome, detail = await self._send(send, timeout)
+                response, outcome, detail = await self._send(send, timeout, gate)
             except BaseException:  # cancelled, or a bug: no verdict on the provider
                 target.breaker.record(permit, Outcome.IGNORED)
                 raise
@@ -186,7 +191,7 @@ class AttemptLoop:
             target.metrics.retries.inc()
 
     async def _send(
-        self, send: Send[R], seconds: float
+        self, send: Send[R], seconds: float, gate: AttemptGate[R] | None
     ) -> tuple[R | None, AttemptOutcome, str | RequestBodyError]:
         """One send, timed: the answer or what went wrong, as an outcome, with the words for the
         sidecar error (the client's own error when its body failed)."""
@@ -196,6 +201,8 @@ class AttemptLoop:
             return None, AttemptOutcome(Ending.TIMEOUT, sent=False), _no_response(seconds)
         try:
             response = await send(seconds)
+            if gate is not None and response.status == 429:
+                await _show_429(gate, response)
         except RequestBodyError as exc:
             return None, AttemptOutcome(Ending.REQUEST_BODY_ERROR, elapsed=clock() - t0), exc
         except PoolTimeout as exc:
@@ -222,6 +229,14 @@ class AttemptLoop:
             target.metrics.budget_exhausted.inc()
             return False
         return True
+
+
+async def _show_429(gate: AttemptGate[R], response: R) -> None:
+    try:
+        await gate.answered(response)
+    except BaseException:
+        response.close()  # a body half read by the gate: the connection can't be reused
+        raise
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,10 +16,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import Timeouts
-from .attempts import AttemptGate
 from .h1pool import Body, H1Pool, H1Response
 
-__all__ = ["gated", "pool_send", "session_send"]
+__all__ = ["pool_send", "session_send"]
 
 
 def pool_send(
@@ -44,20 +43,3 @@ def session_send(
             return await session.request(method, url, headers=headers, data=body, allow_redirects=False)
 
     return send
-
-
-def gated(
-    send: Callable[[float], Awaitable[H1Response]], gate: AttemptGate
-) -> Callable[[float], Awaitable[H1Response]]:
-    """``send``, with every answer shown to the request's limits as it comes (a 429 pauses them)."""
-
-    async def send_through_gate(seconds: float) -> H1Response:
-        response = await send(seconds)
-        try:
-            await gate.answered(response)
-        except BaseException:
-            response.close()
-            raise
-        return response
-
-    return send_through_gate
