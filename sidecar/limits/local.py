@@ -67,6 +67,12 @@ class LocalBackend:
     async def try_acquire(
         self, provider: str, scopes: Sequence[Scope], max_wait: float
     ) -> _LocalLease | Blocked:
+        return self.acquire_now(provider, scopes, max_wait)
+
+    def acquire_now(
+        self, provider: str, scopes: Sequence[Scope], max_wait: float
+    ) -> _LocalLease | Blocked:
+        """``try_acquire`` without a coroutine: the decision is made in memory and nothing waits."""
         now = micros(self._clock())
         budgets = [(s, self._budget(provider, s)) for s in scopes]
         result = admit(
@@ -81,21 +87,6 @@ class LocalBackend:
         if isinstance(result, Blocked):
             return result
         return _LocalLease(self, provider, budgets, result)
-
-    def acquire_unlimited(self, provider: str, scopes: Sequence[Scope]) -> _LocalLease | None:
-        """``try_acquire``'s answer for budgets with neither a rate nor a concurrency (the caller
-        checked: ``admission.unlimited``), without a coroutine: the same leases, or None when a pause
-        or a lowered concurrency is in force (then ``try_acquire`` decides)."""
-        now = micros(self._clock())
-        if self._paused_until.get(provider, 0) > now or aimd_limit(self._aimd.get(provider), now) is not None:
-            return None
-        lease_id = str(next(self._ids))
-        budgets = []
-        for scope in scopes:
-            budget = self._budget(provider, scope)
-            budget.leases.take(lease_id, math.inf)
-            budgets.append((scope, budget))
-        return _LocalLease(self, provider, budgets, Granted(lease_id, 0.0, now))
 
     def _budget(self, provider: str, scope: Scope) -> Budget:
         key = (provider, scope.name)

@@ -66,22 +66,22 @@ class QueuedLimiter:
         self._changed: dict[str, asyncio.Event] = {}
         self._servers: dict[str, asyncio.Task[None]] = {}
         self._chores: set[asyncio.Task[None]] = set()
-        # A backend that decides unlimited budgets in memory (the local one) offers it without a coroutine.
-        self._at_once: Callable[[str, Sequence[Scope]], Lease | None] | None = getattr(
-            backend, "acquire_unlimited", None
+        # A backend that decides in memory (the local one) offers its decision without a coroutine.
+        self._at_once: Callable[[str, Sequence[Scope], float], Lease | Blocked] | None = getattr(
+            backend, "acquire_now", None
         )
 
     def acquire_at_once(self, provider: str, scopes: Sequence[Scope]) -> Slot | None:
-        """For budgets with neither a rate nor a concurrency (``admission.unlimited``): the slot
-        ``acquire`` would give at once, without waiting; None when it might not (a pause, a lowered
-        concurrency, callers in line, a backend that asks Redis): then ``acquire`` decides."""
+        """The slot ``acquire`` would give without any wait, decided without a coroutine; None when
+        that can't be said here (a wait would be needed, callers are in line, the backend asks
+        Redis): then ``acquire`` decides, as if this had not been asked (a refusal books nothing)."""
         at_once = self._at_once
         if at_once is None or self._lines.get(provider):
             return None
-        lease = at_once(provider, scopes)
-        if lease is None:
+        result = at_once(provider, scopes, 0.0)
+        if isinstance(result, Blocked):
             return None
-        return Slot(lease, 0.0, lambda: self._wake(provider))
+        return Slot(result, 0.0, lambda: self._wake(provider))
 
     async def acquire(self, provider: str, scopes: Sequence[Scope], *, max_wait: float) -> Slot:
         """A slot within ``max_wait`` seconds (bound it by the time left of ``timeouts.total``)."""

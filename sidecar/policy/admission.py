@@ -31,7 +31,6 @@ __all__ = [
     "Reason",
     "Scope",
     "admit",
-    "unlimited",
 ]
 
 PROVIDER_SCOPE = "*"
@@ -122,11 +121,6 @@ def admit(
             budget.tat = scope.gcra.reserve(budget.tat, start)
         budget.leases.take(lease_id, lease_expires_at)
     return Granted(lease_id, (start - now) / MICROS, now)
-
-
-def unlimited(scopes: Sequence[Scope]) -> bool:
-    """Neither a rate nor a concurrency in any scope: only a pause or AIMD can hold a call back."""
-    return all(scope.gcra is None and scope.concurrency is None for scope in scopes)
 
 
 def _limit(scope: Scope, lowered: int | None) -> int | None:

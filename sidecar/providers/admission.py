@@ -34,7 +34,7 @@ from ..errors import ErrorCode, SidecarError
 from ..fleet.wiring import FleetState
 from ..limits import Completion, Limiter, QueuedLimiter, RateLimited, Slot
 from ..logs import get_logger
-from ..policy.admission import PROVIDER_SCOPE, Reason, Scope, unlimited
+from ..policy.admission import PROVIDER_SCOPE, Reason, Scope
 from ..policy.pause import MAX_INSPECTED_BODY, read_429
 from ..upstream.aiohttp_client_compat import stream_of
 from ..upstream.h1pool import H1Response
@@ -69,7 +69,6 @@ class _Plan:
     retry_scopes: tuple[Scope, ...]  # the same rates, no concurrency: a retry keeps its place
     max_wait: float
     max_pause: float
-    unlimited: bool  # no rate and no concurrency: admitted at once unless paused or lowered (AIMD)
 
 
 def _plan(provider: RateLimitConfig, route: RouteConfig | None) -> _Plan:
@@ -80,7 +79,7 @@ def _plan(provider: RateLimitConfig, route: RouteConfig | None) -> _Plan:
         limit = route.rate_limit
         scopes.append(Scope.of(limit.budget or route.name, limit))
     retry_scopes = tuple(dataclasses.replace(s, concurrency=None) for s in scopes)
-    return _Plan(tuple(scopes), retry_scopes, limit.max_wait, limit.max_pause, unlimited(scopes))
+    return _Plan(tuple(scopes), retry_scopes, limit.max_wait, limit.max_pause)
 
 
 class ProviderLimits:
@@ -197,7 +196,7 @@ class Limits:
     ) -> None:
         self.fleet = fleet
         self.limiter = fleet.limiter
-        # The local limiter admits a provider without limits in memory, without a coroutine.
+        # The local limiter says "go at once" in memory, without a coroutine; else acquire decides.
         self._at_once = self.limiter.acquire_at_once if isinstance(self.limiter, QueuedLimiter) else None
         self._wall = wall
         self.providers = {
@@ -210,7 +209,7 @@ class Limits:
         limits = self.providers[provider]
         plan = limits.plan(route.name)
         slot = None
-        if plan.unlimited and self._at_once is not None:
+        if self._at_once is not None:
             slot = self._at_once(provider, plan.scopes)
         if slot is None:
             wait = max(0.0, min(plan.max_wait, time_left))

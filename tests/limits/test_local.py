@@ -211,9 +211,10 @@ def test_a_concurrency_429_halves_the_limit_and_successes_grow_it_back() -> None
     virtual(test)
 
 
-def test_an_unlimited_budget_is_admitted_at_once_unless_paused_or_lowered() -> None:
-    """No rate, no concurrency: a slot without a coroutine, holding a lease (it counts for AIMD);
-    none while a pause or a lowered concurrency is in force, then ``acquire`` decides as before."""
+def test_a_slot_is_given_at_once_only_when_no_wait_is_needed() -> None:
+    """``acquire_at_once``: the same slot and lease ``acquire`` would give without waiting (it counts
+    for AIMD); None, with nothing booked, while a pause, a lowered concurrency, a rate wait or a line
+    would hold the call back: then ``acquire`` decides as before."""
 
     async def test(limiter: QueuedLimiter, clock: Callable[[], float]) -> None:
         free = [scope()]
@@ -244,6 +245,13 @@ def test_an_unlimited_budget_is_admitted_at_once_unless_paused_or_lowered() -> N
         assert paused.value.reason is Reason.PROVIDER_PAUSE
         await asyncio.sleep(3)
         assert limiter.acquire_at_once(P, free) is not None
+
+        rate = [scope(requests_per_minute=60, burst=1)]  # one start per second
+        assert limiter.acquire_at_once(P, rate) is not None
+        assert limiter.acquire_at_once(P, rate) is None  # the next start is 1 s away: not booked
+        started = clock()
+        slot = await limiter.acquire(P, rate, max_wait=2)  # booked by acquire, and slept
+        assert (slot.waited, clock() - started) == (1.0, 1.0)
 
     virtual(test)
 
