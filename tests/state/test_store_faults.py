@@ -148,7 +148,7 @@ async def test_a_redis_that_never_answers_costs_one_timeout_then_fails_fast(
     for _ in range(20):
         with pytest.raises(StoreUnavailable, match="reconnecting"):
             await store.get("replicate", "k")
-    assert loop.time() - started < 0.2
+    assert loop.time() - started < 0.3  # all twenty together within one op_timeout: none waited
     assert len(connections) == 1
     await store.close()
 
