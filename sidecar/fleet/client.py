@@ -50,10 +50,9 @@ async def guarded(operation: Awaitable[T], *, within: float, what: str, client: 
         async with asyncio.timeout(within):
             return await operation
     except (_redis_error(), OSError, TimeoutError) as error:  # evaluated only when one is raised
-        from sidecar.state.redis_pool import forget_idle_connections, is_connection_failure
+        from sidecar.state.redis_pool import after_failure
 
-        if is_connection_failure(error):
-            await forget_idle_connections(client)
+        await after_failure(client, error)
         raise FleetUnavailable(f"{what}: {type(error).__name__}: {error}") from error
 
 

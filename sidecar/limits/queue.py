@@ -17,6 +17,7 @@ Time comes from the injected ``clock`` and ``sleep``; nothing else in here waits
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -66,6 +67,7 @@ class QueuedLimiter:
         self._changed: dict[str, asyncio.Event] = {}
         self._servers: dict[str, asyncio.Task[None]] = {}
         self._chores: set[asyncio.Task[None]] = set()
+        self._wakers: dict[str, Callable[[], None]] = {}  # each provider's slot release callback
         # A backend that decides in memory (the local one) offers its decision without a coroutine.
         self._at_once: Callable[[str, Sequence[Scope], float], Lease | Blocked] | None = getattr(
             backend, "acquire_now", None
@@ -81,7 +83,7 @@ class QueuedLimiter:
         result = at_once(provider, scopes, 0.0)
         if isinstance(result, Blocked):
             return None
-        return Slot(result, 0.0, lambda: self._wake(provider))
+        return Slot(result, 0.0, self._waker(provider))
 
     async def acquire(self, provider: str, scopes: Sequence[Scope], *, max_wait: float) -> Slot:
         """A slot within ``max_wait`` seconds (bound it by the time left of ``timeouts.total``)."""
@@ -122,7 +124,7 @@ class QueuedLimiter:
             except BaseException:
                 self._spawn(lease.release(Completion.ABANDONED))
                 raise
-        return Slot(lease, self._clock() - arrived, lambda: self._wake(provider))
+        return Slot(lease, self._clock() - arrived, self._waker(provider))
 
     async def _wait_in_line(
         self, provider: str, scopes: Sequence[Scope], deadline: float, arrived: float
@@ -142,6 +144,12 @@ class QueuedLimiter:
                 line.remove(waiter)
                 self._wake(provider)
             raise
+
+    def _waker(self, provider: str) -> Callable[[], None]:
+        waker = self._wakers.get(provider)
+        if waker is None:
+            waker = self._wakers[provider] = functools.partial(self._wake, provider)
+        return waker
 
     def _wake(self, provider: str) -> None:
         """Something changed for ``provider``: let its server look again (start one if needed)."""

@@ -252,9 +252,8 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         route = out.route
         send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)
-        spent = 0.0
-        if ticket is not None:
-            spent = ticket.waited  # timeouts.total bounds the wait and the attempts together
+        # timeouts.total bounds the wait for a place and the attempts together
+        spent = ticket.waited if ticket is not None else 0.0
         exchange = await self._loop.run(
             rt, send, route=route, retryable=out.retryable, gate=ticket, spent=spent
         )

@@ -16,17 +16,14 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-__all__ = ["forget_idle_connections", "is_connection_failure"]
+__all__ = ["after_failure"]
 
 
-def is_connection_failure(error: BaseException) -> bool:
-    """A failure of the connection itself (refused, reset, closed), not a command or a timeout."""
-    if isinstance(error, TimeoutError):  # a slow server: its idle connections may be fine
-        return False
-    return isinstance(error, RedisConnectionError | OSError)
-
-
-async def forget_idle_connections(client: Redis) -> None:
-    """Close every idle pooled connection; closing a dead socket that fails is not an error."""
+async def after_failure(client: Redis, error: BaseException) -> None:
+    """Close every idle pooled connection when ``error`` is a failed connection (refused, reset,
+    closed); a timeout (a slow server) or a command's error leaves them. Closing a dead socket that
+    fails is not an error."""
+    if isinstance(error, TimeoutError) or not isinstance(error, RedisConnectionError | OSError):
+        return
     with contextlib.suppress(RedisError, OSError):
         await client.connection_pool.disconnect(inuse_connections=False)

@@ -32,7 +32,7 @@ from .observe import NULL_OBSERVER, OperationTimer, StoreObserver
 from .reconnect import ReconnectGate
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
 from .redis_codec import NO_BODY_FIELDS, as_text, decode_record, encode_claim, member
-from .redis_pool import forget_idle_connections, is_connection_failure
+from .redis_pool import after_failure
 from .waiting import POLL_MAX, POLL_MIN, Waiters, WaitsForSettling
 
 __all__ = ["RedisStore", "redis_client"]
@@ -239,8 +239,8 @@ class RedisStore(WaitsForSettling):
                     result = await call()
             except _CONNECTION_ERRORS as e:
                 self.gate.failed()
-                if is_connection_failure(e) and self._client is not None:
-                    await forget_idle_connections(self._client)
+                if self._client is not None:
+                    await after_failure(self._client, e)
                 raise StoreUnavailable(self.backend, f"{type(e).__name__}: {e}") from e
             except rexc.RedisError as e:
                 self.gate.succeeded()  # it answered: the connection is fine, the command was not

@@ -18,7 +18,6 @@ from yarl import URL
 __all__ = ["CatchAllResource", "add_catch_all"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_ALL_METHODS = frozenset({"*"})
 
 
 class CatchAllResource(web.AbstractResource):
@@ -28,6 +27,7 @@ class CatchAllResource(web.AbstractResource):
     def __init__(self, handler: Handler) -> None:
         super().__init__(name=None)
         self._route = web.ResourceRoute("*", handler, self)
+        self._methods = {"*"}  # shared by every resolve, as aiohttp's own resources share theirs
 
     @property
     def canonical(self) -> str:
@@ -46,7 +46,7 @@ class CatchAllResource(web.AbstractResource):
         return True
 
     async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo, set[str]]:
-        return web.UrlMappingMatchInfo({}, self._route), set(_ALL_METHODS)
+        return web.UrlMappingMatchInfo({}, self._route), self._methods
 
     def __len__(self) -> int:
         return 1
