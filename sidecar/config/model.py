@@ -164,7 +164,7 @@ class LedgerConfig:
     prefix: str = "sidecar:"
     ttl: float = 86400.0
     max_stored_body: int = 1 * MiB
-    max_entries: int = 100_000
+    max_entries: int | None = None  # None: the backend's default (see state.settings)
     on_unavailable: Literal["forward", "refuse"] = "forward"
 
 

@@ -548,6 +548,6 @@ LEDGER_FIELDS: dict[str, Converter] = {
     "prefix": text(re.compile(r"[!-~]{1,64}"), "1 to 64 printable characters without spaces"),
     "ttl": duration(),
     "max_stored_body": size(),
-    "max_entries": integer(1),
+    "max_entries": optional(integer(1)),
     "on_unavailable": one_of("forward", "refuse"),
 }

@@ -18,9 +18,12 @@ from .observe import NULL_OBSERVER, OperationTimer, StoreObserver
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
 from .waiting import POLL_MAX, POLL_MIN, Waiters, WaitsForSettling
 
-__all__ = ["MemoryStore"]
+__all__ = ["MEMORY_MAX_ENTRIES", "MemoryStore"]
 
 Key = tuple[str, str]
+# A done record with a small answer costs about 1 KiB (record, strings, headers, dict and heap
+# entries), so the default cap holds the store near 5 MiB.
+MEMORY_MAX_ENTRIES = 5_000
 _SETTLEABLE = (RecordState.IN_FLIGHT, RecordState.UNKNOWN)
 
 
@@ -39,7 +42,7 @@ class MemoryStore(WaitsForSettling):
         *,
         instance_id: str,
         ttl: float = 86400.0,
-        max_entries: int = 100_000,
+        max_entries: int = MEMORY_MAX_ENTRIES,
         max_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
         observer: StoreObserver = NULL_OBSERVER,

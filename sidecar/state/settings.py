@@ -17,12 +17,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .memory_store import MemoryStore
+from .memory_store import MEMORY_MAX_ENTRIES, MemoryStore
 from .observe import NULL_OBSERVER, StoreObserver
 from .sqlite_store import SqliteStore
 from .store import LedgerStore
 
 __all__ = [
+    "DEFAULT_MAX_ENTRIES",
     "DEFAULT_STATE_DIR",
     "LEDGER_FILE",
     "LedgerBackend",
@@ -57,8 +58,17 @@ class LedgerSettings:
     prefix: str = "sidecar:"  # redis: namespace of every key
     ttl: float = 86400.0  # seconds a record lives after its claim
     max_stored_body: int = 1024 * 1024  # bytes of a response body kept for replay
-    max_entries: int = 100_000  # records kept; the oldest claims go first
+    max_entries: int | None = None  # records kept, the oldest claims go first; None: DEFAULT_MAX_ENTRIES
     on_unavailable: OnUnavailable = OnUnavailable.FORWARD
+
+
+# On disk (SQLite) and in Redis a day of a busy bot's jobs fits; in RAM a small cap keeps the
+# memory store near 5 MiB.
+DEFAULT_MAX_ENTRIES = {
+    LedgerBackend.SQLITE: 100_000,
+    LedgerBackend.REDIS: 100_000,
+    LedgerBackend.MEMORY: MEMORY_MAX_ENTRIES,
+}
 
 
 def state_dir(
@@ -93,7 +103,8 @@ def open_store(
     observer: StoreObserver = NULL_OBSERVER,
 ) -> LedgerStore:
     """The configured store, not started yet (``await store.start()`` in the app's cleanup context)."""
-    ttl, cap = settings.ttl, settings.max_entries
+    ttl = settings.ttl
+    cap = settings.max_entries or DEFAULT_MAX_ENTRIES[settings.backend]
     if settings.backend is LedgerBackend.MEMORY:
         return MemoryStore(
             instance_id=instance_id, ttl=ttl, max_entries=cap, clock=clock, observer=observer

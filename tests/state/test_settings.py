@@ -26,7 +26,7 @@ def test_defaults_match_the_contract() -> None:
     """sqlite, 24 h, 1 MiB bodies, "sidecar:" prefix, forward when unavailable."""
     s = LedgerSettings()
     assert (s.backend, s.path, s.url, s.prefix) == (LedgerBackend.SQLITE, None, None, "sidecar:")
-    assert (s.ttl, s.max_stored_body, s.max_entries) == (86400.0, 1024 * 1024, 100_000)
+    assert (s.ttl, s.max_stored_body, s.max_entries) == (86400.0, 1024 * 1024, None)
     assert s.on_unavailable is OnUnavailable.FORWARD
 
 
@@ -76,6 +76,24 @@ def test_open_store_builds_the_configured_backend(tmp_path: Path) -> None:
     )
     assert isinstance(redis, RedisStore)
     assert (redis.url, redis.prefix) == ("rediss://r:6380/0", "bot:")
+
+
+def test_without_a_cap_each_backend_keeps_its_default(tmp_path: Path) -> None:
+    """100,000 records on disk and in Redis; 5,000 in memory, where each costs about 1 KiB of RAM."""
+    env = {"SIDECAR_STATE_DIR": str(tmp_path)}
+    stores = {
+        backend: open_store(
+            LedgerSettings(backend=backend, url="redis://r:6379/0"), instance_id="p", environ=env
+        )
+        for backend in LedgerBackend
+    }
+    caps = {backend: store.max_entries for backend, store in stores.items()
+            if isinstance(store, MemoryStore | SqliteStore | RedisStore)}
+    assert caps == {LedgerBackend.SQLITE: 100_000, LedgerBackend.REDIS: 100_000,
+                    LedgerBackend.MEMORY: 5_000}
+    memory = open_store(LedgerSettings(backend=LedgerBackend.MEMORY, max_entries=9), instance_id="p",
+                        environ=env)
+    assert isinstance(memory, MemoryStore) and memory.max_entries == 9
 
 
 def test_redis_without_a_url_names_the_key() -> None:
