@@ -1,9 +1,10 @@
 """The synchronous half of the SQLite ledger: schema and one function per operation.
 
-Each function runs a whole transaction on the store's single worker thread, so no transaction is
-ever interleaved with another and nothing holds a lock across an ``await``. ``BEGIN IMMEDIATE``
-takes the write lock up front, which makes a claim atomic against other processes on the same file
-too (they wait up to ``busy_timeout``). Every statement is parametrized: keys never become SQL.
+Each function runs a whole transaction in one synchronous call (on the event loop's connection or
+the store's worker thread; see ``sqlite_store``), so no transaction is ever interleaved with
+another and nothing holds a lock across an ``await``. ``BEGIN IMMEDIATE`` takes the write lock up
+front, which makes a claim atomic against other connections and processes on the same file too.
+Every statement is parametrized: keys never become SQL.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from .records import LedgerRecord, RecordState, StoredResponse
 
-__all__ = ["SCHEMA_VERSION", "Db"]
+__all__ = ["SCHEMA_VERSION", "Db", "is_busy"]
 
 SCHEMA_VERSION = 1
 
@@ -84,8 +85,29 @@ class Db:
             raise
         return cls(conn)
 
+    @classmethod
+    def attach(cls, path: Path) -> Db:
+        """A second connection to a file ``open`` prepared, that never waits for a lock.
+
+        Busy is an immediate ``SQLITE_BUSY`` here (the caller takes the operation elsewhere), and
+        it never checkpoints by itself: a checkpoint writes the database file and syncs it, which
+        the caller runs where blocking is harmless (``checkpoint``).
+        """
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn)
+
     def close(self) -> None:
         self.conn.close()
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database without blocking writers (PASSIVE)."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def claim(
         self, record: LedgerRecord, now: float, max_entries: int
@@ -205,6 +227,14 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def is_busy(error: sqlite3.Error) -> bool:
+    """Another connection holds the lock this statement needed (nothing was written)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # the primary result code
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
 
 
 def _statements(script: str) -> list[str]:
