@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
+from .redis_address import parse_redis_url
 from .units import parse_duration, parse_size
 
 Converter = Callable[[object], Any]
@@ -509,12 +510,7 @@ ROUTE_RATE_LIMIT_FIELDS: dict[str, Converter] = {
 def redis_url(value: object) -> str:
     """``redis://`` or ``rediss://`` (TLS) with a host; a password in it is allowed (``${VAR}``)."""
     url = string(value).strip()
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ValueError("must be a redis:// or rediss:// URL like redis://redis:6379/0")
+    parse_redis_url(url)  # ValueError says what is wrong
     return url
 
 

@@ -27,8 +27,8 @@ from sidecar.fleet.client import DEFAULT_TIMEOUT, guarded
 from sidecar.fleet.keys import FleetKeys
 from sidecar.policy.gcra import micros, seconds
 
-if TYPE_CHECKING:  # redis is imported only by a sidecar that has a Redis to talk to
-    from redis.asyncio import Redis
+if TYPE_CHECKING:
+    from sidecar.state.resp import RespClient
 
 __all__ = ["SharedBreakerView", "SharedBreakers", "SharedState", "Trial"]
 
@@ -67,7 +67,7 @@ class SharedBreakers:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RespClient,
         *,
         keys: FleetKeys | None = None,
         timeout: float = DEFAULT_TIMEOUT,

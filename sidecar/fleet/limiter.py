@@ -3,7 +3,9 @@
 Each decision is one script call (``limiter_scripts``), bounded by ``timeout``; failures come out
 as ``FleetUnavailable`` (see ``FallbackLimiter`` for what happens then). A granted lease lives
 ``lease_ttl`` seconds in Redis and is renewed every third of that while its call runs, so a long
-call keeps its slot and a killed sidecar's slots come back within ``lease_ttl``.
+call keeps its slot and a killed sidecar's slots come back within ``lease_ttl``. One task per
+sidecar renews every lease held at its tick (most calls end long before one), rather than a task
+per call.
 
 Waiting callers are queued per sidecar (``QueuedLimiter``); across sidecars, whoever asks first
 after a slot frees gets it (each line polls every ``poll_interval`` while blocked on concurrency).
@@ -32,8 +34,8 @@ from sidecar.policy.admission import (
 )
 from sidecar.policy.gcra import micros, seconds
 
-if TYPE_CHECKING:  # redis is imported only by a sidecar that has a Redis to talk to
-    from redis.asyncio import Redis
+if TYPE_CHECKING:
+    from sidecar.state.resp import RespClient
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -51,7 +53,7 @@ DEFAULT_POLL_INTERVAL = 0.05
 class _FleetLease:
     """A granted slot: renewed in the background until released."""
 
-    __slots__ = ("_backend", "_keys", "_provider", "_renewal", "_scopes", "admitted_at", "lease_id", "wait")
+    __slots__ = ("_backend", "_keys", "_provider", "_scopes", "admitted_at", "lease_id", "wait")
 
     def __init__(
         self, backend: RedisBackend, provider: str, scopes: Sequence[Scope], lease_id: str,
@@ -64,16 +66,12 @@ class _FleetLease:
         self.lease_id = lease_id
         self.wait = wait
         self.admitted_at = admitted_at
-        self._renewal: asyncio.Task[None] | None = None
 
     def start_renewing(self) -> None:
-        self._renewal = asyncio.create_task(self._backend.renew_forever(self._keys, self.lease_id))
-        self._backend.renewals.add(self._renewal)
-        self._renewal.add_done_callback(self._backend.renewals.discard)
+        self._backend.hold(self.lease_id, self._keys)
 
     async def release(self, completion: Completion) -> None:
-        if self._renewal is not None:
-            self._renewal.cancel()
+        self._backend.held.pop(self.lease_id, None)
         try:
             await self._backend.release(self._provider, self._scopes, self, completion)
         except FleetUnavailable as error:
@@ -88,7 +86,7 @@ class RedisBackend:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RespClient,
         *,
         keys: FleetKeys | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -108,7 +106,8 @@ class RedisBackend:
         self._pause = redis.register_script(lua.PAUSE)
         self._paused_for = redis.register_script(lua.PAUSED_FOR)
         self._usage = redis.register_script(lua.USAGE)
-        self.renewals: set[asyncio.Task[None]] = set()
+        self.held: dict[str, list[str]] = {}  # lease id -> its lease sets, while its call runs
+        self._renewer: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Task[Any]] = set()
         self.log = get_logger("limits")
 
@@ -177,14 +176,25 @@ class RedisBackend:
         ]
         await self._guard(self._release(keys, args), "release")
 
-    async def renew_forever(self, keys: list[str], lease_id: str) -> None:
-        """Push a lease's expiry out every third of ``lease_ttl`` until cancelled."""
-        while True:
+    def hold(self, lease_id: str, keys: list[str]) -> None:
+        """Keep ``lease_id`` renewed until it is let go (``held.pop``)."""
+        self.held[lease_id] = keys
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_held(), name="sidecar-fleet-lease-renewal")
+
+    async def _renew_held(self) -> None:
+        """Every third of ``lease_ttl``, push out the expiry of every lease still held; ends once none is."""
+        while self.held:
             await self._sleep(self.lease_ttl / 3)
-            try:
-                await self._guard(self._renew(keys, [lease_id, micros(self.lease_ttl)]), "renew")
-            except FleetUnavailable as error:
-                self.log.warning("fleet_lease_not_renewed", error=str(error))
+            ttl = micros(self.lease_ttl)
+            results = await asyncio.gather(
+                *(self._guard(self._renew(keys, [lease_id, ttl]), "renew") for lease_id, keys in
+                  list(self.held.items())),
+                return_exceptions=True,
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                self.log.warning("fleet_lease_not_renewed", leases=len(failed), error=str(failed[0]))
 
     async def pause(self, provider: str, seconds_: float) -> float:
         left = await self._guard(
@@ -215,9 +225,10 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Stop renewing (leases still held expire on their own); the client is not closed here."""
-        tasks = [*self.renewals, *self._orphans]
-        for task in self.renewals:
-            task.cancel()
+        tasks = [*self._orphans]
+        if self._renewer is not None:
+            self._renewer.cancel()
+            tasks.append(self._renewer)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _guard(self, operation: Awaitable[Any], what: str) -> Any:
@@ -225,7 +236,7 @@ class RedisBackend:
 
 
 def fleet_limiter(
-    redis: Redis,
+    redis: RespClient,
     *,
     clock: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]],

@@ -19,11 +19,10 @@ from sidecar.limits import FallbackLimiter, FleetUnavailable, Limiter, LocalBack
 from sidecar.limits.fallback import Mode
 from sidecar.policy.admission import Scope
 
-if TYPE_CHECKING:  # redis-py costs ~9 MiB and ~0.1 s at start: loaded only when a Redis is configured
-    from redis.asyncio import Redis
-
+if TYPE_CHECKING:  # the fleet's modules are loaded only when a Redis is configured
     from sidecar.fleet.breaker import SharedBreakers
     from sidecar.fleet.limiter import RedisBackend
+    from sidecar.state.resp import RespClient
 
 __all__ = ["FleetState"]
 
@@ -33,7 +32,7 @@ class FleetState:
 
     limiter: Limiter
     local: LocalBackend
-    redis: Redis | None = None
+    redis: RespClient | None = None
     breakers: SharedBreakers | None = None
     backend: RedisBackend | None = None
     breakers_reachable: bool = True  # the shared breakers' last word from Redis

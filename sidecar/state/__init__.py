@@ -5,8 +5,6 @@ requests (fingerprints, key checks, what a status means, Replicate reconciliatio
 and do no I/O of their own.
 """
 
-import typing
-
 from .capture import BodyCapture
 from .errors import InvalidName, StoreError, StoreUnavailable
 from .ledger import (
@@ -33,6 +31,7 @@ from .reconcile import (
     replicate_job,
 )
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
+from .redis_store import RedisStore
 from .settings import LedgerBackend, LedgerSettings, OnUnavailable, instance_id_from, ledger_path, open_store
 from .sqlite_store import SqliteStore
 from .store import LedgerStore
@@ -78,16 +77,3 @@ __all__ = [
     "validate_idempotency_key",
     "window_scope",
 ]
-
-if typing.TYPE_CHECKING:
-    from .redis_store import RedisStore
-
-
-def __getattr__(name: str) -> object:
-    """``RedisStore`` is imported on first use: redis-py costs ~9 MiB and ~0.1 s at start."""
-    if name == "RedisStore":
-        from .redis_store import RedisStore
-
-        globals()["RedisStore"] = RedisStore
-        return RedisStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,14 +1,13 @@
-"""The shared ledger: every sidecar of a bot on one Redis (``redis.asyncio``, hiredis parser).
+"""The shared ledger: every sidecar of a bot on one Redis (``resp.RespClient``, one pipelined connection).
 
 Each operation is one Lua script or one read, so claims are atomic across the fleet. Every call is
 bounded by ``op_timeout``; a connection failure makes the following calls fail at once with
 ``StoreUnavailable`` until the reconnection backoff (``reconnect.ReconnectGate``) lets one probe
-through. redis-py's own retries are off: a retried script after a lost reply could not tell its
-own claim from another's, and the caller is better served by a fast, typed failure. The client
-reconnects by itself on the next call. ``rediss://`` URLs use TLS (redis-py's ``SSLConnection``;
-``?ssl_ca_certs=/path`` and the other ``ssl_*`` query arguments pass through). The scripts touch
-keys they don't declare, so this needs a standalone Redis (or a Sentinel-managed primary), not
-Redis Cluster.
+through. Nothing is retried: a retried script after a lost reply could not tell its own claim from
+another's, and the caller is better served by a fast, typed failure. The client reconnects by
+itself on the next call. ``rediss://`` URLs use TLS (``?ssl_ca_certs=/path`` and the other
+``ssl_*`` query arguments: see ``config.redis_address``). The scripts touch keys they don't
+declare, so this needs a standalone Redis (or a Sentinel-managed primary), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -18,12 +17,7 @@ import builtins
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
-
-import redis.asyncio as aioredis
-import redis.exceptions as rexc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from typing import TypeVar
 
 from . import redis_scripts as lua
 from .errors import StoreUnavailable
@@ -32,26 +26,20 @@ from .observe import NULL_OBSERVER, OperationTimer, StoreObserver
 from .reconnect import ReconnectGate
 from .records import Claim, LedgerRecord, RecordState, StoredResponse, StoreHealth
 from .redis_codec import NO_BODY_FIELDS, as_text, decode_record, encode_claim, member
-from .redis_pool import after_failure
+from .resp import ReplyError, RespClient, Script
 from .waiting import POLL_MAX, POLL_MIN, Waiters, WaitsForSettling
 
 __all__ = ["RedisStore", "redis_client"]
 
 T = TypeVar("T")
-_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError, TimeoutError)
+_CONNECTION_ERRORS = (OSError, TimeoutError)  # RespConnectionError and RespTimeout are both
 _PURGE_BATCH = 100
 _SCAN_BATCH = 200
 
 
-def redis_client(url: str, *, op_timeout: float, connect_timeout: float) -> aioredis.Redis:
-    """A client for ``redis://`` or ``rediss://`` (TLS) with bounded sockets and no silent retries."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=op_timeout,
-        socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), 0),
-        client_name="sidecar-ledger",
-    )
+def redis_client(url: str, *, op_timeout: float, connect_timeout: float) -> RespClient:
+    """A client for ``redis://`` or ``rediss://`` (TLS) with bounded connects and reads, no retries."""
+    return RespClient(url, connect_timeout=connect_timeout, read_timeout=op_timeout, name="sidecar-ledger")
 
 
 class RedisStore(WaitsForSettling):
@@ -87,13 +75,13 @@ class RedisStore(WaitsForSettling):
         self.evictions = 0
         self._ops = OperationTimer(self.backend, observer)
         self._waiters = Waiters()
-        self._client: aioredis.Redis | None = None
-        self._scripts: dict[str, Any] = {}
+        self._client: RespClient | None = None
+        self._scripts: dict[str, Script] = {}
         self._rec = f"{prefix}r:"
         self._index = [f"{prefix}claims", f"{prefix}expiry", f"{prefix}seq"]
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RespClient:
         if self._client is None:
             raise StoreUnavailable(self.backend, "store not started")
         return self._client
@@ -196,17 +184,13 @@ class RedisStore(WaitsForSettling):
         found: builtins.list[LedgerRecord] = []
         now, start = self.clock(), 0
         while len(found) < limit:
-            members = cast(
-                builtins.list[bytes],
-                await self.client.zrevrange(self._index[0], start, start + _SCAN_BATCH - 1),
-            )
+            members = await self.client.zrevrange(self._index[0], start, start + _SCAN_BATCH - 1)
             if not members:
                 break
             start += len(members)
-            async with self.client.pipeline(transaction=False) as pipe:
-                for m in members:
-                    pipe.hmget(self._rec + as_text(m), list(NO_BODY_FIELDS))
-                rows = await pipe.execute()
+            rows = await asyncio.gather(  # pipelined: one connection, replies in order
+                *(self.client.execute("HMGET", self._rec + as_text(m), *NO_BODY_FIELDS) for m in members)
+            )
             for row in rows:
                 record = decode_record(dict(zip(NO_BODY_FIELDS, row, strict=True)), now)
                 if record is not None and (provider is None or record.provider == provider):
@@ -240,9 +224,9 @@ class RedisStore(WaitsForSettling):
             except _CONNECTION_ERRORS as e:
                 self.gate.failed()
                 if self._client is not None:
-                    await after_failure(self._client, e)
+                    self._client.disconnect()  # a reply may still be owed: start afresh
                 raise StoreUnavailable(self.backend, f"{type(e).__name__}: {e}") from e
-            except rexc.RedisError as e:
+            except ReplyError as e:
                 self.gate.succeeded()  # it answered: the connection is fine, the command was not
                 raise StoreUnavailable(self.backend, f"{type(e).__name__}: {e}") from e
             except BaseException:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .memory_store import MEMORY_MAX_ENTRIES, MemoryStore
 from .observe import NULL_OBSERVER, StoreObserver
+from .redis_store import RedisStore
 from .sqlite_store import SqliteStore
 from .store import LedgerStore
 
@@ -112,8 +113,6 @@ def open_store(
     if settings.backend is LedgerBackend.REDIS:
         if not settings.url:
             raise ValueError("ledger.url: required when ledger.backend is redis")
-        from .redis_store import RedisStore  # redis-py only when configured
-
         return RedisStore(
             settings.url, prefix=settings.prefix, instance_id=instance_id, ttl=ttl, max_entries=cap,
             clock=clock, observer=observer,

@@ -232,7 +232,7 @@ async def test_successes_give_the_fleets_slots_back_one_by_one(
 
     async def age_the_last_change() -> None:  # as if the increase interval (5 s) had passed
         changed = int(await admin.hget(key, "changed_at"))
-        await admin.hset(key, "changed_at", changed - 5 * MICROS)
+        await admin.execute("HSET", key, "changed_at", changed - 5 * MICROS)
 
     for expected in (3, None):
         await (await limiter.acquire(P, budget, max_wait=0)).release(Completion.OK)  # too soon

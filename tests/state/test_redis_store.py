@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,11 +11,11 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
-from redis.asyncio.connection import Connection, SSLConnection
 
 from sidecar.state import RedisStore, StoredResponse, StoreUnavailable
 from sidecar.state.redis_codec import member, split_member
 from sidecar.state.redis_store import redis_client
+from sidecar.state.resp import tls_context
 from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
 
@@ -85,23 +86,20 @@ async def test_redis_drops_an_expired_record_on_its_own(
     await store.close()
 
 
-def test_rediss_urls_configure_tls() -> None:
-    """rediss:// builds SSL connections that verify the server, and ssl_* query arguments pass through."""
-    tls = redis_client("rediss://:pw@redis.example:6380/2?ssl_ca_certs=/etc/ca.pem", op_timeout=1,
+def test_rediss_urls_configure_tls(certificates: dict[str, Path]) -> None:
+    """rediss:// builds a TLS context that verifies the server, and ssl_* query arguments pass through."""
+    tls = redis_client(f"rediss://:pw@redis.example:6380/2?ssl_ca_certs={certificates['ca']}", op_timeout=1,
                        connect_timeout=0.5)
-    pool = tls.connection_pool
-    assert pool.connection_class is SSLConnection
-    kwargs = pool.connection_kwargs
-    where = (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"])
-    assert where == ("redis.example", 6380, 2, "pw")
-    assert kwargs["ssl_ca_certs"] == "/etc/ca.pem"
-    assert kwargs["socket_timeout"] == 1 and kwargs["socket_connect_timeout"] == 0.5
-    connection = pool.make_connection()
-    assert isinstance(connection, SSLConnection)
-    assert connection.ssl_context.cert_reqs.name == "CERT_REQUIRED"
-    assert connection.ssl_context.check_hostname
+    a = tls.address
+    assert (a.host, a.port, a.db, a.username, a.password) == ("redis.example", 6380, 2, None, "pw")
+    assert a.tls
+    assert a.ca_certs == str(certificates["ca"])
+    assert (tls.read_timeout, tls.connect_timeout) == (1, 0.5)
+    context = tls_context(a)
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert "pw" not in repr(a)
     plain = redis_client("redis://127.0.0.1:6379/0", op_timeout=1, connect_timeout=0.5)
-    assert plain.connection_pool.connection_class is Connection
+    assert not plain.address.tls
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ async def test_a_cancelled_probe_does_not_keep_the_store_shut(silent_server: tup
     store = RedisStore(f"redis://127.0.0.1:{port}/0", instance_id="pod-a", op_timeout=0.3,
                        connect_timeout=0.3, gate=ReconnectGate(base=1.0, clock=gate_clock))
     await store.start()
-    with pytest.raises(StoreUnavailable, match="TimeoutError"):
+    with pytest.raises(StoreUnavailable, match="Timeout"):
         await store.get("replicate", "k")
     gate_clock.advance(1.0)
     probe = asyncio.create_task(store.get("replicate", "k"))
@@ -168,9 +168,9 @@ async def test_a_cancelled_probe_does_not_keep_the_store_shut(silent_server: tup
     probe.cancel()
     with pytest.raises(asyncio.CancelledError):
         await probe
-    with pytest.raises(StoreUnavailable, match="TimeoutError"):  # a real attempt, not "reconnecting"
+    with pytest.raises(StoreUnavailable, match="Timeout"):  # a real attempt, not "reconnecting"
         await store.get("replicate", "k")
-    assert len(connections) == 3
+    assert len(connections) == 2  # the probe's connection, still open, carried the attempt
     await store.close()
 
 
