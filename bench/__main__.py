@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from bench import baseline, ledger_memory, report, targets, wrk
+from bench import baseline, fleet_rate, ledger_memory, report, targets, wrk
 from bench.core import run_core
-from bench.procs import ProcessSet, StartError
+from bench.procs import ProcessSet, StartError, pin
 from bench.runner import Settings, run_all
 from bench.stream import StreamResult, start_zeros, stream_through
 from bench.targets import Env
@@ -50,6 +50,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the job ledger's memory figure (100,000 keys in the memory store)",
     )
+    p.add_argument(
+        "--no-fleet-rate",
+        action="store_true",
+        help="skip the shared rate limit figure (3 sidecars x 200 clients on one Redis, 60 s; "
+        "10 s with --quick)",
+    )
     p.add_argument("--proxy-cpu", type=int, default=0)
     p.add_argument("--load-cpu", type=int, default=1)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -58,16 +64,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.duration = args.duration or (1 if args.quick else 5)
     return args
-
-
-def _cpus(args: argparse.Namespace) -> tuple[int | None, int | None]:
-    """Pin only when both cores exist: on one core pinning would only add contention."""
-    available = os.sched_getaffinity(0)
-    if {args.proxy_cpu, args.load_cpu} <= available and args.proxy_cpu != args.load_cpu:
-        os.sched_setaffinity(0, {args.load_cpu})  # the harness itself stays off the proxy's core
-        return args.proxy_cpu, args.load_cpu
-    print("bench: cores not available, running unpinned (figures are not comparable)", file=sys.stderr)
-    return None, None
 
 
 def _baseline(rev: str) -> baseline.Baseline | str:
@@ -113,7 +109,7 @@ def _log_stream(name: str, outcome: StreamResult | str) -> None:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
-    proxy_cpu, load_cpu = _cpus(args)
+    proxy_cpu, load_cpu = pin(args.proxy_cpu, args.load_cpu)
     load_before = os.getloadavg()[0]
     chosen = [t for t in targets.ALL if t.name in args.targets.split(",")]
     older = _baseline(args.baseline_rev) if targets.SIDECAR_BEFORE in chosen else None
@@ -137,6 +133,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     memory = None if args.no_ledger_memory else ledger_memory.measure(REPO, proxy_cpu)
     if memory is not None:
         print(f"ledger memory: {memory}", file=sys.stderr, flush=True)
+    fleet = None
+    if not args.no_fleet_rate:
+        fleet_settings = fleet_rate.Settings()
+        if args.quick:
+            fleet_settings = dataclasses.replace(fleet_settings, duration=fleet_rate.QUICK_DURATION_S)
+        fleet_dir = workdir / "fleet-rate"
+        fleet_dir.mkdir()
+        fleet = fleet_rate.measure(REPO, fleet_dir, fleet_settings, proxy_cpu, load_cpu)
+        print(f"fleet rate: {fleet_rate.summary_line(fleet)}", file=sys.stderr, flush=True)
     meta = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
@@ -159,6 +164,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         data["core_ns"] = core
     if memory is not None:
         data["ledger_memory"] = memory
+    if fleet is not None:
+        data["fleet_rate"] = fleet
     return data
 
 

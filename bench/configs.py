@@ -133,18 +133,23 @@ UNREACHABLE_LIMIT = "{requests_per_minute: 60000000, burst: 100000, concurrency:
 
 def sidecar(port: int, ops_port: int, upstream: str, *, limited: bool = False,
             redis_url: str | None = None, post_route: bool = False, creates_job: bool = False,
-            sqlite_path: Path | None = None) -> str:
+            sqlite_path: Path | None = None, rate_limit: str | None = None,
+            health_check: bool = True) -> str:
     """A sidecar configuration file: one provider `bench`, every default policy left on; `limited`
-    adds a rate limit far above the load, `redis_url` shares the limits through that Redis (and
-    holds the job ledger). `post_route` declares `POST /small` as a route, `creates_job` makes it a
-    paid job (its keyed requests go through the ledger), `sqlite_path` places the ledger's file."""
+    adds a rate limit far above the load (`rate_limit`, a YAML flow mapping, another limit),
+    `redis_url` shares the limits through that Redis (and holds the job ledger). `post_route`
+    declares `POST /small` as a route, `creates_job` makes it a paid job (its keyed requests go
+    through the ledger), `sqlite_path` places the ledger's file. `health_check=False` leaves out the
+    provider's probe, for an upstream that counts every call it gets."""
     if redis_url:
         ledger = f"ledger: {{backend: redis, url: '{redis_url}', prefix: 'bench:'}}\n"
     elif sqlite_path is not None:
         ledger = f"ledger: {{backend: sqlite, path: '{sqlite_path}'}}\n"
     else:
         ledger = ""
-    limit = f"    rate_limit: {UNREACHABLE_LIMIT}\n" if limited else ""
+    limit_text = rate_limit or (UNREACHABLE_LIMIT if limited else None)
+    limit = f"    rate_limit: {limit_text}\n" if limit_text else ""
+    health = f"    health: {{method: GET, path: {SMALL_PATH}, interval: 30s, timeout: 5s}}\n"
     routes = (
         "    routes:\n"
         f"      - {{name: create, method: POST, path: {SMALL_PATH}, "
@@ -157,8 +162,7 @@ server: {{host: 127.0.0.1, port: {port}, ops_host: 127.0.0.1, ops_port: {ops_por
 {ledger}providers:
   bench:
     upstream: {upstream}
-    health: {{method: GET, path: {SMALL_PATH}, interval: 30s, timeout: 5s}}
-{limit}{routes}"""
+{health if health_check else ""}{limit}{routes}"""
 
 
 # The create the ledger targets POST: a small JSON body, like a prediction's input.

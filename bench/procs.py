@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -115,6 +116,19 @@ class ProcessSet:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def pin(proxy_cpu: int, load_cpu: int) -> tuple[int | None, int | None]:
+    """Keep this process on the load core and say which cores the servers get; (None, None): unpinned.
+
+    Pinning only when both cores exist and differ: on one core it would only add contention.
+    """
+    available = os.sched_getaffinity(0)
+    if {proxy_cpu, load_cpu} <= available and proxy_cpu != load_cpu:
+        os.sched_setaffinity(0, {load_cpu})  # the harness itself stays off the proxy's core
+        return proxy_cpu, load_cpu
+    print("bench: cores not available, running unpinned (figures are not comparable)", file=sys.stderr)
+    return None, None
 
 
 def free_port() -> int:

@@ -166,6 +166,9 @@ def markdown(data: Mapping[str, Any]) -> str:
     ledger = _ledger_table(targets, data.get("ledger_memory"))
     if ledger:
         lines += ["", *ledger]
+    fleet = data.get("fleet_rate")
+    if fleet is not None:
+        lines += ["", *_fleet_table(fleet)]
     core = data.get("core_ns")
     if core is not None:
         lines += ["", *_core_table(core)]
@@ -331,6 +334,32 @@ def _ledger_table(targets: Mapping[str, Any], memory: Mapping[str, Any] | None) 
         met = value >= limit if higher else value <= limit
         lines.append(f"| {title} | {fmt.format(value)} | {'≥' if higher else '≤'} {limit:g} | "
                      f"{'yes' if met else 'NO'} |")
+    return lines
+
+
+def _fleet_table(fleet: Mapping[str, Any]) -> list[str]:
+    """The shared rate limit under load (bench/fleet_rate.py): what reached the provider."""
+    conf = fleet["settings"]
+    head = (f"Shared rate limit (bench/fleet_rate.py): {conf['sidecars']} sidecars x {conf['clients']} "
+            f"clients, {conf['rpm']:g}/min, burst {conf['burst']}, max_wait {conf['max_wait']:g} s, "
+            f"on one Redis:")
+    if not fleet.get("ok"):
+        return [head, "", f"failed: {_short(fleet.get('error', '?'))}"]
+    met = {True: "yes", False: "NO"}
+    lines = [
+        head, "",
+        "| goal | value | limit | met |", "|---|---:|---:|---|",
+        f"| admitted in {fleet['load_s']:.1f} s of load, vs {fleet['expected']:.1f} expected | "
+        f"{fleet['admitted']} ({fleet['deviation_pct']:+.2f}%) | ±2% | {met[fleet['deviation_met']]} |",
+        f"| most arrivals in any {fleet['window_s']:g} s window | {fleet['window_max']} | "
+        f"≤ {fleet['window_limit']:g} | {met[fleet['window_met']]} |",
+        "",
+        f"Refused (429 rate_limited): {fleet['refused']:,}; relayed 200: {fleet['relayed_ok']:,}; other "
+        f"answers {fleet['other_status']}, socket errors {fleet['socket_errors']}, timeouts "
+        f"{fleet['timeouts']}; arrivals after the load ended (booked before): {fleet['after_load']}; "
+        f"switches to local limits (fleet_limiter_unavailable): {fleet['fleet_fallbacks']}; sidecar CPU "
+        + ", ".join(f"{pct:.0f}%" for pct in fleet["sidecar_cpu_pct"]) + ".",
+    ]
     return lines
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -109,61 +109,67 @@ def _bare(env: Env, upstream: str) -> Running:
 
 def _sidecar(env: Env, upstream: str) -> Running:
     """`python -m sidecar` on its own config file; ready means `/health/ready` 200 on the ops port."""
-    return _start_sidecar(env, upstream, configs.sidecar)
+    return start_sidecar(env, upstream, configs.sidecar)
 
 
 def _sidecar_before(env: Env, upstream: str) -> Running:
     """The sidecar at the baseline revision, from its own tree and venv, on the same config."""
     if not isinstance(env.baseline, Baseline):
         raise StartError(f"baseline: {env.baseline or 'not prepared'}")
-    return _start_sidecar(env, upstream, configs.sidecar, python=str(env.baseline.python),
-                          cwd=env.baseline.src, name="sidecar-before")
+    return start_sidecar(env, upstream, configs.sidecar, python=str(env.baseline.python),
+                         cwd=env.baseline.src, name="sidecar-before")
 
 
 def _sidecar_limited(env: Env, upstream: str) -> Running:
     """The same, with a rate limit far above the load: the cost of the local limiter's checks."""
-    return _start_sidecar(env, upstream, partial(configs.sidecar, limited=True))
+    return start_sidecar(env, upstream, partial(configs.sidecar, limited=True))
 
 
 def _sidecar_limited_redis(env: Env, upstream: str) -> Running:
     """The same limit shared through a redis-server of its own: two Redis round trips a call."""
     url = _redis(env)
-    return _start_sidecar(env, upstream, partial(configs.sidecar, limited=True, redis_url=url))
+    return start_sidecar(env, upstream, partial(configs.sidecar, limited=True, redis_url=url))
 
 
 def _redis(env: Env) -> str:
+    """A redis-server of its own on the load core; its URL."""
+    return start_redis(env.procs, env.workdir, env.load_cpu)
+
+
+def start_redis(procs: ProcessSet, workdir: Path, cpu: int | None) -> str:
     """A redis-server of its own on a free loopback port, nothing persisted; its URL.
 
-    It shares the load core; its readiness is the sidecar's (readiness needs its first connect).
+    Its readiness is the sidecars' (a sidecar on Redis is ready only after its first connect).
     """
-    dir_, port = _fresh_dir(env.workdir, "redis"), free_port()
+    dir_, port = _fresh_dir(workdir, "redis"), free_port()
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(dir_)]
-    env.procs.spawn("redis", argv, cpu=env.load_cpu)
+    procs.spawn("redis", argv, cpu=cpu)
     return f"redis://127.0.0.1:{port}/0"
 
 
 def _sidecar_post(env: Env, upstream: str) -> Running:
     """`POST /small` declared as a plain route: keyed POSTs forwarded, no ledger (the baseline)."""
-    return _start_sidecar(env, upstream, partial(configs.sidecar, post_route=True))
+    return start_sidecar(env, upstream, partial(configs.sidecar, post_route=True))
 
 
 def _sidecar_ledger_sqlite(env: Env, upstream: str) -> Running:
     """The same route as `creates_job`, its ledger a SQLite file in the run's directory."""
     path = _fresh_dir(env.workdir, "ledger") / "ledger.sqlite3"
-    return _start_sidecar(env, upstream, partial(configs.sidecar, creates_job=True, sqlite_path=path))
+    return start_sidecar(env, upstream, partial(configs.sidecar, creates_job=True, sqlite_path=path))
 
 
 def _sidecar_ledger_redis(env: Env, upstream: str) -> Running:
     """The same route as `creates_job`, its ledger on a redis-server of its own."""
     url = _redis(env)
-    return _start_sidecar(env, upstream, partial(configs.sidecar, creates_job=True, redis_url=url))
+    return start_sidecar(env, upstream, partial(configs.sidecar, creates_job=True, redis_url=url))
 
 
-def _start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], str], *,
-                   python: str = sys.executable, cwd: Path | None = None,
-                   name: str = "sidecar") -> Running:
-    """`python -m sidecar` run from `cwd` (the repo by default), so that is the tree it imports."""
+def start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], str], *,
+                  python: str = sys.executable, cwd: Path | None = None,
+                  name: str = "sidecar", environ: Mapping[str, str] | None = None) -> Running:
+    """`python -m sidecar` run from `cwd` (the repo by default), so that is the tree it imports;
+    `environ` replaces the inherited environment (a fleet's sidecars differ in their instance id)."""
     dir_, port, ops_port = _fresh_dir(env.workdir, name), free_port(), free_port()
     conf = dir_ / "sidecar.yaml"
     conf.write_text(config(port, ops_port, upstream))
@@ -180,7 +186,8 @@ def _start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], st
     ]
     # SIGTERM starts a 5 s drain (server.drain_time: readiness 503, still serving) that the bench has
     # no use for: cut it short.
-    proc = env.procs.spawn(name, argv, cpu=env.proxy_cpu, cwd=cwd or env.repo, stop_grace=0.5)
+    proc = env.procs.spawn(name, argv, cpu=env.proxy_cpu, env=environ, cwd=cwd or env.repo,
+                           stop_grace=0.5)
     return _ready(env, proc, f"http://127.0.0.1:{port}/bench", ops_port, "/health/ready")
 
 

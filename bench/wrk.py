@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.configs import POST_BODY, REPLAY_KEY
 
@@ -112,13 +113,32 @@ def run(
 ) -> WrkResult:
     """One wrk thread (its core is shared with the upstream; two would fight over it); `args` go
     to the script's `init`."""
+    argv = command(url, connections=connections, duration=duration, script=script, cpu=cpu, args=args)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
+    raw = summary(proc.stdout)
+    if raw is not None:
+        return _parse(raw)
+    raise WrkError(failure(proc.returncode, proc.stdout, proc.stderr))
+
+
+def command(
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    script: Path,
+    cpu: int | None,
+    timeout: float = 5.0,
+    args: Sequence[str] = (),
+) -> list[str]:
+    """The argv of one `wrk -t1` run pinned to `cpu`; `timeout` must outlast the slowest answer."""
     argv = [
         "wrk",
         "-t1",
         f"-c{connections}",
         f"-d{max(1, round(duration))}s",
         "--timeout",
-        "5s",
+        f"{max(1, round(timeout))}s",
         "-s",
         str(script),
         url,
@@ -127,12 +147,22 @@ def run(
         argv += ["--", *args]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
-    for line in proc.stdout.splitlines():
+    return argv
+
+
+def summary(stdout: str) -> dict[str, Any] | None:
+    """The JSON line a script's `done` hook printed after `MARKER`, or None when there is none."""
+    for line in stdout.splitlines():
         if line.startswith(MARKER):
-            return _parse(json.loads(line[len(MARKER) :]))
-    detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    raise WrkError(f"wrk exit {proc.returncode}: {detail[0]}")
+            raw: dict[str, Any] = json.loads(line[len(MARKER) :])
+            return raw
+    return None
+
+
+def failure(returncode: int | None, stdout: str, stderr: str) -> str:
+    """Why a run printed no summary: its exit status and the last line it wrote."""
+    detail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+    return f"wrk exit {returncode}: {detail[0]}"
 
 
 def _parse(raw: dict[str, float]) -> WrkResult:
