@@ -10,7 +10,7 @@ as for a full half-open breaker. The trial's verdict (``report_trial()``) closes
 ``max_recovery_timeout``). A verdict from an older generation is ignored, as the local breaker
 ignores outcomes of calls admitted before its last transition.
 
-Every call is bounded by ``timeout`` and fails with ``FleetUnavailable``; the caller then decides
+Every call is bounded by the client's timeouts and fails with ``FleetUnavailable``; the caller then decides
 on its local breaker alone.
 """
 
@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from sidecar.fleet import breaker_scripts as lua
-from sidecar.fleet.client import DEFAULT_TIMEOUT, guarded
+from sidecar.fleet.client import guarded
 from sidecar.fleet.keys import FleetKeys
 from sidecar.policy.gcra import micros, seconds
 
@@ -70,11 +70,9 @@ class SharedBreakers:
         redis: RespClient,
         *,
         keys: FleetKeys | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.keys = keys or FleetKeys()
-        self.timeout = timeout
         self._clock = clock
         self._redis = redis
         self._read = redis.register_script(lua.READ)
@@ -139,7 +137,7 @@ class SharedBreakers:
     async def _call(self, script: Any, provider: str, args: list[Any], what: str) -> list[int]:
         keys = [self.keys.breaker(provider), self.keys.trial(provider)]
         operation: Awaitable[list[int]] = script(keys, args)
-        return await guarded(operation, within=self.timeout, what=what, client=self._redis)
+        return await guarded(operation, what=what, client=self._redis)
 
 
 def _view(reply: list[int]) -> SharedBreakerView:

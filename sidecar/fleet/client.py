@@ -1,15 +1,16 @@
 """The Redis client for fleet state, and the one guard every call goes through: fail fast, typed.
 
-A sidecar must never hang on its Redis: every operation is bounded by ``timeout`` (a deadline on
-the whole call, on top of the client's read timeout) and every failure, whether refused connection,
-timeout, a server error such as ``LOADING`` or ``READONLY``, comes out as ``FleetUnavailable`` so
-the caller can fall back to its local state. The client does not retry by itself: a script that
-ran but whose reply was lost must not run twice, and the fallback decides what happens next.
+A sidecar must never hang on its Redis: every operation is bounded by the client's ``timeout``
+(its connect timeout, then its read timeout: a connection owing replies with none for that long is
+dropped, failing every command on it, so no per-call timer is needed), and every failure, whether
+refused connection, timeout, a server error such as ``LOADING`` or ``READONLY``, comes out as
+``FleetUnavailable`` so the caller can fall back to its local state. The client does not retry by
+itself: a script that ran but whose reply was lost must not run twice, and the fallback decides
+what happens next.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -29,15 +30,14 @@ def redis_client(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> RespClient:
     return RespClient(url, connect_timeout=timeout, read_timeout=timeout, name="sidecar-fleet")
 
 
-async def guarded(operation: Awaitable[T], *, within: float, what: str, client: RespClient) -> T:
-    """Await ``operation`` (a call on ``client``) for at most ``within`` seconds.
+async def guarded(operation: Awaitable[T], *, what: str, client: RespClient) -> T:
+    """Await ``operation`` (a call on ``client``, bounded by the client's timeouts).
 
     Any failure is ``FleetUnavailable``; a timed-out or failed connection is dropped, so the next
     call starts on a fresh one.
     """
     try:
-        async with asyncio.timeout(within):
-            return await operation
+        return await operation
     except (RespError, OSError, TimeoutError) as error:
         if not isinstance(error, ReplyError):
             client.disconnect()  # not a server's error reply: the connection is in doubt

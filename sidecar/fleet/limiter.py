@@ -1,6 +1,6 @@
 """The fleet limiter's backend: budgets, leases, pauses and AIMD shared by every sidecar on one Redis.
 
-Each decision is one script call (``limiter_scripts``), bounded by ``timeout``; failures come out
+Each decision is one script call (``limiter_scripts``), bounded by the client's timeouts; failures come out
 as ``FleetUnavailable`` (see ``FallbackLimiter`` for what happens then). A granted lease lives
 ``lease_ttl`` seconds in Redis and is renewed every third of that while its call runs, so a long
 call keeps its slot and a killed sidecar's slots come back within ``lease_ttl``. One task per
@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sidecar.fleet import limiter_scripts as lua
-from sidecar.fleet.client import DEFAULT_TIMEOUT, guarded
+from sidecar.fleet.client import guarded
 from sidecar.fleet.keys import FleetKeys
 from sidecar.limits.api import Completion, FleetUnavailable
 from sidecar.limits.queue import QueuedLimiter
@@ -89,14 +89,12 @@ class RedisBackend:
         redis: RespClient,
         *,
         keys: FleetKeys | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.redis = redis
         self.keys = keys or FleetKeys()
-        self.timeout = timeout
         self.lease_ttl = lease_ttl
         self._poll_interval = poll_interval
         self._sleep = sleep
@@ -232,7 +230,7 @@ class RedisBackend:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _guard(self, operation: Awaitable[Any], what: str) -> Any:
-        return await guarded(operation, within=self.timeout, what=what, client=self.redis)
+        return await guarded(operation, what=what, client=self.redis)
 
 
 def fleet_limiter(
@@ -241,13 +239,12 @@ def fleet_limiter(
     clock: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]],
     prefix: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
     lease_ttl: float = DEFAULT_LEASE_TTL,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
 ) -> QueuedLimiter:
     """The limiter whose budgets the whole fleet shares (``clock``: monotonic, for the waits)."""
     keys = FleetKeys() if prefix is None else FleetKeys(prefix)
     backend = RedisBackend(
-        redis, keys=keys, timeout=timeout, lease_ttl=lease_ttl, poll_interval=poll_interval, sleep=sleep
+        redis, keys=keys, lease_ttl=lease_ttl, poll_interval=poll_interval, sleep=sleep
     )
     return QueuedLimiter(backend, clock=clock, sleep=sleep)

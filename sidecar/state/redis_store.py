@@ -1,13 +1,15 @@
 """The shared ledger: every sidecar of a bot on one Redis (``resp.RespClient``, one pipelined connection).
 
 Each operation is one Lua script or one read, so claims are atomic across the fleet. Every call is
-bounded by ``op_timeout``; a connection failure makes the following calls fail at once with
-``StoreUnavailable`` until the reconnection backoff (``reconnect.ReconnectGate``) lets one probe
-through. Nothing is retried: a retried script after a lost reply could not tell its own claim from
-another's, and the caller is better served by a fast, typed failure. The client reconnects by
-itself on the next call. ``rediss://`` URLs use TLS (``?ssl_ca_certs=/path`` and the other
-``ssl_*`` query arguments: see ``config.redis_address``). The scripts touch keys they don't
-declare, so this needs a standalone Redis (or a Sentinel-managed primary), not Redis Cluster.
+bounded by the client's timeouts (``connect_timeout`` to connect, then ``op_timeout`` without a
+reply drops the connection, failing every call on it); a connection failure makes the following
+calls fail at once with ``StoreUnavailable`` until the reconnection backoff
+(``reconnect.ReconnectGate``) lets one probe through. Nothing is retried: a retried script after a
+lost reply could not tell its own claim from another's, and the caller is better served by a fast,
+typed failure. The client reconnects by itself on the next call. ``rediss://`` URLs use TLS
+(``?ssl_ca_certs=/path`` and the other ``ssl_*`` query arguments: see ``config.redis_address``). The
+scripts touch keys they don't declare, so this needs a standalone Redis (or a Sentinel-managed
+primary), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -219,8 +221,7 @@ class RedisStore(WaitsForSettling):
             if wait is not None:
                 raise StoreUnavailable(self.backend, f"reconnecting, next attempt in {wait:.2f}s")
             try:
-                async with asyncio.timeout(self.op_timeout):
-                    result = await call()
+                result = await call()  # bounded by the client: connect_timeout, then op_timeout
             except _CONNECTION_ERRORS as e:
                 self.gate.failed()
                 if self._client is not None:

@@ -66,6 +66,7 @@ class _Connection(asyncio.Protocol):
         self.progress = 0.0  # when a reply last came, or a command was sent to an idle connection
         self._timer: asyncio.TimerHandle | None = None
         self._timed_out = False
+        self._out: list[bytes] = []  # commands packed this turn of the loop, written together
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio's classes
@@ -79,8 +80,15 @@ class _Connection(asyncio.Protocol):
             if self._timer is None:
                 self._timer = self.loop.call_at(self.progress + self.read_timeout, self._check)
         self.waiters.append(waiter)
-        self.transport.write(packed)
+        if not self._out:  # the first command of this turn of the loop: flush them all after it
+            self.loop.call_soon(self._flush)
+        self._out.append(packed)
         return waiter
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and self.lost is None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # one syscall
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
