@@ -6,6 +6,10 @@ own ``X-Request-Id``, through the sidecar to a ``FaultProvider``. Outages (100% 
 on while the load runs, followed by a clean window so the breaker's recovery can be timed.
 Meanwhile ``/health/live`` on the ops port is polled from a thread and the sidecar's RSS is sampled.
 The ``Report`` holds the figures; ``Report.problems()`` lists every broken invariant.
+
+With ``Spec.sidecars`` > 1 the sidecars share a Redis ledger (``redis_url``), requests go round
+them, and each repeat of a created job goes to the next sidecar, not the one that created it.
+``keys_on_every_post`` gives the plain POSTs a key as well.
 """
 
 from __future__ import annotations
@@ -51,10 +55,15 @@ class Spec:
     budget_min_per_second: float = 3.0
     faults: FaultMix = field(default_factory=lambda: mix(
         status=0.10, reset=0.02, latency_ratio=0.2, latency=(0.001, 0.02)))
+    sidecars: int = 1
+    redis_url: str | None = None  # the ledger shared by the sidecars (else each its own SQLite)
+    keys_on_every_post: bool = False
 
 
 def config_yaml(spec: Spec, upstream: str, ledger_path: str | None = None) -> str:
     ledger = f"{{backend: sqlite, path: '{ledger_path}'}}" if ledger_path else "{backend: memory}"
+    if spec.redis_url:
+        ledger = f"{{backend: redis, url: '{spec.redis_url}', prefix: 'load:'}}"
     return f"""
 server: {{drain_time: 1s, shutdown_grace: 5s}}
 providers:
@@ -191,8 +200,9 @@ class _LivePoller:
 
 
 class _Run:
-    def __init__(self, spec: Spec, sidecar: Sidecar, provider: FaultProvider, report: Report) -> None:
-        self.spec, self.sc, self.fp, self.report = spec, sidecar, provider, report
+    def __init__(self, spec: Spec, sidecars: list[Sidecar], provider: FaultProvider, report: Report) -> None:
+        self.spec, self.sidecars, self.fp, self.report = spec, sidecars, provider, report
+        self.sc = sidecars[0]
         self.counter = itertools.count()
         self.done = 0
         self.sent: dict[str, str] = {}  # request id -> "GET" | "POST+key" | "POST" | "JOB"
@@ -214,6 +224,9 @@ class _Run:
         while (n := self._next()) is not None:
             rid = f"r{n}"
             kind = KINDS[n % len(KINDS)]
+            if kind == "POST" and self.spec.keys_on_every_post:
+                kind = "POST+key"
+            sidecar = self.sidecars[n % len(self.sidecars)]
             headers = {"X-Request-Id": rid}
             if kind in ("POST+key", "JOB"):
                 headers["Idempotency-Key"] = f"k{n}"
@@ -223,7 +236,7 @@ class _Run:
             data = None if method == "GET" else b'{"n": %d}' % n
             sent_at = time.monotonic()
             try:
-                async with session.request(method, f"{self.sc.proxy}{path}", headers=headers,
+                async with session.request(method, f"{sidecar.proxy}{path}", headers=headers,
                                            data=data) as resp:
                     body = await resp.read()
                     code = self._check(rid, kind, resp, body)
@@ -233,19 +246,20 @@ class _Run:
             self.report.by_code[code] += 1
             self.report.latencies_ms.append((time.monotonic() - sent_at) * 1000)
             if kind == "JOB" and code == "200":
-                await self._repeat_job(session, rid, path, headers, data)
+                again = self.sidecars[(n + 1) % len(self.sidecars)]  # another sidecar, when there is one
+                await self._repeat_job(session, again, rid, path, headers, data)
             self.done += 1
             if self.spec.requests and self.done >= self.spec.outage_at * self.spec.requests:
                 self.outage_due.set()
             if code == "503 circuit_open":
                 await asyncio.sleep(0.25)  # a polite client backs off on an open circuit
 
-    async def _repeat_job(self, session: aiohttp.ClientSession, rid: str, path: str,
+    async def _repeat_job(self, session: aiohttp.ClientSession, sidecar: Sidecar, rid: str, path: str,
                           headers: dict[str, str], data: bytes | None) -> None:
         """The bot repeats a create that succeeded: the ledger answers, the provider sees nothing."""
         again = {**headers, "X-Request-Id": f"{rid}-again"}
         try:
-            async with session.post(f"{self.sc.proxy}{path}", headers=again, data=data) as resp:
+            async with session.post(f"{sidecar.proxy}{path}", headers=again, data=data) as resp:
                 status, replayed, error, body = (resp.status, resp.headers.get("X-Sidecar-Replayed"),
                                                  resp.headers.get("X-Sidecar-Error"), await resp.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -357,15 +371,20 @@ async def run(spec: Spec, tmp: Path) -> Report:
     fp = await FaultProvider(spec.faults).start()
     report = Report()
     try:
+        others: list[Sidecar] = []
         sc = await start_sidecar(config_yaml(spec, fp.url, str(tmp / "ledger.sqlite3")), tmp)
         try:
+            for i in range(1, spec.sidecars):
+                (tmp / f"sidecar-{i}").mkdir()
+                others.append(await start_sidecar(config_yaml(spec, fp.url), tmp / f"sidecar-{i}",
+                                                  env={"SIDECAR_INSTANCE_ID": f"load-{i}"}))
             poller = _LivePoller()
             report.rss_start = report.rss_peak = sc.rss()
             await poller.start(sc.ops_port)
             # The load generator and the fake provider share these 2 cores with the sidecar; the
             # liveness figures are about the sidecar's loop, so it and the poller get the CPU first.
-            _prioritise(sc.proc.pid, poller.proc.pid)
-            load = _Run(spec, sc, fp, report)
+            _prioritise(sc.proc.pid, poller.proc.pid, *(o.proc.pid for o in others))
+            load = _Run(spec, [sc, *others], fp, report)
             try:
                 await load.go()
             finally:
@@ -374,17 +393,19 @@ async def run(spec: Spec, tmp: Path) -> Report:
             report.live_max_ms = live["max_ms"]
             report.live_p99_ms = live["p99_ms"]
             report.rss_end = sc.rss()
-            _provider_figures(report, fp, spec, load.attempts, load.unsteady)
-            values = await metric_values(sc)
-            report.retries = values.get("sidecar_retries_total", 0.0)
-            report.budget_exhausted = values.get("sidecar_retry_budget_exhausted_total", 0.0)
+            _provider_figures(report, fp, spec, load.attempts, load.sent, load.unsteady)
+            for each in [sc, *others]:
+                values = await metric_values(each)
+                report.retries += values.get("sidecar_retries_total", 0.0)
+                report.budget_exhausted += values.get("sidecar_retry_budget_exhausted_total", 0.0)
             # Per 10 s window at most max(ratio x first attempts, min_per_second x 10): summed over
             # the run that is below ratio x all first attempts + min_per_second x (elapsed + 10).
-            report.retry_budget_bound = (spec.budget_ratio * report.requests
-                                         + spec.budget_min_per_second * (report.elapsed + 10) + 10)
+            report.retry_budget_bound = (spec.budget_ratio * report.requests + spec.sidecars * (
+                spec.budget_min_per_second * (report.elapsed + 10) + 10))
         finally:
-            await sc.stop()
-        report.transitions = sc.transitions()
+            for each in [*others, sc]:
+                await each.stop()
+        report.transitions = sorted(t for each in [sc, *others] for t in each.transitions())
         report.recovery_bound = spec.recovery_timeout + 1.0
         for _, end in report.outages:
             closes = [t for t, _, to in report.transitions if to == "closed" and t >= end]
@@ -403,7 +424,7 @@ def run_on_uvloop(spec: Spec, tmp: Path) -> Report:
 
 
 def _provider_figures(report: Report, fp: FaultProvider, spec: Spec, attempts: dict[str, int],
-                      unsteady: list[tuple[float, float]]) -> None:
+                      sent: dict[str, str], unsteady: list[tuple[float, float]]) -> None:
     report.provider_requests = len(fp.seen)
     report.provider_faults = Counter(fp.counts)
     jobs = Counter(s.idempotency_key for s in fp.seen if "/v1/jobs/" in s.path)
@@ -416,7 +437,7 @@ def _provider_figures(report: Report, fp: FaultProvider, spec: Spec, attempts: d
     for rid, n in counts.items():
         if n > spec.max_attempts:
             report.over_max_attempts += 1
-        if n > 1 and rid[1:].isdigit() and KINDS[int(rid[1:]) % len(KINDS)] == "POST":
+        if n > 1 and sent.get(rid) == "POST":
             report.post_duplicates += 1
         if n > attempts.get(rid, 0):
             report.attempts_mismatch += 1

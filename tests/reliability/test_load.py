@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ..support.redis_server import RedisServer
 from .load import Spec, run_on_uvloop
 
 
@@ -35,3 +36,21 @@ async def test_load_with_faults_keeps_every_invariant(tmp_path: Path) -> None:
     assert report.job_replays > 0  # repeats of paid creates really met the ledger
     assert len(report.outages) == 1 and report.by_code["503 circuit_open"] > 0
     assert report.outage_provider_share[0] < 0.5  # the open breaker kept most traffic off the provider
+
+
+@pytest.mark.slow
+async def test_two_sidecars_on_one_redis_never_send_a_key_twice(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The same load and faults through two sidecars sharing a Redis ledger, a key on every POST,
+    each repeat of a created job sent to the other sidecar: no paid-create key reaches the provider
+    twice, and every repeat is answered from the ledger the first sidecar wrote."""
+    spec = Spec(requests=int(os.environ.get("RELIABILITY_REQUESTS", "20000")) // 2, sidecars=2,
+                redis_url=redis_server.url, keys_on_every_post=True)
+    report = await asyncio.to_thread(run_on_uvloop, spec, tmp_path)
+    print(report.summary())
+    assert report.problems() == []
+    assert report.requests == spec.requests == sum(report.by_code.values())
+    assert report.provider_faults["status"] > 0.02 * spec.requests
+    assert report.job_duplicates == 0
+    assert report.job_replays > 0.05 * spec.requests  # a sixth are creates; most succeed
