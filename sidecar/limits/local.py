@@ -49,7 +49,29 @@ class _LocalLease:
         return self._granted.admitted_at
 
     async def release(self, completion: Completion) -> None:
+        self.release_now(completion)
+
+    def release_now(self, completion: Completion) -> None:
         self._backend.release(self._provider, self._budgets, self._granted, completion)
+
+
+class _OpenLease:
+    """A place in budgets that limit nothing: counted per provider (the base of a lowering after a
+    concurrency 429), booked nowhere."""
+
+    __slots__ = ("_backend", "_provider", "admitted_at")
+    wait = 0.0
+
+    def __init__(self, backend: LocalBackend, provider: str, admitted_at: int) -> None:
+        self._backend = backend
+        self._provider = provider
+        self.admitted_at = admitted_at
+
+    async def release(self, completion: Completion) -> None:
+        self.release_now(completion)
+
+    def release_now(self, completion: Completion) -> None:
+        self._backend.release_open(self._provider, self.admitted_at, completion)
 
 
 class LocalBackend:
@@ -62,18 +84,31 @@ class LocalBackend:
         self._budgets: dict[tuple[str, str], Budget] = {}
         self._paused_until: dict[str, int] = {}
         self._aimd: dict[str, AimdState] = {}
+        self._open: dict[str, int] = {}  # per provider: calls in flight on open leases
         self._ids = itertools.count(1)
 
     async def try_acquire(
         self, provider: str, scopes: Sequence[Scope], max_wait: float
-    ) -> _LocalLease | Blocked:
+    ) -> _LocalLease | _OpenLease | Blocked:
         return self.acquire_now(provider, scopes, max_wait)
 
     def acquire_now(
         self, provider: str, scopes: Sequence[Scope], max_wait: float
-    ) -> _LocalLease | Blocked:
-        """``try_acquire`` without a coroutine: the decision is made in memory and nothing waits."""
+    ) -> _LocalLease | _OpenLease | Blocked:
+        """``try_acquire`` without a coroutine: the decision is made in memory and nothing waits.
+
+        Budgets that limit nothing (no rate, no concurrency: a provider without ``rate_limit``) admit
+        at once while the provider is neither paused nor lowered, with nothing booked: the common
+        case costs a count, not a lease in each budget.
+        """
         now = micros(self._clock())
+        if (
+            all(s.gcra is None and s.concurrency is None for s in scopes)
+            and self._paused_until.get(provider, 0) <= now
+            and provider not in self._aimd
+        ):
+            self._open[provider] = self._open.get(provider, 0) + 1
+            return _OpenLease(self, provider, now)
         budgets = [(s, self._budget(provider, s)) for s in scopes]
         result = admit(
             now,
@@ -83,6 +118,7 @@ class LocalBackend:
             max_wait=micros(max_wait),
             lease_id=str(next(self._ids)),
             lease_expires_at=math.inf,
+            unbooked=self._open.get(provider, 0),
         )
         if isinstance(result, Blocked):
             return result
@@ -105,19 +141,38 @@ class LocalBackend:
         now = micros(self._clock())
         limited = completion is Completion.CONCURRENCY_LIMITED
         own = next(((s, b) for s, b in budgets if s.name == PROVIDER_SCOPE), None) if limited else None
-        in_flight = own[1].leases.count(now) if own is not None else 1  # this call included
+        in_flight = 1  # this call
+        if limited:
+            in_flight = (own[1].leases.count(now) if own is not None else 1) + self._open.get(provider, 0)
         for _, budget in budgets:
             budget.leases.release(granted.lease_id)
+        configured = own[0].concurrency if own is not None else None
+        self._aimd_step(provider, completion, now, granted.admitted_at, in_flight, configured)
+
+    def release_open(self, provider: str, admitted_at: int, completion: Completion) -> None:
+        open_ = self._open[provider] = self._open[provider] - 1
+        if completion is Completion.CONCURRENCY_LIMITED or provider in self._aimd:
+            now = micros(self._clock())
+            own = self._budgets.get((provider, PROVIDER_SCOPE))
+            in_flight = open_ + 1 + (own.leases.count(now) if own is not None else 0)
+            self._aimd_step(provider, completion, now, admitted_at, in_flight, None)
+
+    def _aimd_step(
+        self, provider: str, completion: Completion, now: int, admitted_at: int, in_flight: int,
+        configured: int | None,
+    ) -> None:
+        """Lower the provider's concurrency after its concurrency 429, grow it back after successes."""
         state = self._aimd.get(provider)
-        if limited:
-            configured = own[0].concurrency if own is not None else None
+        if completion is Completion.CONCURRENCY_LIMITED:
             state = aimd_after_concurrency_429(
-                state, now=now, admitted_at=granted.admitted_at, in_flight=in_flight, configured=configured
+                state, now=now, admitted_at=admitted_at, in_flight=in_flight, configured=configured
             )
         elif completion is Completion.OK:
             if state is None:
                 return  # nothing lowered: nothing to grow back
             state = aimd_after_success(state, now)
+        else:
+            return
         if state is None:
             self._aimd.pop(provider, None)
         else:
@@ -131,11 +186,12 @@ class LocalBackend:
         """(slots held, seconds until a start would be allowed) of one budget, for inspection."""
         now = micros(self._clock())
         budget = self._budgets.get((provider, scope.name))
+        open_ = self._open.get(provider, 0) if scope.name == PROVIDER_SCOPE else 0
         if budget is None:
-            return 0, 0.0
+            return open_, 0.0
         gcra = scope.gcra
         wait = 0 if gcra is None else max(0, gcra.earliest(budget.tat) - now)
-        return budget.leases.count(now), seconds(wait)
+        return budget.leases.count(now) + open_, seconds(wait)
 
     async def pause(self, provider: str, seconds_: float) -> float:
         now = micros(self._clock())

@@ -99,18 +99,21 @@ def admit(
     max_wait: int,
     lease_id: str,
     lease_expires_at: float,
+    unbooked: int = 0,
 ) -> Granted | Blocked:
     """Decide at ``now`` (µs) and, when admitted, book the call in every budget.
 
     ``lowered_limit`` is the AIMD limit of the provider's scope, if one is in force; ``max_wait``
-    is how long this caller may still wait (µs).
+    is how long this caller may still wait (µs); ``unbooked`` counts the provider's calls in flight
+    that hold no lease (admitted while its budgets limited nothing), for its concurrency.
     """
     if paused_until > now:
         return Blocked(Reason.PROVIDER_PAUSE, (paused_until - now) / MICROS)
     start, rate_scope = now, None
     for scope, budget in budgets:
         limit = _limit(scope, lowered_limit)
-        if limit is not None and budget.leases.count(now) >= limit:
+        held = budget.leases.count(now) + (unbooked if scope.name == PROVIDER_SCOPE else 0)
+        if limit is not None and held >= limit:
             return Blocked(Reason.CONCURRENCY, CONCURRENCY_RETRY_AFTER, scope.name)
         if scope.gcra is not None and (earliest := scope.gcra.earliest(budget.tat)) > start:
             start, rate_scope = earliest, scope.name

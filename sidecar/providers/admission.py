@@ -24,7 +24,6 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Protocol
 
 import aiohttp
@@ -171,16 +170,13 @@ class Ticket:
             return Completion.OK
         return Completion.CONCURRENCY_LIMITED if self._concurrency_429 else Completion.ABANDONED
 
-    async def __aenter__(self) -> Ticket:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def close(self) -> None:
+        """Give the place back, reporting how the request ended (once the answer is relayed)."""
         try:
             await self._slot.release(self._completion())
         finally:
             self._provider.in_flight -= 1
+
 
 
 class Limits:

@@ -31,7 +31,7 @@ from ..state import InvalidIdempotencyKey, Outcome, fingerprint, validate_idempo
 from ..upstream.attempts import AttemptLoop
 from ..upstream.h1pool import Body, H1Response
 from ..upstream.transports import pool_send
-from .admission import Limits, Ticket
+from .admission import Limits
 from .ledger import OUTCOME, JobLedger, JobRequest
 from .reconcile import replicate_reconciler
 from .runtime import ProxyRuntime
@@ -205,7 +205,9 @@ class ProxyHandler:
             route=route,
             retryable=eligible and replayable,
         )
-        return await self._through_fleet(request, rt, out, request_id, None)
+        if rt.name in self._shared:
+            return await self._through_fleet(request, rt, out, request_id, None)
+        return await self._send(request, rt, out, request_id, None)
 
     async def _through_fleet(
         self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
@@ -218,65 +220,62 @@ class ProxyHandler:
         route = out.route
         link = self._shared.get(rt.name)
         if link is None:
-            return await self._admitted(request, rt, out, request_id, tap)
+            return await self._send(request, rt, out, request_id, tap)
         decision = await link.before(route)
         if isinstance(decision, Rejection):
             rt.metrics.short_circuited.inc()
             return _with_request_id(to_response(_fleet_open(rt.name, decision)), request_id)
         verdict: bool | None = None
         try:
-            response = await self._admitted(request, rt, out, request_id, tap)
+            response = await self._send(request, rt, out, request_id, tap)
             verdict = _trial_verdict(response, route)
             return response
         finally:
             await link.after(decision, verdict)
 
-    async def _admitted(
+    async def _send(
         self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
         tap: Tap | None,
     ) -> web.StreamResponse:
-        """Through the provider's limits (when there are any), then sent and relayed."""
-        route = out.route
-        if self._limits is None:
-            return await self._send(request, rt, out, request_id, None, tap)
+        """Through the provider's limits (when there are any), then sent and relayed; the place
+        is held until the answer is relayed."""
+        ticket = None
+        if self._limits is not None:
+            try:
+                ticket = await self._limits.admit(rt.name, out.route, out.route.timeouts.total)
+            except SidecarError as refused:
+                return _with_request_id(to_response(refused), request_id)
         try:
-            ticket = await self._limits.admit(rt.name, route, route.timeouts.total)
-        except SidecarError as refused:
-            return _with_request_id(to_response(refused), request_id)
-        async with ticket:
-            return await self._send(request, rt, out, request_id, ticket, tap)
-
-    async def _send(
-        self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
-        ticket: Ticket | None, tap: Tap | None,
-    ) -> web.StreamResponse:
-        route = out.route
-        send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)
-        # timeouts.total bounds the wait for a place and the attempts together
-        spent = ticket.waited if ticket is not None else 0.0
-        exchange = await self._loop.run(
-            rt, send, route=route, retryable=out.retryable, gate=ticket, spent=spent
-        )
-        if ticket is not None:
-            ticket.finish(None if exchange.response is None else exchange.response.status)
-        up = exchange.response
-        if up is None:
-            assert exchange.error is not None
-            resp = _with_request_id(to_response(exchange.error), request_id)
-            if tap is not None:
-                tap.unanswered(exchange.sent)
-                if tap.outcome is Outcome.UNKNOWN:
-                    resp.headers[OUTCOME] = "unknown"
-            return resp
-        if tap is None:
-            return await relay(request, up, exchange.attempts, request_id, rt.name)
-        answer = filter_headers(up.headers, RESPONSE_DROP)
-        tap.answered(up.status, answer)  # what a replay gives back, before per-request headers
-        answer[ATTEMPTS] = str(exchange.attempts)
-        answer[REQUEST_ID] = request_id
-        if tap.outcome is Outcome.UNKNOWN:
-            answer[OUTCOME] = "unknown"
-        return await relay_tapped(request, up, answer, tap)
+            route = out.route
+            send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)
+            # timeouts.total bounds the wait for a place and the attempts together
+            spent = ticket.waited if ticket is not None else 0.0
+            exchange = await self._loop.run(
+                rt, send, route=route, retryable=out.retryable, gate=ticket, spent=spent
+            )
+            if ticket is not None:
+                ticket.finish(None if exchange.response is None else exchange.response.status)
+            up = exchange.response
+            if up is None:
+                assert exchange.error is not None
+                resp = _with_request_id(to_response(exchange.error), request_id)
+                if tap is not None:
+                    tap.unanswered(exchange.sent)
+                    if tap.outcome is Outcome.UNKNOWN:
+                        resp.headers[OUTCOME] = "unknown"
+                return resp
+            if tap is None:
+                return await relay(request, up, exchange.attempts, request_id, rt.name)
+            answer = filter_headers(up.headers, RESPONSE_DROP)
+            tap.answered(up.status, answer)  # what a replay gives back, before per-request headers
+            answer[ATTEMPTS] = str(exchange.attempts)
+            answer[REQUEST_ID] = request_id
+            if tap.outcome is Outcome.UNKNOWN:
+                answer[OUTCOME] = "unknown"
+            return await relay_tapped(request, up, answer, tap)
+        finally:
+            if ticket is not None:
+                await ticket.close()
 
     async def _forward_job(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str, route: RouteConfig,

@@ -44,11 +44,11 @@ class ProxyRuntime:
     auth_headers: tuple[tuple[istr, str], ...]
     base_url: str
     inflight: int = 0
+    name: str = field(init=False)  # the config's, read on every request
     _pool: H1Pool | None = field(default=None, repr=False)
 
-    @property
-    def name(self) -> str:
-        return self.config.name
+    def __post_init__(self) -> None:
+        self.name = self.config.name
 
     @property
     def control(self) -> CircuitBreaker:
@@ -89,11 +89,11 @@ class DownloadRuntime:
     metrics: ProviderMetrics
     default_route: RouteConfig
     inflight: int = 0
+    name: str = field(init=False)  # the config's, read on every request
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
-    @property
-    def name(self) -> str:
-        return self.config.name
+    def __post_init__(self) -> None:
+        self.name = self.config.name
 
     @property
     def control(self) -> HostBreakers:

@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from aiohttp import web
 
@@ -108,16 +108,12 @@ def _proxy_dispatch(svc: Services) -> Callable[[web.Request], Awaitable[web.Stre
     proxy = ProxyHandler(svc.attempts, svc.limits, svc.shared, jobs=svc.jobs)
     download = DownloadHandler(registry, svc.attempts)
 
-    async def forward(
-        request: web.Request, rt: ProviderRuntime, rest: str, query: str, route: RouteConfig,
-        request_id: str,
-    ) -> web.StreamResponse:
-        """The handler of the provider's kind, chosen by its runtime's type."""
-        if isinstance(rt, ProxyRuntime):
-            return await proxy.forward(request, rt, rest, query, route, request_id)
-        return await download.forward(request, rt, rest, query, route, request_id)
-
-    serve = _ProviderCalls(svc, forward)
+    # The handler of each provider's kind, chosen once by its runtime's type.
+    forwards = {
+        name: cast(Forward, proxy.forward if isinstance(rt, ProxyRuntime) else download.forward)
+        for name, rt in registry.providers.items()
+    }
+    serve = _ProviderCalls(svc, forwards)
     providers = registry.providers
     known = registry.known
     # Only the request series: a provider that doesn't exist has no breaker, attempts or retries.
@@ -151,8 +147,8 @@ class _ProviderCalls:
     """What every request to a provider gets, whatever its kind: a request id, the in-flight count
     and its bulkhead, the request metrics and the access log line."""
 
-    def __init__(self, svc: Services, forward: Forward) -> None:
-        self._forward = forward
+    def __init__(self, svc: Services, forwards: Mapping[str, Forward]) -> None:
+        self._forwards = forwards
         self._clock = svc.clock
         self._rng = svc.rng
         self._metrics = {name: svc.metrics.provider(name) for name in svc.registry.providers}
@@ -171,7 +167,7 @@ class _ProviderCalls:
             resp: web.StreamResponse
             refused = self._refusal(rt)
             if refused is None:
-                resp = await self._forward(request, rt, rest, query, route, request_id)
+                resp = await self._forwards[rt.name](request, rt, rest, query, route, request_id)
             else:
                 refused.headers[REQUEST_ID] = request_id
                 resp = refused
