@@ -217,7 +217,11 @@ class RespClient:
     def _opened(self, done: asyncio.Future[_Connection]) -> None:
         self._connecting = None
         if not done.cancelled() and done.exception() is None:
-            self._connection = done.result()
+            connection = done.result()
+            if self._closed:  # aclose() came while connecting: keep nothing open, send nothing
+                connection.close()
+            else:
+                self._connection = connection
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -223,10 +223,11 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")  # may fail (busy outside WAL, I/O): the transaction is then still open
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back by itself already
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def is_busy(error: sqlite3.Error) -> bool:

@@ -209,3 +209,37 @@ def test_a_url_gives_every_part_of_the_address() -> None:
     assert (a.cert_reqs, a.check_hostname) == ("none", False)
     assert parse_redis_url("redis://r").port == 6379
     assert "p@ss" not in repr(a)
+
+
+async def test_a_connection_made_while_the_client_closes_is_not_kept() -> None:
+    """aclose() while a connect is under way (here: waiting for AUTH's reply): the connection that
+    comes up afterwards is closed at once and the command that asked for it fails; nothing more is
+    sent on it (before, it was kept as the client's connection, open for good after aclose)."""
+    received = bytearray()
+    eof = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while chunk := await reader.read(65536):
+            received.extend(chunk)
+        eof.set()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = RespClient(f"redis://:pw@127.0.0.1:{port}/0", connect_timeout=5, read_timeout=2)
+    try:
+        pending = asyncio.ensure_future(c.execute("GET", "k"))
+        await eventually(lambda: b"AUTH" in received, what="AUTH sent")
+        await c.aclose()
+        writers[0].write(b"+OK\r\n")  # the connect completes after the close
+        await writers[0].drain()
+        with pytest.raises(RespConnectionError, match="closed"):
+            await pending
+        await asyncio.wait_for(eof.wait(), 5)  # the socket is not left open
+        assert b"GET" not in received
+    finally:
+        for w in writers:
+            w.close()
+        server.close()
+        await server.wait_closed()

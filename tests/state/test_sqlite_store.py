@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from sidecar.state import SqliteStore, StoredResponse
 from tests.support.fakes import FakeClock
@@ -70,3 +73,35 @@ async def test_without_checkpoints_the_records_stay_in_the_log(tmp_path: Path) -
     assert _file_size(Path(f"{path}-wal")) > 1000 * 4096
     assert (await store.health()).entries == 1500
     await store.close()
+
+
+def test_a_claim_whose_commit_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """A COMMIT that fails (here SQLITE_BUSY: rollback-journal file, a reader holding its lock) must
+    roll back: the loop's connection would otherwise stay inside the claim's transaction, holding
+    the write lock against the thread it falls back to, and every later statement of it would join
+    that transaction and never be committed."""
+
+    from sidecar.state.records import LedgerRecord, RecordState
+    from sidecar.state.sqlite_db import Db, is_busy
+
+    path = tmp_path / "ledger.sqlite3"
+    worker = Db.open(path, 2.0)
+    worker.conn.execute("PRAGMA journal_mode=DELETE")  # a file where WAL is not in force
+    loop = Db.attach(path)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM ledger_records").fetchall()  # holds SHARED: COMMIT can't write
+    now = time.time()
+    record = LedgerRecord("p", "k", "f" * 64, RecordState.IN_FLIGHT, "me", "c1", claimed_at=now,
+                          sent_at=None, expires_at=now + 60)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            loop.claim(record, now, 100)
+        assert is_busy(busy.value)
+        assert not loop.conn.in_transaction
+        reader.execute("COMMIT")
+        assert worker.claim(record, now, 100) == (None, 0)  # the fallback is not locked out
+    finally:
+        reader.close()
+        loop.close()
+        worker.close()
