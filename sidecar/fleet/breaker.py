@@ -137,7 +137,7 @@ class SharedBreakers:
     async def _call(self, script: Any, provider: str, args: list[Any], what: str) -> list[int]:
         keys = [self.keys.breaker(provider), self.keys.trial(provider)]
         operation: Awaitable[list[int]] = script(keys, args)
-        return await guarded(operation, what=what, client=self._redis)
+        return await guarded(operation, what=what)
 
 
 def _view(reply: list[int]) -> SharedBreakerView:

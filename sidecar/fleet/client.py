@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from sidecar.limits.api import FleetUnavailable
-from sidecar.state.resp import ReplyError, RespClient, RespError
+from sidecar.state.resp import RespClient, RespError
 
 __all__ = ["DEFAULT_TIMEOUT", "guarded", "redis_client"]
 
@@ -30,15 +30,15 @@ def redis_client(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> RespClient:
     return RespClient(url, connect_timeout=timeout, read_timeout=timeout, name="sidecar-fleet")
 
 
-async def guarded(operation: Awaitable[T], *, what: str, client: RespClient) -> T:
-    """Await ``operation`` (a call on ``client``, bounded by the client's timeouts).
+async def guarded(operation: Awaitable[T], *, what: str) -> T:
+    """Await ``operation`` (a call on the fleet's client, bounded by the client's timeouts).
 
-    Any failure is ``FleetUnavailable``; a timed-out or failed connection is dropped, so the next
-    call starts on a fresh one.
+    Any failure is ``FleetUnavailable``; the client has already dropped a timed-out or failed
+    connection, so the next call starts on a fresh one.
     """
     try:
         return await operation
     except (RespError, OSError, TimeoutError) as error:
-        if not isinstance(error, ReplyError):
-            client.disconnect()  # not a server's error reply: the connection is in doubt
+        # A failed or timed-out connection was dropped by the client itself, with every command on
+        # it: dropping "the" connection here could end a fresh one another caller just made.
         raise FleetUnavailable(f"{what}: {type(error).__name__}: {error}") from error

@@ -230,7 +230,7 @@ class RedisBackend:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _guard(self, operation: Awaitable[Any], what: str) -> Any:
-        return await guarded(operation, what=what, client=self.redis)
+        return await guarded(operation, what=what)
 
 
 def fleet_limiter(

@@ -223,9 +223,7 @@ class RedisStore(WaitsForSettling):
             try:
                 result = await call()  # bounded by the client: connect_timeout, then op_timeout
             except _CONNECTION_ERRORS as e:
-                self.gate.failed()
-                if self._client is not None:
-                    self._client.disconnect()  # a reply may still be owed: start afresh
+                self.gate.failed()  # the client dropped the connection itself: the next call reconnects
                 raise StoreUnavailable(self.backend, f"{type(e).__name__}: {e}") from e
             except ReplyError as e:
                 self.gate.succeeded()  # it answered: the connection is fine, the command was not

@@ -107,7 +107,10 @@ class _Connection(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def eof_received(self) -> bool:
-        return False  # close the transport: the server went away
+        # The server went away: close the transport, and let a command sent before connection_lost
+        # runs make a new connection rather than fail on this one.
+        self.lost = self.lost or RespConnectionError("connection closed by the server")
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timed_out:
@@ -240,7 +243,12 @@ class RespClient:
                     hello.append(("AUTH", a.username, a.password) if a.username else ("AUTH", a.password))
                 if a.db:
                     hello.append(("SELECT", a.db))
-                await asyncio.gather(*(connection.send(_pack(tuple(c))) for c in hello))
+                replies = await asyncio.gather(
+                    *(connection.send(_pack(tuple(c))) for c in hello), return_exceptions=True
+                )
+                failed = next((r for r in replies if isinstance(r, BaseException)), None)
+                if failed is not None:
+                    raise failed
             if self.name:  # a label for CLIENT LIST: its reply is not waited for
                 connection.send(_pack(("CLIENT", "SETNAME", self.name))).add_done_callback(_ignore)
         except TimeoutError:
