@@ -20,15 +20,13 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sidecar.fleet import breaker_scripts as lua
 from sidecar.fleet.client import guarded
 from sidecar.fleet.keys import FleetKeys
 from sidecar.policy.gcra import micros, seconds
-
-if TYPE_CHECKING:
-    from sidecar.state.resp import RespClient
+from sidecar.state.resp import RespClient
 
 __all__ = ["SharedBreakerView", "SharedBreakers", "SharedState", "Trial"]
 
@@ -74,7 +72,6 @@ class SharedBreakers:
     ) -> None:
         self.keys = keys or FleetKeys()
         self._clock = clock
-        self._redis = redis
         self._read = redis.register_script(lua.READ)
         self._open = redis.register_script(lua.OPEN)
         self._trial = redis.register_script(lua.TRIAL)

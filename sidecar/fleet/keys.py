@@ -26,16 +26,25 @@ def escape(name: str) -> str:
 class FleetKeys:
     """``<prefix>{<provider>}:<what>``; a route scope adds ``:<route>`` (the provider's own is ``*``)."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("_bases", "_scopes", "prefix")
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = prefix
+        # Names are escaped once: the same few providers and scopes are asked for on every call.
+        self._bases: dict[str, str] = {}
+        self._scopes: dict[str, str] = {PROVIDER_SCOPE: PROVIDER_SCOPE}
 
     def _base(self, provider: str) -> str:
-        return f"{self.prefix}{{{escape(provider)}}}"
+        base = self._bases.get(provider)
+        if base is None:
+            base = self._bases[provider] = f"{self.prefix}{{{escape(provider)}}}"
+        return base
 
     def _scope(self, scope: str) -> str:
-        return PROVIDER_SCOPE if scope == PROVIDER_SCOPE else escape(scope)
+        escaped = self._scopes.get(scope)
+        if escaped is None:
+            escaped = self._scopes[scope] = escape(scope)
+        return escaped
 
     def pause(self, provider: str) -> str:
         return f"{self._base(provider)}:pause"

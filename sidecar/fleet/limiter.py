@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sidecar.fleet import limiter_scripts as lua
 from sidecar.fleet.client import guarded
@@ -33,9 +33,7 @@ from sidecar.policy.admission import (
     Scope,
 )
 from sidecar.policy.gcra import micros, seconds
-
-if TYPE_CHECKING:
-    from sidecar.state.resp import RespClient
+from sidecar.state.resp import RespClient
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -71,7 +69,7 @@ class _FleetLease:
         self._backend.hold(self.lease_id, self._keys)
 
     async def release(self, completion: Completion) -> None:
-        self._backend.held.pop(self.lease_id, None)
+        self._backend.let_go(self.lease_id)
         try:
             await self._backend.release(self._provider, self._scopes, self, completion)
         except FleetUnavailable as error:
@@ -104,7 +102,7 @@ class RedisBackend:
         self._pause = redis.register_script(lua.PAUSE)
         self._paused_for = redis.register_script(lua.PAUSED_FOR)
         self._usage = redis.register_script(lua.USAGE)
-        self.held: dict[str, list[str]] = {}  # lease id -> its lease sets, while its call runs
+        self._held: dict[str, list[str]] = {}  # lease id -> its lease sets, while its call runs
         self._renewer: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Task[Any]] = set()
         self.log = get_logger("limits")
@@ -175,19 +173,22 @@ class RedisBackend:
         await self._guard(self._release(keys, args), "release")
 
     def hold(self, lease_id: str, keys: list[str]) -> None:
-        """Keep ``lease_id`` renewed until it is let go (``held.pop``)."""
-        self.held[lease_id] = keys
+        """Keep ``lease_id`` renewed until it is let go."""
+        self._held[lease_id] = keys
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._renew_held(), name="sidecar-fleet-lease-renewal")
 
+    def let_go(self, lease_id: str) -> None:
+        self._held.pop(lease_id, None)
+
     async def _renew_held(self) -> None:
         """Every third of ``lease_ttl``, push out the expiry of every lease still held; ends once none is."""
-        while self.held:
+        while self._held:
             await self._sleep(self.lease_ttl / 3)
             ttl = micros(self.lease_ttl)
             results = await asyncio.gather(
                 *(self._guard(self._renew(keys, [lease_id, ttl]), "renew") for lease_id, keys in
-                  list(self.held.items())),
+                  list(self._held.items())),
                 return_exceptions=True,
             )
             failed = [r for r in results if isinstance(r, BaseException)]

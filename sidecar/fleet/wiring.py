@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sidecar.config import SidecarConfig, fleet_lease_ttl, shared_redis
+from sidecar.fleet.breaker import SharedBreakers
+from sidecar.fleet.client import redis_client
 from sidecar.fleet.keys import FleetKeys
+from sidecar.fleet.limiter import DEFAULT_LEASE_TTL, RedisBackend
 from sidecar.limits import FallbackLimiter, FleetUnavailable, Limiter, LocalBackend, QueuedLimiter
 from sidecar.limits.fallback import Mode
 from sidecar.policy.admission import Scope
-
-if TYPE_CHECKING:  # the fleet's modules are loaded only when a Redis is configured
-    from sidecar.fleet.breaker import SharedBreakers
-    from sidecar.fleet.limiter import RedisBackend
-    from sidecar.state.resp import RespClient
+from sidecar.state.resp import RespClient
 
 __all__ = ["FleetState"]
 
@@ -59,10 +57,6 @@ class FleetState:
         where = shared_redis(config)
         if where is None:
             return cls(local, own)
-        from sidecar.fleet.breaker import SharedBreakers  # see TYPE_CHECKING
-        from sidecar.fleet.client import redis_client
-        from sidecar.fleet.limiter import DEFAULT_LEASE_TTL, RedisBackend
-
         redis = redis_client(where.url)
         keys = FleetKeys(where.prefix)
         lease_ttl = fleet_lease_ttl(environ) or DEFAULT_LEASE_TTL

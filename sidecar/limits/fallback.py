@@ -84,6 +84,11 @@ class FallbackLimiter:
         slot.waited += spent
         return slot
 
+    def acquire_at_once(self, provider: str, scopes: Sequence[Scope]) -> Slot | None:
+        """The limiter in force answers (the fleet's asks Redis, so never at once)."""
+        current = self.fleet if self._mode == "fleet" else self.local
+        return current.acquire_at_once(provider, scopes)
+
     async def pause(self, provider: str, seconds: float) -> float:
         local = await self.local.pause(provider, seconds)
         if self._mode == "fleet":

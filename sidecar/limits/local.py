@@ -139,33 +139,34 @@ class LocalBackend:
         completion: Completion,
     ) -> None:
         now = micros(self._clock())
-        limited = completion is Completion.CONCURRENCY_LIMITED
-        own = next(((s, b) for s, b in budgets if s.name == PROVIDER_SCOPE), None) if limited else None
-        in_flight = 1  # this call
-        if limited:
-            in_flight = (own[1].leases.count(now) if own is not None else 1) + self._open.get(provider, 0)
+        own = next((s for s, _ in budgets if s.name == PROVIDER_SCOPE), None)
+        configured = own.concurrency if own is not None else None
+        # counted before this call's lease goes, so it counts itself
+        self._aimd_step(provider, completion, now, granted.admitted_at, configured)
         for _, budget in budgets:
             budget.leases.release(granted.lease_id)
-        configured = own[0].concurrency if own is not None else None
-        self._aimd_step(provider, completion, now, granted.admitted_at, in_flight, configured)
 
     def release_open(self, provider: str, admitted_at: int, completion: Completion) -> None:
-        open_ = self._open[provider] = self._open[provider] - 1
         if completion is Completion.CONCURRENCY_LIMITED or provider in self._aimd:
-            now = micros(self._clock())
-            own = self._budgets.get((provider, PROVIDER_SCOPE))
-            in_flight = open_ + 1 + (own.leases.count(now) if own is not None else 0)
-            self._aimd_step(provider, completion, now, admitted_at, in_flight, None)
+            # counted before this call leaves the open count, so it counts itself
+            self._aimd_step(provider, completion, micros(self._clock()), admitted_at, None)
+        self._open[provider] -= 1
+
+    def _in_flight(self, provider: str, now: int) -> int:
+        """The provider's calls holding a place: leases in its own budget, and open ones."""
+        own = self._budgets.get((provider, PROVIDER_SCOPE))
+        return (own.leases.count(now) if own is not None else 0) + self._open.get(provider, 0)
 
     def _aimd_step(
-        self, provider: str, completion: Completion, now: int, admitted_at: int, in_flight: int,
+        self, provider: str, completion: Completion, now: int, admitted_at: int,
         configured: int | None,
     ) -> None:
         """Lower the provider's concurrency after its concurrency 429, grow it back after successes."""
         state = self._aimd.get(provider)
         if completion is Completion.CONCURRENCY_LIMITED:
             state = aimd_after_concurrency_429(
-                state, now=now, admitted_at=admitted_at, in_flight=in_flight, configured=configured
+                state, now=now, admitted_at=admitted_at, in_flight=self._in_flight(provider, now),
+                configured=configured,
             )
         elif completion is Completion.OK:
             if state is None:

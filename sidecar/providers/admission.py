@@ -31,7 +31,7 @@ import aiohttp
 from ..config import ProviderConfig, RateLimitConfig, RouteConfig
 from ..errors import ErrorCode, SidecarError
 from ..fleet.wiring import FleetState
-from ..limits import Completion, Limiter, QueuedLimiter, RateLimited, Slot
+from ..limits import Completion, Limiter, RateLimited, Slot
 from ..logs import get_logger
 from ..policy.admission import PROVIDER_SCOPE, Reason, Scope
 from ..policy.pause import MAX_INSPECTED_BODY, read_429
@@ -178,7 +178,6 @@ class Ticket:
             self._provider.in_flight -= 1
 
 
-
 class Limits:
     """Admission for every proxied provider, over one limiter (local, or the fleet's with fallback)."""
 
@@ -192,8 +191,6 @@ class Limits:
     ) -> None:
         self.fleet = fleet
         self.limiter = fleet.limiter
-        # The local limiter says "go at once" in memory, without a coroutine; else acquire decides.
-        self._at_once = self.limiter.acquire_at_once if isinstance(self.limiter, QueuedLimiter) else None
         self._wall = wall
         self.providers = {
             p.name: ProviderLimits(p, metrics.limits(p.name), wall)
@@ -204,9 +201,7 @@ class Limits:
         """A place for one request, within its wait; raises ``SidecarError`` (429 rate_limited)."""
         limits = self.providers[provider]
         plan = limits.plan(route.name)
-        slot = None
-        if self._at_once is not None:
-            slot = self._at_once(provider, plan.scopes)
+        slot = self.limiter.acquire_at_once(provider, plan.scopes)  # in memory, when it can say
         if slot is None:
             wait = max(0.0, min(plan.max_wait, time_left))
             try:

@@ -251,18 +251,16 @@ class RespClient:
                     raise failed
             if self.name:  # a label for CLIENT LIST: its reply is not waited for
                 connection.send(_pack(("CLIENT", "SETNAME", self.name))).add_done_callback(_ignore)
-        except TimeoutError:
+        except BaseException as exc:
             if connection is not None:
                 connection.close()
-            raise RespTimeout(f"no connection to {a.host}:{a.port} within {self.connect_timeout}s") from None
-        except ReplyError:
-            if connection is not None:
-                connection.close()
-            raise
-        except (OSError, ssl.SSLError) as exc:
-            if connection is not None:
-                connection.close()
-            raise RespConnectionError(f"can't connect to {a.host}:{a.port}: {exc}") from exc
+            if isinstance(exc, TimeoutError):
+                raise RespTimeout(
+                    f"no connection to {a.host}:{a.port} within {self.connect_timeout}s"
+                ) from None
+            if isinstance(exc, OSError):  # ssl.SSLError, and a connection lost in the handshake
+                raise RespConnectionError(f"can't connect to {a.host}:{a.port}: {exc}") from exc
+            raise  # the server's refusal (a ReplyError: AUTH, SELECT), or a cancellation
         return connection
 
 

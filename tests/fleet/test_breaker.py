@@ -6,18 +6,20 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from redis.asyncio import Redis
 
 from sidecar.fleet.breaker import SharedBreakers, SharedBreakerView, SharedState, Trial
 from sidecar.limits.api import FleetUnavailable
+from sidecar.state.resp import RespClient
 from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
+
+Clients = Callable[[], RespClient]  # a factory of separate clients, as separate sidecars have
 
 P = "bfl"
 VERDICT = {"success_threshold": 2, "recovery_timeout": 0.3, "max_recovery_timeout": 1.0}
 
 
-def fleet(clients: Callable[[], Redis], n: int) -> list[SharedBreakers]:
+def fleet(clients: Clients, n: int) -> list[SharedBreakers]:
     """n sidecars' stores, each on its own client."""
     return [SharedBreakers(clients()) for _ in range(n)]
 
@@ -35,7 +37,7 @@ async def _the_one_trial(stores: list[SharedBreakers], lease: float = 5.0) -> Tr
     return trials[0]
 
 
-async def test_an_open_by_one_sidecar_is_seen_by_all(clients: Callable[[], Redis]) -> None:
+async def test_an_open_by_one_sidecar_is_seen_by_all(clients: Clients) -> None:
     """Opened by one for 2 s: every other sidecar reads it open, for the same remaining time."""
     opener, *others = fleet(clients, 3)
     assert (await opener.read(P)).state is SharedState.CLOSED
@@ -48,7 +50,7 @@ async def test_an_open_by_one_sidecar_is_seen_by_all(clients: Callable[[], Redis
         assert 1.8 < view.retry_after <= 2.0
 
 
-async def test_a_second_opener_follows_and_does_not_extend(clients: Callable[[], Redis]) -> None:
+async def test_a_second_opener_follows_and_does_not_extend(clients: Clients) -> None:
     """A sidecar whose breaker trips while the record is open follows it as it is."""
     first, second = fleet(clients, 2)
     opened = await first.open(P, 1.0)
@@ -57,7 +59,7 @@ async def test_a_second_opener_follows_and_does_not_extend(clients: Callable[[],
     assert again.retry_after <= 1.0
 
 
-async def test_exactly_one_trial_runs_for_the_whole_fleet(clients: Callable[[], Redis]) -> None:
+async def test_exactly_one_trial_runs_for_the_whole_fleet(clients: Clients) -> None:
     """Half-open: of nine concurrent askers on three sidecars, one gets the trial; none while open."""
     stores = fleet(clients, 3)
     await stores[0].open(P, 0.2)
@@ -67,7 +69,7 @@ async def test_exactly_one_trial_runs_for_the_whole_fleet(clients: Callable[[], 
     await _the_one_trial(stores)
 
 
-async def test_a_failed_trial_reopens_everyone_with_the_doubled_time(clients: Callable[[], Redis]) -> None:
+async def test_a_failed_trial_reopens_everyone_with_the_doubled_time(clients: Clients) -> None:
     """The trial's failure re-opens the record for 0.6 s (twice 0.3 s), seen by every sidecar."""
     stores = fleet(clients, 3)
     opened = await stores[0].open(P, 0.3)
@@ -85,7 +87,7 @@ async def test_a_failed_trial_reopens_everyone_with_the_doubled_time(clients: Ca
     assert view.open_for == pytest.approx(1.0)  # doubled again, capped by max_recovery_timeout
 
 
-async def test_successful_trials_close_it_for_everyone(clients: Callable[[], Redis]) -> None:
+async def test_successful_trials_close_it_for_everyone(clients: Clients) -> None:
     """Each success frees the trial for the next one; at the threshold every sidecar reads closed."""
     stores = fleet(clients, 3)
     await stores[0].open(P, 0.1)
@@ -99,7 +101,7 @@ async def test_successful_trials_close_it_for_everyone(clients: Callable[[], Red
         assert (await store.read(P)).state is SharedState.CLOSED
 
 
-async def test_a_late_verdict_from_an_older_generation_changes_nothing(clients: Callable[[], Redis]) -> None:
+async def test_a_late_verdict_from_an_older_generation_changes_nothing(clients: Clients) -> None:
     """A trial that reports after the record moved on (an operator reset) is ignored."""
     first, second = fleet(clients, 2)
     await first.open(P, 0.1)
@@ -111,7 +113,7 @@ async def test_a_late_verdict_from_an_older_generation_changes_nothing(clients: 
     assert late.state is SharedState.CLOSED
 
 
-async def test_a_vanished_trial_holder_frees_the_trial_after_its_lease(clients: Callable[[], Redis]) -> None:
+async def test_a_vanished_trial_holder_frees_the_trial_after_its_lease(clients: Clients) -> None:
     """The winner never reports (its pod died): after the lease another sidecar runs the trial."""
     stores = fleet(clients, 2)
     await stores[0].open(P, 0.1)
@@ -122,7 +124,7 @@ async def test_a_vanished_trial_holder_frees_the_trial_after_its_lease(clients: 
                      timeout=2.0, interval=0.02, what="the trial free again")
 
 
-async def test_reads_can_be_cached_for_a_short_while(clients: Callable[[], Redis]) -> None:
+async def test_reads_can_be_cached_for_a_short_while(clients: Clients) -> None:
     """With max_age, a recent read is reused; past it, the record is read again."""
     loop = asyncio.get_running_loop()
     reader = SharedBreakers(clients(), clock=loop.time)
@@ -135,7 +137,7 @@ async def test_reads_can_be_cached_for_a_short_while(clients: Callable[[], Redis
 
 
 async def test_redis_down_is_a_typed_fast_failure(
-    clients: Callable[[], Redis], redis_server: RedisServer
+    clients: Clients, redis_server: RedisServer
 ) -> None:
     """With Redis gone every operation raises FleetUnavailable within the timeout."""
     (store,) = fleet(clients, 1)
@@ -151,11 +153,11 @@ async def test_redis_down_is_a_typed_fast_failure(
 
 
 async def test_after_a_redis_restart_one_failure_retires_every_stale_connection(
-    clients: Callable[[], Redis], redis_server: RedisServer
+    clients: Clients, redis_server: RedisServer
 ) -> None:
-    """Four pooled connections die with Redis: one read fails, then four reads at once all succeed."""
+    """The connection dies with Redis: one read fails, then four reads at once all succeed."""
     store = SharedBreakers(clients())
-    await asyncio.gather(*(store.read(P) for _ in range(4)))  # four connections now sit idle
+    await asyncio.gather(*(store.read(P) for _ in range(4)))  # the connection is up and idle
     redis_server.kill()
     with pytest.raises(FleetUnavailable):
         await store.read(P)

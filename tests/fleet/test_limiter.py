@@ -6,15 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from redis.asyncio import Redis
 
 from sidecar.fleet.limiter import RedisBackend, fleet_limiter
 from sidecar.limits.api import Completion, FleetUnavailable, RateLimited, Slot
 from sidecar.limits.queue import QueuedLimiter
 from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
 from sidecar.policy.gcra import MICROS
+from sidecar.state.resp import RespClient
 from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
+
+Clients = Callable[[], RespClient]  # a factory of separate clients, as separate sidecars have
 
 P = "replicate"
 Sidecars = Callable[..., list[QueuedLimiter]]
@@ -25,7 +27,7 @@ def scope(name: str = PROVIDER_SCOPE, **limit: float) -> Scope:
 
 
 @pytest.fixture
-async def sidecars(clients: Callable[[], Redis]) -> AsyncIterator[Sidecars]:
+async def sidecars(clients: Clients) -> AsyncIterator[Sidecars]:
     """``sidecars(n, lease_ttl=...)``: n limiters, each on its own Redis client."""
     made: list[QueuedLimiter] = []
 
@@ -217,7 +219,7 @@ async def test_redis_down_fails_fast_and_up_again_works(
 
 
 async def test_successes_give_the_fleets_slots_back_one_by_one(
-    sidecars: Sidecars, clients: Callable[[], Redis]
+    sidecars: Sidecars, clients: Clients
 ) -> None:
     """After a halving, a success once the increase interval has passed adds one slot, up to the top."""
     budget = [scope(concurrency=4)]

@@ -6,22 +6,24 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from redis.asyncio import Redis
 
 from sidecar.fleet.limiter import RedisBackend, fleet_limiter
 from sidecar.limits.api import RateLimited
 from sidecar.limits.fallback import FallbackLimiter, Mode
 from sidecar.limits.local import local_limiter
 from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Scope
+from sidecar.state.resp import RespClient
 from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
+
+Clients = Callable[[], RespClient]  # a factory of separate clients, as separate sidecars have
 
 P = "synclabs"
 ONE = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(concurrency=1))]
 
 
 async def test_redis_outage_falls_back_fast_and_returns_after_a_check(
-    clients: Callable[[], Redis], redis_server: RedisServer
+    clients: Clients, redis_server: RedisServer
 ) -> None:
     """Killed: the next call is served locally at once; restarted: the fleet budget is used again."""
     loop = asyncio.get_running_loop()

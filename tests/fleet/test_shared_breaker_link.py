@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from redis.asyncio import Redis
-
 from sidecar.config import BreakerConfig, RouteConfig
 from sidecar.fleet.breaker import SharedBreakers
 from sidecar.policy.breaker import BreakerState, CircuitBreaker, Outcome, Permit
 from sidecar.providers.shared_breaker import Go, SharedBreaker
+from sidecar.state.resp import RespClient
 from tests.support.redis_server import RedisServer
 
 from ..support.fakes import FakeClock
+
+Clients = Callable[[], RespClient]  # a factory of separate clients, as separate sidecars have
 
 ROUTE = RouteConfig(name="other", path="")
 CONFIG = BreakerConfig(failure_threshold=1, minimum_calls=0, recovery_timeout=10.0, shared=True)
@@ -24,7 +25,7 @@ def _open(breaker: CircuitBreaker) -> None:
     breaker.record(permit, Outcome.FAILURE)
 
 
-async def test_an_opening_is_followed_by_the_other_sidecar(clients: Callable[[], Redis]) -> None:
+async def test_an_opening_is_followed_by_the_other_sidecar(clients: Clients) -> None:
     """Sidecar one opens and publishes; sidecar two's next request follows the record."""
     clock = FakeClock()
     one = CircuitBreaker("p", CONFIG, clock=clock)
@@ -38,7 +39,7 @@ async def test_an_opening_is_followed_by_the_other_sidecar(clients: Callable[[],
 
 
 async def test_redis_gone_leaves_the_local_breaker_in_charge_with_a_backoff(
-    clients: Callable[[], Redis], redis_server: RedisServer
+    clients: Clients, redis_server: RedisServer
 ) -> None:
     """Unreachable: requests go on with the local breaker, reported once; Redis is not asked again
     before the backoff ends, and its first answer is reported as restored."""

@@ -10,6 +10,7 @@ import aiohttp
 
 from tests.support.fake_provider import FakeProvider, Reply
 from tests.support.fault_provider import FaultProvider, mix
+from tests.support.polling import eventually
 from tests.support.process import Sidecar, start_sidecar
 from tests.support.redis_server import RedisServer
 
@@ -110,24 +111,21 @@ async def test_a_redis_outage_forwards_or_refuses_and_never_hangs(
                     f"{forward.ops}/health/detailed") as resp:
                 return bool((await resp.json())["ledger"]["ok"])
 
-        deadline = loop.time() + 15
-        while not await ledger_ok():  # the store reconnects on its own backoff (at most 2 s apart)
-            assert loop.time() < deadline, "the ledger did not come back"
-            await asyncio.sleep(0.1)
-        # Keys are protected again: a repeat is replayed. (The connections that died with the
-        # server were closed at the first failure; tests/state/test_store_faults.py holds that
-        # exactly. Here a request racing a reconnection may still go unprotected, so: a deadline.)
-        seen: list[tuple[int, str | None]] = []
-        deadline = loop.time() + 10
-        while True:
-            key = f"after-{len(seen)}"
+        # the store reconnects on its own backoff (at most 2 s apart)
+        await eventually(ledger_ok, timeout=15, interval=0.1, what="the ledger back")
+
+        # Keys are protected again: a repeat is replayed. (A request racing the reconnection may
+        # still go unprotected, so: a deadline.)
+        tries = iter(range(10_000))
+
+        async def repeat_answer() -> tuple[int, str | None]:
+            key = f"after-{next(tries)}"
             await post(forward, key)
             status, headers, _ = await post(forward, key)
-            seen.append((status, headers.get("X-Sidecar-Replayed")))
-            if seen[-1] == (200, "true"):
-                break
-            assert loop.time() < deadline, f"keys are not protected again after Redis came back: {seen}"
-            await asyncio.sleep(0.05)
+            return status, headers.get("X-Sidecar-Replayed")
+
+        await eventually(repeat_answer, until=lambda seen: seen == (200, "true"), timeout=10,
+                         interval=0.05, what="keys protected again after Redis came back")
     finally:
         await forward.stop()
         await refuse.stop()

@@ -67,16 +67,16 @@ async def test_redis_outage_fails_fast_and_the_same_store_recovers(redis_server:
 async def test_after_a_redis_restart_one_failure_retires_every_stale_connection(
     redis_server: RedisServer,
 ) -> None:
-    """Four pooled connections die with Redis; after one failure and one probe, four calls all succeed."""
+    """The connection dies with Redis; after one failure and one probe, four calls all succeed."""
     store = RedisStore(redis_server.url, instance_id="pod-a", prefix="t:", op_timeout=0.5,
                        connect_timeout=0.5, gate=ReconnectGate(base=0.0, cap=0.0))
     await store.start()
-    await asyncio.gather(*(store.ping() for _ in range(4)))  # four connections now sit idle
+    await asyncio.gather(*(store.ping() for _ in range(4)))  # the connection is up and idle
     redis_server.kill()
     with pytest.raises(StoreUnavailable):
         await store.ping()
     await redis_server.start()
-    await store.ping()  # the gate lets one probe through; it reconnects the failed connection
+    await store.ping()  # the gate lets one probe through; it connects again
     results = await asyncio.gather(*(store.claim("replicate", f"k{i}", FP) for i in range(4)),
                                    return_exceptions=True)
     assert [type(r).__name__ for r in results] == ["Claim"] * 4
