@@ -126,7 +126,8 @@ def _sidecar_limited(env: Env, upstream: str) -> Running:
 
 
 def _sidecar_limited_redis(env: Env, upstream: str) -> Running:
-    """The same limit shared through a redis-server of its own: two Redis round trips a call."""
+    """The same limit shared through a redis-server of its own (a take and a give-back a call, batched
+    per loop turn)."""
     url = _redis(env)
     return start_sidecar(env, upstream, partial(configs.sidecar, limited=True, redis_url=url))
 

@@ -17,7 +17,7 @@ from typing import TypeVar
 from sidecar.limits.api import FleetUnavailable
 from sidecar.state.resp import RespClient, RespError
 
-__all__ = ["DEFAULT_TIMEOUT", "guarded", "redis_client"]
+__all__ = ["DEFAULT_TIMEOUT", "guarded", "redis_client", "unavailable"]
 
 DEFAULT_TIMEOUT = 0.25
 """Seconds a fleet operation may take before the caller falls back (Redis answers in < 1 ms)."""
@@ -41,4 +41,14 @@ async def guarded(operation: Awaitable[T], *, what: str) -> T:
     except (RespError, OSError, TimeoutError) as error:
         # A failed or timed-out connection was dropped by the client itself, with every command on
         # it: dropping "the" connection here could end a fresh one another caller just made.
-        raise FleetUnavailable(f"{what}: {type(error).__name__}: {error}") from error
+        raise unavailable(error, what) from error
+
+
+def unavailable(error: BaseException, what: str) -> BaseException:
+    """What a caller gets for ``error`` met by a fleet call: ``FleetUnavailable`` for the store's
+    failures, anything else (a bug) as it is."""
+    if isinstance(error, (RespError, OSError, TimeoutError)):
+        failure = FleetUnavailable(f"{what}: {type(error).__name__}: {error}")
+        failure.__cause__ = error
+        return failure
+    return error

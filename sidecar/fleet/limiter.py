@@ -1,7 +1,8 @@
 """The fleet limiter's backend: budgets, leases, pauses and AIMD shared by every sidecar on one Redis.
 
-Each decision is one script call (``limiter_scripts``), bounded by the client's timeouts; failures come out
-as ``FleetUnavailable`` (see ``FallbackLimiter`` for what happens then). A granted lease lives
+Each decision is made by a script (``limiter_scripts``), in a batch with the other decisions of the
+same turn of the event loop, bounded by the client's timeouts; failures come out as
+``FleetUnavailable`` (see ``FallbackLimiter`` for what happens then). A granted lease lives
 ``lease_ttl`` seconds in Redis and is renewed every third of that while its call runs, so a long
 call keeps its slot and a killed sidecar's slots come back within ``lease_ttl``. One task per
 sidecar renews every lease held at its tick (most calls end long before one), rather than a task
@@ -15,12 +16,15 @@ Rate bookings are made in Redis, so they are served fleet-wide in the order they
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import secrets
+from asyncio import CancelledError
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sidecar.fleet import limiter_scripts as lua
-from sidecar.fleet.client import guarded
+from sidecar.fleet.client import guarded, unavailable
 from sidecar.fleet.keys import FleetKeys
 from sidecar.limits.api import Completion, FleetUnavailable
 from sidecar.limits.queue import QueuedLimiter
@@ -33,7 +37,7 @@ from sidecar.policy.admission import (
     Scope,
 )
 from sidecar.policy.gcra import micros, seconds
-from sidecar.state.resp import RespClient
+from sidecar.state.resp import RespClient, Script
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -48,39 +52,91 @@ DEFAULT_POLL_INTERVAL = 0.05
 """Seconds between looks while blocked on concurrency (other sidecars' releases are not pushed)."""
 
 
+_MAX_BATCH = 64
+"""Calls in one script run at most: a run holds the Redis, so its length stays bounded."""
+
+
+class _Shape:
+    """What every call of one provider with one set of scopes sends, worked out once."""
+
+    __slots__ = ("acquire_args", "acquire_keys", "lease_keys", "own", "release_keys", "scopes")
+
+    def __init__(self, keys: FleetKeys, provider: str, scopes: Sequence[Scope]) -> None:
+        self.scopes = scopes  # held, so the id this shape is cached under stays this object's
+        self.acquire_keys = [keys.pause(provider), keys.aimd(provider)]
+        self.acquire_args: list[int] = []
+        for scope in scopes:
+            self.acquire_keys += [keys.tat(provider, scope.name), keys.leases(provider, scope.name)]
+            gcra = scope.gcra
+            self.acquire_args += [
+                gcra.interval if gcra else 0,
+                gcra.tolerance if gcra else 0,
+                scope.concurrency or 0,
+                1 if scope.name == PROVIDER_SCOPE else 0,
+            ]
+        self.lease_keys = [keys.leases(provider, s.name) for s in scopes]
+        own = next((s for s in scopes if s.name == PROVIDER_SCOPE), None)
+        ordered = ([own] if own else []) + [s for s in scopes if s is not own]
+        self.release_keys = [keys.aimd(provider)] + [keys.leases(provider, s.name) for s in ordered]
+        # (provider scope present, its configured concurrency): the tail of a release's arguments
+        self.own = (1, own.concurrency or 0) if own else (0, 0)
+
+
+class _Call:
+    """One call waiting for its loop turn's script run; ``grant`` is set for an acquisition."""
+
+    __slots__ = ("args", "future", "grant", "keys")
+
+    def __init__(
+        self, future: asyncio.Future[Any], keys: list[str], args: list[Any],
+        grant: tuple[str, _Shape, str] | None,
+    ) -> None:
+        self.future = future
+        self.keys = keys
+        self.args = args
+        self.grant = grant  # (provider, shape, lease id): to give back a slot granted to no one
+
+
 class _FleetLease:
     """A granted slot: renewed in the background until released."""
 
-    __slots__ = ("_backend", "_keys", "_provider", "_scopes", "admitted_at", "lease_id", "wait")
+    __slots__ = ("_backend", "_provider", "_shape", "admitted_at", "lease_id", "wait")
 
     def __init__(
-        self, backend: RedisBackend, provider: str, scopes: Sequence[Scope], lease_id: str,
-        wait: float, admitted_at: int,
+        self, backend: RedisBackend, provider: str, shape: _Shape, lease_id: str, wait: float,
+        admitted_at: int,
     ) -> None:
         self._backend = backend
         self._provider = provider
-        self._scopes = scopes
-        self._keys = [backend.keys.leases(provider, s.name) for s in scopes]
+        self._shape = shape
         self.lease_id = lease_id
         self.wait = wait
         self.admitted_at = admitted_at
 
     def start_renewing(self) -> None:
-        self._backend.hold(self.lease_id, self._keys)
+        self._backend.hold(self.lease_id, self._shape.lease_keys)
 
     async def release(self, completion: Completion) -> None:
         self._backend.let_go(self.lease_id)
         try:
-            await self._backend.release(self._provider, self._scopes, self, completion)
+            await self._backend.release(self._provider, self._shape, self, completion)
         except FleetUnavailable as error:
-            self._backend.log.warning(
-                "fleet_lease_not_released", provider=self._provider, error=str(error),
-                expires_in=self._backend.lease_ttl,
-            )
+            self._backend.not_released(self._provider, error)
+
+    def release_soon(self, completion: Completion) -> None:
+        self._backend.let_go(self.lease_id)
+        sent = self._backend.release(self._provider, self._shape, self, completion)
+        sent.add_done_callback(functools.partial(self._backend.heard_of_release, self._provider))
 
 
 class RedisBackend:
-    """A ``Backend`` on Redis; the client is the caller's (shared, closed by its owner)."""
+    """A ``Backend`` on Redis; the client is the caller's (shared, closed by its owner).
+
+    Calls are not sent one by one: those of one turn of the event loop are queued and go as one
+    script run per provider (at most ``_MAX_BATCH`` calls each) once the turn ends, releases
+    before acquisitions. On a busy sidecar that is several calls per round trip, and their
+    decisions are those separate runs would make one after the other at the same moment.
+    """
 
     def __init__(
         self,
@@ -105,6 +161,14 @@ class RedisBackend:
         self._held: dict[str, list[str]] = {}  # lease id -> its lease sets, while its call runs
         self._renewer: asyncio.Task[None] | None = None
         self._orphans: set[asyncio.Task[Any]] = set()
+        self._shapes: dict[tuple[str, int], _Shape] = {}
+        # Lease ids: random per sidecar, then a count (unique fleet-wide without a syscall each).
+        self._lease_prefix = secrets.token_hex(8) + ":"
+        self._lease_count = itertools.count()
+        self._acquires: dict[str, list[_Call]] = {}  # by provider, this turn of the loop
+        self._releases: dict[str, list[_Call]] = {}
+        self._flush_due = False
+        self._runs: set[asyncio.Future[Any]] = set()
         self.log = get_logger("limits")
 
     @property
@@ -114,63 +178,108 @@ class RedisBackend:
     async def try_acquire(
         self, provider: str, scopes: Sequence[Scope], max_wait: float
     ) -> _FleetLease | Blocked:
-        lease_id = secrets.token_hex(8)
-        keys = [self.keys.pause(provider), self.keys.aimd(provider)]
-        args: list[Any] = [lease_id, micros(self.lease_ttl), micros(max(0.0, max_wait))]
-        for scope in scopes:
-            keys += [self.keys.tat(provider, scope.name), self.keys.leases(provider, scope.name)]
-            gcra = scope.gcra
-            args += [
-                gcra.interval if gcra else 0,
-                gcra.tolerance if gcra else 0,
-                scope.concurrency or 0,
-                1 if scope.name == PROVIDER_SCOPE else 0,
-            ]
-        call = asyncio.ensure_future(self._guard(self._acquire(keys, args), "acquire"))
-        try:
-            reply = await asyncio.shield(call)
-        except asyncio.CancelledError:
-            # The script may still grant a slot nobody will use: give it back when it answers.
-            call.add_done_callback(lambda done: self._release_orphan(done, provider, scopes, lease_id))
-            raise
-        return self._answer(reply, provider, scopes, lease_id)
-
-    def _answer(
-        self, reply: list[int], provider: str, scopes: Sequence[Scope], lease_id: str
-    ) -> _FleetLease | Blocked:
-        status, index, amount, now = (int(x) for x in reply)
-        scope = scopes[index - 1].name if index else None
+        shape = self._shape(provider, scopes)
+        lease_id = f"{self._lease_prefix}{next(self._lease_count):x}"
+        args = [lease_id, micros(self.lease_ttl), micros(max(0.0, max_wait)), *shape.acquire_args]
+        # Cancelled while queued: never sent. Cancelled while Redis decides: a slot granted to
+        # nobody is given back when the answer comes (``_answered``).
+        status, index, amount, now = await self._queue(
+            self._acquires, provider, shape.acquire_keys, args, (provider, shape, lease_id)
+        )
+        if status == lua.GRANTED:
+            lease = _FleetLease(self, provider, shape, lease_id, seconds(amount), now)
+            lease.start_renewing()
+            return lease
         if status == lua.PAUSED:
             return Blocked(Reason.PROVIDER_PAUSE, seconds(amount))
+        scope = scopes[index - 1].name if index else None
         if status == lua.FULL:
             return Blocked(Reason.CONCURRENCY, CONCURRENCY_RETRY_AFTER, scope)
-        if status == lua.RATE:
-            return Blocked(Reason.RATE, seconds(amount), scope)
-        lease = _FleetLease(self, provider, scopes, lease_id, seconds(amount), now)
-        lease.start_renewing()
-        return lease
+        return Blocked(Reason.RATE, seconds(amount), scope)
 
-    def _release_orphan(
-        self, done: asyncio.Future[list[int]], provider: str, scopes: Sequence[Scope], lease_id: str
-    ) -> None:
-        if done.cancelled() or done.exception() is not None or int(done.result()[0]) != lua.GRANTED:
+    def release(
+        self, provider: str, shape: _Shape, lease: _FleetLease, completion: Completion
+    ) -> asyncio.Future[Any]:
+        """Queue the release with the loop turn's others; the future is Redis's answer."""
+        args = [lease.lease_id, completion.value, lease.admitted_at, *shape.own]
+        return self._queue(self._releases, provider, shape.release_keys, args, None)
+
+    def heard_of_release(self, provider: str, sent: asyncio.Future[Any]) -> None:
+        """A release nobody waited for was answered: log it when it failed."""
+        error = None if sent.cancelled() else sent.exception()
+        if isinstance(error, FleetUnavailable):
+            self.not_released(provider, error)
+        elif error is not None:
+            self.log.error("fleet_lease_release_failed", provider=provider, error=repr(error))
+
+    def not_released(self, provider: str, error: FleetUnavailable) -> None:
+        self.log.warning(
+            "fleet_lease_not_released", provider=provider, error=str(error), expires_in=self.lease_ttl
+        )
+
+    def _shape(self, provider: str, scopes: Sequence[Scope]) -> _Shape:
+        key = (provider, id(scopes))
+        shape = self._shapes.get(key)
+        if shape is None or shape.scopes is not scopes:
+            if len(self._shapes) >= 1024:  # callers pass their routes' fixed tuples: never, in use
+                self._shapes.clear()
+            shape = self._shapes[key] = _Shape(self.keys, provider, scopes)
+        return shape
+
+    def _queue(
+        self, pending: dict[str, list[_Call]], provider: str, keys: list[str], args: list[Any],
+        grant: tuple[str, _Shape, str] | None,
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        calls = pending.get(provider)
+        if calls is None:
+            calls = pending[provider] = []
+        calls.append(_Call(future, keys, args, grant))
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        releases, self._releases = self._releases, {}
+        acquires, self._acquires = self._acquires, {}
+        for script, pending, what in (
+            (self._release, releases, "release"), (self._acquire, acquires, "acquire")
+        ):
+            for calls in pending.values():
+                live = [call for call in calls if not call.future.cancelled()]
+                for first in range(0, len(live), _MAX_BATCH):
+                    self._run(script, live[first:first + _MAX_BATCH], what)
+
+    def _run(self, script: Script, calls: list[_Call], what: str) -> None:
+        keys: list[str] = []
+        args: list[Any] = []
+        for call in calls:
+            keys += call.keys
+            args += [len(call.keys), len(call.args), *call.args]
+        run = asyncio.ensure_future(script(keys, args))
+        self._runs.add(run)
+        run.add_done_callback(functools.partial(self._answered, calls, what))
+
+    def _answered(self, calls: list[_Call], what: str, run: asyncio.Future[list[Any]]) -> None:
+        self._runs.discard(run)
+        error = CancelledError() if run.cancelled() else run.exception()
+        if error is not None:
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(unavailable(error, what))
             return
-        lease = _FleetLease(self, provider, scopes, lease_id, 0.0, int(done.result()[3]))
-        task = asyncio.ensure_future(lease.release(Completion.ABANDONED))
-        self._orphans.add(task)
-        task.add_done_callback(self._orphans.discard)
-
-    async def release(
-        self, provider: str, scopes: Sequence[Scope], lease: _FleetLease, completion: Completion
-    ) -> None:
-        own = next((s for s in scopes if s.name == PROVIDER_SCOPE), None)
-        ordered = ([own] if own else []) + [s for s in scopes if s is not own]
-        keys = [self.keys.aimd(provider)] + [self.keys.leases(provider, s.name) for s in ordered]
-        args = [
-            lease.lease_id, completion.value, lease.admitted_at, 1 if own else 0,
-            (own.concurrency or 0) if own else 0,
-        ]
-        await self._guard(self._release(keys, args), "release")
+        for call, reply in zip(calls, run.result(), strict=True):
+            if not call.future.done():
+                call.future.set_result(reply)
+            elif call.grant is not None and reply[0] == lua.GRANTED:
+                provider, shape, lease_id = call.grant
+                lease = _FleetLease(self, provider, shape, lease_id, 0.0, reply[3])
+                task = asyncio.ensure_future(lease.release(Completion.ABANDONED))
+                self._orphans.add(task)
+                task.add_done_callback(self._orphans.discard)
 
     def hold(self, lease_id: str, keys: list[str]) -> None:
         """Keep ``lease_id`` renewed until it is let go."""
@@ -224,7 +333,7 @@ class RedisBackend:
 
     async def aclose(self) -> None:
         """Stop renewing (leases still held expire on their own); the client is not closed here."""
-        tasks = [*self._orphans]
+        tasks = [*self._runs, *self._orphans]
         if self._renewer is not None:
             self._renewer.cancel()
             tasks.append(self._renewer)

@@ -1,4 +1,8 @@
-"""The fleet limiter's Lua scripts: each decision is one atomic script, one round trip.
+"""The fleet limiter's Lua scripts: atomic decisions, several to a round trip.
+
+``ACQUIRE`` and ``RELEASE`` take a batch: the calls one sidecar makes in one turn of its event
+loop go as one script run, applied one after the other exactly as separate runs would be, at one
+server time. A batch is one provider's (its keys share a hash tag).
 
 They run ``sidecar.policy.admission.admit`` and the AIMD rules of ``sidecar.policy.concurrency``
 on the server, on the server's clock (``TIME``), so the sidecars' own clocks never matter. Times
@@ -30,66 +34,142 @@ local function expire_after_last(key)
 end
 """
 
+_BATCH = """
+-- A batch: ARGV is, per call, its number of keys, its number of arguments, then its arguments;
+-- KEYS holds the calls' keys one after the other. Returns each call's reply, in order.
+local replies, k, a = {{}}, 1, 1
+while a <= #ARGV do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  replies[#replies + 1] = {one}({{unpack(KEYS, k, k + nk - 1)}}, {{unpack(ARGV, a + 2, a + 1 + na)}})
+  k, a = k + nk, a + 2 + na
+end{end}
+return replies
+"""
+
 ACQUIRE = _PRELUDE + f"""
+-- What the batch has read, and what it will write once every call is decided: each key is read
+-- and written once a batch, not once a call (a redis.call costs more than the rest of a decision).
+-- The calls see each other's bookings and leases.
+local pauses, lowered, tats, counts, dirty_tats, adds = {{}}, {{}}, {{}}, {{}}, {{}}, {{}}
+local function pause_end(key)
+  if pauses[key] == nil then pauses[key] = tonumber(redis.call('GET', key) or '0') end
+  return pauses[key]
+end
+local function lowered_limit(key)
+  if lowered[key] == nil then
+    local aimd = redis.call('HMGET', key, 'limit', 'changed_at')
+    lowered[key] = false
+    if aimd[1] and now - tonumber(aimd[2]) < {AIMD_FORGET_AFTER} then lowered[key] = tonumber(aimd[1]) end
+  end
+  return lowered[key]
+end
+local function held(key)
+  if counts[key] == nil then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now))
+    counts[key] = redis.call('ZCARD', key)
+  end
+  return counts[key]
+end
+local function tat_of(key)
+  if tats[key] == nil then tats[key] = tonumber(redis.call('GET', key) or '0') end
+  return tats[key]
+end
+
+local function acquire(KEYS, ARGV)
 -- KEYS: pause, aimd, then per scope i: KEYS[1+2i] its TAT, KEYS[2+2i] its lease set.
 -- ARGV: lease id, lease ttl µs, max wait µs, then 4 per scope i, from o = 4i - 1: ARGV[o+1]
 -- interval µs (0: no rate), ARGV[o+2] tolerance µs, ARGV[o+3] concurrency (0: none), ARGV[o+4]
 -- '1' for the provider's own scope (where the AIMD limit applies).
 -- Returns {{status, scope index, µs, now}}: status {GRANTED} granted (µs: the wait before starting),
 -- {PAUSED} paused (µs left), {FULL} concurrency full, {RATE} rate (µs until a start would be allowed).
-local paused = tonumber(redis.call('GET', KEYS[1]) or '0')
+local paused = pause_end(KEYS[1])
 if paused > now then return {{{PAUSED}, 0, paused - now, now}} end
-local lowered = nil
-local aimd = redis.call('HMGET', KEYS[2], 'limit', 'changed_at')
-if aimd[1] and now - tonumber(aimd[2]) < {AIMD_FORGET_AFTER} then lowered = tonumber(aimd[1]) end
+local low = lowered_limit(KEYS[2])
 local n = (#KEYS - 2) / 2
-local start, rate_scope, tats = now, 0, {{}}
+local start, rate_scope = now, 0
 for i = 1, n do
-  local o, leases = 4 * i - 1, KEYS[2 + 2 * i]
-  redis.call('ZREMRANGEBYSCORE', leases, '-inf', int(now))
+  local o = 4 * i - 1
   local limit = tonumber(ARGV[o + 3])
-  if ARGV[o + 4] == '1' and lowered and (limit == 0 or lowered < limit) then limit = lowered end
-  if limit > 0 and redis.call('ZCARD', leases) >= limit then return {{{FULL}, i, 0, now}} end
+  if ARGV[o + 4] == '1' and low and (limit == 0 or low < limit) then limit = low end
+  if limit > 0 and held(KEYS[2 + 2 * i]) >= limit then return {{{FULL}, i, 0, now}} end
   if tonumber(ARGV[o + 1]) > 0 then
-    tats[i] = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
-    local earliest = tats[i] - tonumber(ARGV[o + 2])
+    local earliest = tat_of(KEYS[1 + 2 * i]) - tonumber(ARGV[o + 2])
     if earliest > start then start, rate_scope = earliest, i end
   end
 end
 if start - now > tonumber(ARGV[3]) then return {{{RATE}, rate_scope, start - now, now}} end
 local expires = int(now + tonumber(ARGV[2]))
 for i = 1, n do
-  local interval = tonumber(ARGV[4 * i])
+  local interval, key, leases = tonumber(ARGV[4 * i]), KEYS[1 + 2 * i], KEYS[2 + 2 * i]
   if interval > 0 then
-    local tat = math.max(tats[i], start) + interval
-    redis.call('SET', KEYS[1 + 2 * i], int(tat), 'PX', int(math.ceil((tat - now) / 1000) + 1))
+    tats[key] = math.max(tat_of(key), start) + interval
+    if not dirty_tats[key] then dirty_tats[key] = true dirty_tats[#dirty_tats + 1] = key end
   end
-  redis.call('ZADD', KEYS[2 + 2 * i], expires, ARGV[1])
-  expire_after_last(KEYS[2 + 2 * i])
+  counts[leases] = held(leases) + 1
+  local added = adds[leases]
+  if not added then added = {{}} adds[leases] = added adds[#adds + 1] = leases end
+  added[#added + 1] = expires
+  added[#added + 1] = ARGV[1]
 end
 return {{{GRANTED}, 0, start - now, now}}
-"""
+end
+""" + _BATCH.format(one="acquire", end="""
+for _, key in ipairs(dirty_tats) do
+  redis.call('SET', key, int(tats[key]), 'PX', int(math.ceil((tats[key] - now) / 1000) + 1))
+end
+for _, key in ipairs(adds) do
+  redis.call('ZADD', key, unpack(adds[key]))
+  expire_after_last(key)
+end
+""")
 
 RELEASE = _PRELUDE + f"""
+local states = {{}}  -- aimd key -> {{limit, ceiling, changed}} as this batch last left it
+local removals = {{}}  -- lease set -> the ids to take out of it, in one ZREM at the end
+local function remove_now()
+  for _, key in ipairs(removals) do redis.call('ZREM', key, unpack(removals[key])) end
+  removals = {{}}
+end
+local function aimd_of(key)
+  if states[key] == nil then
+    local a = redis.call('HMGET', key, 'limit', 'ceiling', 'changed_at')
+    states[key] = {{tonumber(a[1]), tonumber(a[2]), tonumber(a[3])}}
+  end
+  return states[key]
+end
+local function lower_to(key, value, top)
+  redis.call('HSET', key, 'limit', value, 'ceiling', top, 'changed_at', int(now))
+  redis.call('PEXPIRE', key, {AIMD_FORGET_AFTER // 1000})
+  states[key] = {{value, top, now}}
+  return value
+end
+
+local function release(KEYS, ARGV)
 -- KEYS: aimd, then the lease sets (KEYS[2] the provider's own when ARGV[4] is '1').
 -- ARGV: lease id, 'ok' | 'concurrency' | 'abandoned', admitted at µs, provider scope present,
 -- configured concurrency of the provider (0: none).
 local in_flight = 1
-if ARGV[4] == '1' then in_flight = redis.call('ZCOUNT', KEYS[2], '(' .. int(now), '+inf') end
-for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
-if ARGV[2] == 'abandoned' then return 0 end
-local a = redis.call('HMGET', KEYS[1], 'limit', 'ceiling', 'changed_at')
-local limit, ceiling, changed = tonumber(a[1]), tonumber(a[2]), tonumber(a[3])
-if limit and now - changed >= {AIMD_FORGET_AFTER} then limit = nil end
-local function lower_to(value, top)
-  redis.call('HSET', KEYS[1], 'limit', value, 'ceiling', top, 'changed_at', int(now))
-  redis.call('PEXPIRE', KEYS[1], {AIMD_FORGET_AFTER // 1000})
-  return value
+if ARGV[2] == 'concurrency' and ARGV[4] == '1' then
+  remove_now()  -- the calls before this one in the batch have ended
+  in_flight = redis.call('ZCOUNT', KEYS[2], '(' .. int(now), '+inf')
 end
+for i = 2, #KEYS do
+  local ids = removals[KEYS[i]]
+  if not ids then ids = {{}} removals[KEYS[i]] = ids removals[#removals + 1] = KEYS[i] end
+  ids[#ids + 1] = ARGV[1]
+end
+if ARGV[2] == 'abandoned' then return 0 end
+local a = aimd_of(KEYS[1])
+local limit, ceiling, changed = a[1], a[2], a[3]
+if limit and now - changed >= {AIMD_FORGET_AFTER} then limit = nil end
 if ARGV[2] == 'ok' then
   if not limit or now - changed < {AIMD_INCREASE_INTERVAL} then return 0 end
-  if limit + 1 >= ceiling then redis.call('DEL', KEYS[1]) return 0 end
-  return lower_to(limit + 1, ceiling)
+  if limit + 1 >= ceiling then
+    redis.call('DEL', KEYS[1])
+    states[KEYS[1]] = {{nil, nil, nil}}
+    return 0
+  end
+  return lower_to(KEYS[1], limit + 1, ceiling)
 end
 if limit and tonumber(ARGV[3]) <= changed then return limit end
 local base, top = limit, ceiling
@@ -98,8 +178,9 @@ if not limit then
   if configured > 0 then base = configured else base = math.max(in_flight, {AIMD_MIN_LIMIT}) end
   top = base
 end
-return lower_to(math.max({AIMD_MIN_LIMIT}, math.floor(base * {AIMD_DECREASE_FACTOR})), top)
-"""
+return lower_to(KEYS[1], math.max({AIMD_MIN_LIMIT}, math.floor(base * {AIMD_DECREASE_FACTOR})), top)
+end
+""" + _BATCH.format(one="release", end="\nremove_now()")
 
 RENEW = _PRELUDE + """
 -- KEYS: the lease sets. ARGV: lease id, lease ttl µs. Only a lease still held is pushed out

@@ -77,7 +77,13 @@ class Lease(Protocol):
     @property
     def admitted_at(self) -> int: ...
 
-    async def release(self, completion: Completion) -> None: ...
+    async def release(self, completion: Completion) -> None:
+        """Give it back; returns once the backend has it."""
+        ...
+
+    def release_soon(self, completion: Completion) -> None:
+        """Give it back without waiting: at once in memory, or sent on (a failure is logged)."""
+        ...
 
 
 class Backend(Protocol):
@@ -107,12 +113,10 @@ class Slot:
     ``waited`` is the seconds between asking and being let through (for the wait histogram).
     """
 
-    __slots__ = ("_completion", "_lease", "_on_release", "_release_now", "_released", "waited")
+    __slots__ = ("_completion", "_lease", "_on_release", "_released", "waited")
 
     def __init__(self, lease: Lease, waited: float, on_release: Callable[[], None]) -> None:
         self._lease = lease
-        # A lease kept in this process gives its place back without a coroutine.
-        self._release_now: Callable[[Completion], None] | None = getattr(lease, "release_now", None)
         self._on_release = on_release
         self._completion = Completion.ABANDONED
         self._released = False
@@ -128,15 +132,23 @@ class Slot:
         self._completion = completion
 
     async def release(self, completion: Completion | None = None) -> None:
-        """Give the place back (once; later calls do nothing)."""
+        """Give the place back (once; later calls do nothing); returns once the backend has it."""
         if self._released:
             return
         self._released = True
         try:
-            if self._release_now is not None:
-                self._release_now(completion or self._completion)
-            else:
-                await self._lease.release(completion or self._completion)
+            await self._lease.release(completion or self._completion)
+        finally:
+            self._on_release()
+
+    def release_soon(self, completion: Completion | None = None) -> None:
+        """Give the place back without waiting for the backend to hear of it: the request path's
+        release, where nothing follows that depends on it (once; later calls do nothing)."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            self._lease.release_soon(completion or self._completion)
         finally:
             self._on_release()
 

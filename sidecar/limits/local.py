@@ -49,9 +49,10 @@ class _LocalLease:
         return self._granted.admitted_at
 
     async def release(self, completion: Completion) -> None:
-        self.release_now(completion)
+        self.release_soon(completion)
 
-    def release_now(self, completion: Completion) -> None:
+    def release_soon(self, completion: Completion) -> None:
+        """Given back at once: the budgets are in memory."""
         self._backend.release(self._provider, self._budgets, self._granted, completion)
 
 
@@ -68,9 +69,9 @@ class _OpenLease:
         self.admitted_at = admitted_at
 
     async def release(self, completion: Completion) -> None:
-        self.release_now(completion)
+        self.release_soon(completion)
 
-    def release_now(self, completion: Completion) -> None:
+    def release_soon(self, completion: Completion) -> None:
         self._backend.release_open(self._provider, self.admitted_at, completion)
 
 

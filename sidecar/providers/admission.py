@@ -170,10 +170,13 @@ class Ticket:
             return Completion.OK
         return Completion.CONCURRENCY_LIMITED if self._concurrency_429 else Completion.ABANDONED
 
-    async def close(self) -> None:
-        """Give the place back, reporting how the request ended (once the answer is relayed)."""
+    def close(self) -> None:
+        """Give the place back, reporting how the request ended (once the answer is relayed).
+
+        Nothing waits for the fleet's Redis to hear of it: the release goes with the loop turn's
+        others, and one that fails is logged (the lease then expires on its own)."""
         try:
-            await self._slot.release(self._completion())
+            self._slot.release_soon(self._completion())
         finally:
             self._provider.in_flight -= 1
 

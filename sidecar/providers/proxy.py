@@ -275,7 +275,7 @@ class ProxyHandler:
             return await relay_tapped(request, up, answer, tap)
         finally:
             if ticket is not None:
-                await ticket.close()
+                ticket.close()
 
     async def _forward_job(
         self, request: web.Request, rt: ProxyRuntime, rest: str, query: str, route: RouteConfig,

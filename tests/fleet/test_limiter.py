@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from structlog.testing import capture_logs
 
 from sidecar.fleet.limiter import RedisBackend, fleet_limiter
 from sidecar.limits.api import Completion, FleetUnavailable, RateLimited, Slot
@@ -257,3 +258,72 @@ async def test_a_caller_giving_up_mid_decision_leaves_no_slot_behind(sidecars: S
         slot = await other.acquire(P, budget, max_wait=1)
         assert slot.waited < 0.5
         await slot.release()
+
+
+async def _script_runs(admin: RespClient) -> int:
+    """EVALSHA and EVAL commands the server has run so far."""
+    stats = (await admin.execute("INFO", "commandstats")).decode()
+    runs = 0
+    for line in stats.splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            runs += int(line.split("calls=")[1].split(",")[0])
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("limit", "granted", "reason"),
+    [({"concurrency": 3}, 3, Reason.CONCURRENCY),
+     ({"requests_per_minute": 60, "burst": 4}, 4, Reason.RATE)],
+)
+async def test_one_turns_calls_go_as_one_script_run_and_decide_as_one_by_one(
+    sidecars: Sidecars, clients: Clients, limit: dict[str, float], granted: int, reason: Reason
+) -> None:
+    """Ten callers asking in the same loop turn cost Redis one script run, and exactly the budget's
+    worth of them get a slot, as ten runs one after the other would decide."""
+    (limiter,) = sidecars(1)
+    await (await limiter.acquire("warm-up", [scope()], max_wait=0)).release()  # the script is loaded
+    admin = clients()
+    before = await _script_runs(admin)
+    results = await asyncio.gather(
+        *(limiter.acquire(P, [scope(**limit)], max_wait=0) for _ in range(10)), return_exceptions=True
+    )
+    assert await _script_runs(admin) - before == 1
+    slots = [r for r in results if isinstance(r, Slot)]
+    refusals = [r for r in results if isinstance(r, RateLimited)]
+    assert len(slots) == granted
+    assert len(refusals) == 10 - granted
+    assert {r.reason for r in refusals} == {reason}
+    await asyncio.gather(*(slot.release() for slot in slots))
+
+
+async def test_a_concurrency_429_released_with_others_counts_only_the_calls_still_running(
+    sidecars: Sidecars,
+) -> None:
+    """Releases of one turn go as one batch: a concurrency 429 after four others have ended bases
+    the lowering on the four calls still in flight, as it would released on its own."""
+    (limiter,) = sidecars(1)
+    backend = limiter.backend
+    assert isinstance(backend, RedisBackend)
+    budget = [scope()]  # no configured concurrency: the lowering starts from the calls in flight
+    slots = [await limiter.acquire(P, budget, max_wait=0) for _ in range(8)]
+    endings = [Completion.OK] * 4 + [Completion.CONCURRENCY_LIMITED]
+    await asyncio.gather(*(slot.release(how) for slot, how in zip(slots, endings, strict=False)))
+    assert await backend.lowered_limit(P) == 2  # half of the 4 in flight, not of the 8 admitted
+    await asyncio.gather(*(slot.release() for slot in slots[5:]))
+
+
+async def test_a_release_nobody_waits_for_is_logged_when_redis_is_gone(
+    sidecars: Sidecars, redis_server: RedisServer
+) -> None:
+    """The request path's release does not wait for Redis; when Redis is gone it is logged, and
+    the lease is left to expire."""
+    with capture_logs() as logs:
+        (limiter,) = sidecars(1)
+        slot = await limiter.acquire(P, [scope(concurrency=2)], max_wait=0)
+        redis_server.kill()
+        slot.release_soon(Completion.OK)
+        await eventually(
+            lambda: [e for e in logs if e["event"] == "fleet_lease_not_released"], timeout=3,
+            what="the failed release logged",
+        )
+    await redis_server.start()
