@@ -181,11 +181,16 @@ class RedisBackend:
         shape = self._shape(provider, scopes)
         lease_id = f"{self._lease_prefix}{next(self._lease_count):x}"
         args = [lease_id, micros(self.lease_ttl), micros(max(0.0, max_wait)), *shape.acquire_args]
-        # Cancelled while queued: never sent. Cancelled while Redis decides: a slot granted to
-        # nobody is given back when the answer comes (``_answered``).
-        status, index, amount, now = await self._queue(
-            self._acquires, provider, shape.acquire_keys, args, (provider, shape, lease_id)
-        )
+        grant = (provider, shape, lease_id)
+        answer = self._queue(self._acquires, provider, shape.acquire_keys, args, grant)
+        try:
+            status, index, amount, now = await answer
+        except CancelledError:
+            # Cancelled while queued: never sent; while Redis decides: a slot granted to nobody is
+            # given back when the answer comes (``_answered``); just after it came: here.
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                self._give_back_unclaimed(grant, answer.result())
+            raise
         if status == lua.GRANTED:
             lease = _FleetLease(self, provider, shape, lease_id, seconds(amount), now)
             lease.start_renewing()
@@ -249,9 +254,10 @@ class RedisBackend:
             (self._release, releases, "release"), (self._acquire, acquires, "acquire")
         ):
             for calls in pending.values():
-                live = [call for call in calls if not call.future.cancelled()]
-                for first in range(0, len(live), _MAX_BATCH):
-                    self._run(script, live[first:first + _MAX_BATCH], what)
+                if script is self._acquire:  # a release goes even when its caller stopped waiting
+                    calls = [call for call in calls if not call.future.cancelled()]
+                for first in range(0, len(calls), _MAX_BATCH):
+                    self._run(script, calls[first:first + _MAX_BATCH], what)
 
     def _run(self, script: Script, calls: list[_Call], what: str) -> None:
         keys: list[str] = []
@@ -265,21 +271,33 @@ class RedisBackend:
 
     def _answered(self, calls: list[_Call], what: str, run: asyncio.Future[list[Any]]) -> None:
         self._runs.discard(run)
-        error = CancelledError() if run.cancelled() else run.exception()
-        if error is not None:
+        try:
+            error = CancelledError() if run.cancelled() else run.exception()
+            if error is not None:
+                for call in calls:
+                    if not call.future.done():
+                        call.future.set_exception(unavailable(error, what))
+                return
+            for call, reply in zip(calls, run.result(), strict=True):
+                if not call.future.done():
+                    call.future.set_result(reply)
+                elif call.grant is not None:
+                    self._give_back_unclaimed(call.grant, reply)
+        except Exception as bug:  # a reply of the wrong shape: nobody may be left waiting
+            self.log.error("fleet_reply_not_understood", what=what, error=repr(bug))
             for call in calls:
                 if not call.future.done():
-                    call.future.set_exception(unavailable(error, what))
+                    call.future.set_exception(bug)
+
+    def _give_back_unclaimed(self, grant: tuple[str, _Shape, str], reply: list[int]) -> None:
+        """A slot granted to a caller that has gone: give it back rather than let it expire."""
+        if reply[0] != lua.GRANTED:
             return
-        for call, reply in zip(calls, run.result(), strict=True):
-            if not call.future.done():
-                call.future.set_result(reply)
-            elif call.grant is not None and reply[0] == lua.GRANTED:
-                provider, shape, lease_id = call.grant
-                lease = _FleetLease(self, provider, shape, lease_id, 0.0, reply[3])
-                task = asyncio.ensure_future(lease.release(Completion.ABANDONED))
-                self._orphans.add(task)
-                task.add_done_callback(self._orphans.discard)
+        provider, shape, lease_id = grant
+        lease = _FleetLease(self, provider, shape, lease_id, 0.0, reply[3])
+        task = asyncio.ensure_future(lease.release(Completion.ABANDONED))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     def hold(self, lease_id: str, keys: list[str]) -> None:
         """Keep ``lease_id`` renewed until it is let go."""
@@ -332,12 +350,18 @@ class RedisBackend:
         await self._guard(self.redis.ping(), "ping")
 
     async def aclose(self) -> None:
-        """Stop renewing (leases still held expire on their own); the client is not closed here."""
-        tasks = [*self._runs, *self._orphans]
+        """Send what is queued and wait for every answer (give-backs included), then stop renewing
+        (leases still held expire on their own); the client is not closed here."""
+        while True:
+            if self._acquires or self._releases:
+                self._flush()
+            pending = [*self._runs, *self._orphans]
+            if not pending:
+                break
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._renewer is not None:
             self._renewer.cancel()
-            tasks.append(self._renewer)
-        await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(self._renewer, return_exceptions=True)
 
     async def _guard(self, operation: Awaitable[Any], what: str) -> Any:
         return await guarded(operation, what=what)

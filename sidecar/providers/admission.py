@@ -145,7 +145,7 @@ class Ticket:
             if refused.reason is Reason.PROVIDER_PAUSE:
                 self._provider.heard_of_pause(refused.retry_after)
             return False
-        await slot.release(Completion.ABANDONED)
+        slot.release_soon(Completion.ABANDONED)  # only its rate booking mattered
         return True
 
     async def answered(self, response: H1Response) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -327,3 +328,61 @@ async def test_a_release_nobody_waits_for_is_logged_when_redis_is_gone(
             what="the failed release logged",
         )
     await redis_server.start()
+
+
+class _CancelsOnAnswer(RedisBackend):
+    """Cancels ``victim`` in the very callback that hands it Redis's answer: a client gone just then."""
+
+    victim: asyncio.Task[Slot] | None = None
+
+    def _answered(self, calls: Any, what: str, run: Any) -> None:
+        super()._answered(calls, what, run)
+        if what == "acquire" and self.victim is not None:
+            self.victim.cancel()
+
+
+async def test_a_caller_gone_just_as_its_slot_came_leaves_no_slot_behind(clients: Clients) -> None:
+    """The answer was handed over, then the caller was cancelled before it ran: the slot goes back."""
+    loop = asyncio.get_running_loop()
+    backend = _CancelsOnAnswer(clients())
+    limiter = QueuedLimiter(backend, clock=loop.time, sleep=asyncio.sleep)
+    admin, leases = clients(), backend.keys.leases(P, PROVIDER_SCOPE)
+    try:
+        backend.victim = asyncio.ensure_future(limiter.acquire(P, [scope(concurrency=1)], max_wait=0))
+        with pytest.raises(asyncio.CancelledError):
+            await backend.victim
+        await eventually(lambda: admin.zcard(leases), until=lambda held: held == 0, timeout=2,
+                         what="the unclaimed slot given back")
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_release_whose_caller_stopped_waiting_is_still_sent(
+    sidecars: Sidecars, clients: Clients
+) -> None:
+    """Cancelled while its give-back was queued: the give-back still reaches Redis."""
+    (limiter,) = sidecars(1)
+    backend = limiter.backend
+    assert isinstance(backend, RedisBackend)
+    slot = await limiter.acquire(P, [scope(concurrency=1)], max_wait=0)
+    giving_back = asyncio.ensure_future(slot.release())
+    await asyncio.sleep(0)  # queued, not yet sent
+    giving_back.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await giving_back
+    admin = clients()
+    await eventually(lambda: admin.zcard(backend.keys.leases(P, PROVIDER_SCOPE)),
+                     until=lambda held: held == 0, timeout=2, what="the slot given back")
+
+
+async def test_closing_sends_the_give_backs_still_queued(sidecars: Sidecars, clients: Clients) -> None:
+    """A graceful stop right after the last request: its give-back reaches Redis before the client
+    closes, so the place is free at once, not after the lease time."""
+    (limiter,) = sidecars(1)
+    backend = limiter.backend
+    assert isinstance(backend, RedisBackend)
+    slot = await limiter.acquire(P, [scope(concurrency=1)], max_wait=0)
+    slot.release_soon(Completion.OK)
+    await limiter.aclose()
+    await backend.redis.aclose()
+    assert await clients().zcard(backend.keys.leases(P, PROVIDER_SCOPE)) == 0
