@@ -100,33 +100,31 @@ class _Call:
 class _FleetLease:
     """A granted slot: renewed in the background until released."""
 
-    __slots__ = ("_backend", "_provider", "_shape", "admitted_at", "lease_id", "wait")
+    __slots__ = ("_backend", "admitted_at", "lease_id", "provider", "shape", "wait")
 
     def __init__(
         self, backend: RedisBackend, provider: str, shape: _Shape, lease_id: str, wait: float,
         admitted_at: int,
     ) -> None:
         self._backend = backend
-        self._provider = provider
-        self._shape = shape
+        self.provider = provider
+        self.shape = shape
         self.lease_id = lease_id
         self.wait = wait
         self.admitted_at = admitted_at
 
     def start_renewing(self) -> None:
-        self._backend.hold(self.lease_id, self._shape.lease_keys)
+        self._backend.hold(self.lease_id, self.shape.lease_keys)
 
     async def release(self, completion: Completion) -> None:
-        self._backend.let_go(self.lease_id)
         try:
-            await self._backend.release(self._provider, self._shape, self, completion)
+            await self._backend.release(self, completion)
         except FleetUnavailable as error:
-            self._backend.not_released(self._provider, error)
+            self._backend.not_released(self.provider, error)
 
     def release_soon(self, completion: Completion) -> None:
-        self._backend.let_go(self.lease_id)
-        sent = self._backend.release(self._provider, self._shape, self, completion)
-        sent.add_done_callback(functools.partial(self._backend.heard_of_release, self._provider))
+        sent = self._backend.release(self, completion)
+        sent.add_done_callback(functools.partial(self._backend.heard_of_release, self.provider))
 
 
 class RedisBackend:
@@ -150,6 +148,7 @@ class RedisBackend:
         self.redis = redis
         self.keys = keys or FleetKeys()
         self.lease_ttl = lease_ttl
+        self._lease_ttl_us = micros(lease_ttl)
         self._poll_interval = poll_interval
         self._sleep = sleep
         self._acquire = redis.register_script(lua.ACQUIRE)
@@ -180,7 +179,7 @@ class RedisBackend:
     ) -> _FleetLease | Blocked:
         shape = self._shape(provider, scopes)
         lease_id = f"{self._lease_prefix}{next(self._lease_count):x}"
-        args = [lease_id, micros(self.lease_ttl), micros(max(0.0, max_wait)), *shape.acquire_args]
+        args = [lease_id, self._lease_ttl_us, micros(max(0.0, max_wait)), *shape.acquire_args]
         grant = (provider, shape, lease_id)
         answer = self._queue(self._acquires, provider, shape.acquire_keys, args, grant)
         try:
@@ -202,12 +201,13 @@ class RedisBackend:
             return Blocked(Reason.CONCURRENCY, CONCURRENCY_RETRY_AFTER, scope)
         return Blocked(Reason.RATE, seconds(amount), scope)
 
-    def release(
-        self, provider: str, shape: _Shape, lease: _FleetLease, completion: Completion
-    ) -> asyncio.Future[Any]:
-        """Queue the release with the loop turn's others; the future is Redis's answer."""
+    def release(self, lease: _FleetLease, completion: Completion) -> asyncio.Future[Any]:
+        """Stop renewing ``lease`` and queue its release with the loop turn's others; the future
+        is Redis's answer."""
+        self._held.pop(lease.lease_id, None)
+        shape = lease.shape
         args = [lease.lease_id, completion.value, lease.admitted_at, *shape.own]
-        return self._queue(self._releases, provider, shape.release_keys, args, None)
+        return self._queue(self._releases, lease.provider, shape.release_keys, args, None)
 
     def heard_of_release(self, provider: str, sent: asyncio.Future[Any]) -> None:
         """A release nobody waited for was answered: log it when it failed."""
@@ -223,9 +223,9 @@ class RedisBackend:
         )
 
     def _shape(self, provider: str, scopes: Sequence[Scope]) -> _Shape:
-        key = (provider, id(scopes))
+        key = (provider, id(scopes))  # the shape holds ``scopes``: no other object has its id meanwhile
         shape = self._shapes.get(key)
-        if shape is None or shape.scopes is not scopes:
+        if shape is None:
             if len(self._shapes) >= 1024:  # callers pass their routes' fixed tuples: never, in use
                 self._shapes.clear()
             shape = self._shapes[key] = _Shape(self.keys, provider, scopes)
@@ -300,13 +300,10 @@ class RedisBackend:
         task.add_done_callback(self._orphans.discard)
 
     def hold(self, lease_id: str, keys: list[str]) -> None:
-        """Keep ``lease_id`` renewed until it is let go."""
+        """Keep ``lease_id`` renewed until it is released."""
         self._held[lease_id] = keys
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._renew_held(), name="sidecar-fleet-lease-renewal")
-
-    def let_go(self, lease_id: str) -> None:
-        self._held.pop(lease_id, None)
 
     async def _renew_held(self) -> None:
         """Every third of ``lease_ttl``, push out the expiry of every lease still held; ends once none is."""

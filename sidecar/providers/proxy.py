@@ -205,22 +205,28 @@ class ProxyHandler:
             route=route,
             retryable=eligible and replayable,
         )
-        if rt.name in self._shared:
-            return await self._through_fleet(request, rt, out, request_id, None)
-        return await self._send(request, rt, out, request_id, None)
+        return await self._dispatch(request, rt, out, request_id, None)
 
-    async def _through_fleet(
+    def _dispatch(
         self, request: web.Request, rt: ProxyRuntime, out: _Outbound, request_id: str,
         tap: Tap | None,
-    ) -> web.StreamResponse:
-        """Through the fleet's shared breaker (when the provider has one), then admitted and sent.
+    ) -> Awaitable[web.StreamResponse]:
+        """Through the fleet's shared breaker when the provider has one, else straight to its
+        limits and the upstream (a plain function: no coroutine frame of its own).
 
         ``tap``: a paid job's first request, whose answer the ledger keeps (refused before it was
         sent, it leaves the tap as it was: nothing went out)."""
-        route = out.route
         link = self._shared.get(rt.name)
         if link is None:
-            return await self._send(request, rt, out, request_id, tap)
+            return self._send(request, rt, out, request_id, tap)
+        return self._through_fleet(link, request, rt, out, request_id, tap)
+
+    async def _through_fleet(
+        self, link: SharedBreaker, request: web.Request, rt: ProxyRuntime, out: _Outbound,
+        request_id: str, tap: Tap | None,
+    ) -> web.StreamResponse:
+        """The fleet's shared breaker decides first; its trial's verdict is reported after."""
+        route = out.route
         decision = await link.before(route)
         if isinstance(decision, Rejection):
             rt.metrics.short_circuited.inc()
@@ -317,7 +323,7 @@ class ProxyHandler:
         )
 
         def send(tap: Tap | None) -> Awaitable[web.StreamResponse]:
-            return self._through_fleet(request, rt, out, request_id, tap)
+            return self._dispatch(request, rt, out, request_id, tap)
 
         return await jobs.handle(job, send)
 

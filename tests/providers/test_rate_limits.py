@@ -22,6 +22,7 @@ from ..support.configs import provider, sidecar_config
 from ..support.fake_provider import FakeProvider, Reply
 from ..support.fakes import FakeClock
 from ..support.metric_samples import metric
+from ..support.polling import eventually
 
 Start = Callable[..., Awaitable[Any]]
 
@@ -107,7 +108,7 @@ async def test_concurrency_refuses_while_the_slots_are_taken(fake: FakeProvider,
     fake.then(Reply(hold=hold))
     client = await start(limited(fake, concurrency=1))
     first = asyncio.ensure_future(client.get("/p/slow"))
-    await _until(lambda: fake.inflight == 1)
+    await eventually(lambda: fake.inflight == 1, interval=0.005)
     refused = await client.get("/p/x")
     assert refused.status == 429 and refused.headers["Retry-After"] == "1"
     assert (await refused.json())["reason"] == "concurrency"
@@ -126,10 +127,10 @@ async def test_waiting_callers_are_served_in_arrival_order(fake: FakeProvider, s
     client = await sidecar(config, sleep=asyncio.sleep)
     runtime = client.app[SERVICES].registry.providers["p"]
     calls = [asyncio.ensure_future(client.get("/p/0"))]
-    await _until(lambda: fake.inflight == 1)
+    await eventually(lambda: fake.inflight == 1, interval=0.005)
     for n in range(1, 4):
         calls.append(asyncio.ensure_future(client.get(f"/p/{n}")))
-        await _until(lambda n=n: runtime.inflight == n + 1)
+        await eventually(lambda n=n: runtime.inflight == n + 1, interval=0.005)
     hold.set()
     assert [r.status for r in await asyncio.gather(*calls)] == [200] * 4
     assert [s.raw_path for s in fake.seen] == ["/0", "/1", "/2", "/3"]
@@ -247,7 +248,7 @@ async def test_a_concurrency_429_halves_the_providers_concurrency(
     hold = asyncio.Event()
     fake.then(Reply(hold=hold), Reply(hold=hold))
     held = [asyncio.ensure_future(client.post("/p/tts")) for _ in range(2)]
-    await _until(lambda: fake.inflight == 2)
+    await eventually(lambda: fake.inflight == 2, interval=0.005)
     refused = await client.post("/p/tts")
     assert refused.status == 429 and (await refused.json())["reason"] == "concurrency"
     hold.set()
@@ -291,17 +292,10 @@ async def test_the_place_is_held_while_the_body_streams(start: Start) -> None:
         assert (await client.get("/p/x")).status == 429
         more.set()
         assert await streamed.read() == b"last"
-        await _until(lambda: client.app[SERVICES].limits.providers["p"].in_flight == 0)
+        await eventually(lambda: client.app[SERVICES].limits.providers["p"].in_flight == 0, interval=0.005)
         assert (await client.get("/p/x")).status == 200
 
 
-async def _until(condition: Callable[[], bool], deadline: float = 5.0) -> None:
-    """Poll ``condition`` until it holds (real time, bounded)."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + deadline
-    while not condition():
-        assert loop.time() < give_up, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 class _upstream:

@@ -37,14 +37,6 @@ async def post(sc: Sidecar, key: str, body: bytes = b'{"input": 1}') -> tuple[in
         return resp.status, dict(resp.headers), await resp.read()
 
 
-async def until(predicate: object, within: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():  # type: ignore[operator]
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_two_sidecars_on_one_redis_send_a_key_once(
     redis_server: RedisServer, fake: FakeProvider, tmp_path: Path
 ) -> None:
@@ -60,7 +52,7 @@ async def test_two_sidecars_on_one_redis_send_a_key_once(
     try:
         first = asyncio.ensure_future(post(a, "tg:1:avatar"))
         second = asyncio.ensure_future(post(b, "tg:1:avatar"))
-        await until(lambda: len(fake.seen) == 1)
+        await eventually(lambda: len(fake.seen) == 1, timeout=10, what="the provider reached")
         await asyncio.sleep(0.3)  # time for the other one to reach the provider, if it would
         assert len(fake.seen) == 1
         hold.set()
@@ -140,7 +132,7 @@ async def test_a_sidecar_killed_mid_create_leaves_the_key_unknown(fake: FakeProv
     first = await start_sidecar(text, tmp_path, env=env)
     pending = asyncio.ensure_future(post(first, "tg:7:train"))
     try:
-        await until(lambda: len(fake.seen) == 1)
+        await eventually(lambda: len(fake.seen) == 1, timeout=10, what="the provider reached")
         await first.kill()
         second = await start_sidecar(text, tmp_path, env=env)
         try:
