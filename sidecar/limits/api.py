@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from enum import Enum
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sidecar.policy.admission import Blocked, Reason, Scope
 from sidecar.policy.gcra import micros
@@ -34,6 +34,7 @@ from sidecar.policy.gcra import micros
 __all__ = [
     "Backend",
     "Completion",
+    "DecidesInMemory",
     "FleetUnavailable",
     "Lease",
     "Limiter",
@@ -107,6 +108,25 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class DecidesInMemory(Protocol):
+    """A backend whose decisions need no coroutine (the local one): the limiter asks it directly
+    when nobody is in line, and callers admitted at once skip the queue's machinery."""
+
+    def acquire_now(self, provider: str, scopes: Sequence[Scope], max_wait: float) -> Lease | Blocked:
+        """``Backend.try_acquire``, decided in memory."""
+        ...
+
+    def open_now(self, provider: str) -> int | None:
+        """Let through a call whose budgets limit nothing: its admission time (µs), or None while
+        the provider is paused or its concurrency lowered (then its budgets must decide)."""
+        ...
+
+    def release_open(self, provider: str, admitted_at: int, completion: Completion) -> None:
+        """Give back an ``open_now`` place (a concurrency 429 lowers the provider's concurrency)."""
+        ...
+
+
 class Slot:
     """A place held for one call: ``async with`` gives it back, ``complete()`` says how it went.
 
@@ -169,6 +189,17 @@ class Limiter(Protocol):
     def acquire_at_once(self, provider: str, scopes: Sequence[Scope]) -> Slot | None:
         """The slot ``acquire`` would give without any wait, decided without a coroutine; None
         when it can't be said without one (then ``acquire`` decides)."""
+        ...
+
+    def pass_open(self, provider: str) -> int | None:
+        """Let a call whose budgets limit nothing (no rate, no concurrency) through at once, with
+        nothing booked: its admission time (µs) for ``release_open``. None when that can't be said
+        without a coroutine (a pause, a lowered concurrency, callers in line, the fleet's limiter):
+        then ``acquire`` decides, as if this had not been asked."""
+        ...
+
+    def release_open(self, provider: str, admitted_at: int, completion: Completion) -> None:
+        """Give back a place ``pass_open`` gave."""
         ...
 
     async def pause(self, provider: str, seconds: float) -> float: ...

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
-from sidecar.limits.api import FleetUnavailable, Limiter, RateLimited, Slot
+from sidecar.limits.api import Completion, FleetUnavailable, Limiter, RateLimited, Slot
 from sidecar.logs import get_logger
 from sidecar.policy.admission import Scope
 
@@ -88,6 +88,13 @@ class FallbackLimiter:
         """The limiter in force answers (the fleet's asks Redis, so never at once)."""
         current = self.fleet if self._mode == "fleet" else self.local
         return current.acquire_at_once(provider, scopes)
+
+    def pass_open(self, provider: str) -> int | None:
+        """The local limiter's open place, while it is in force (the fleet's asks Redis)."""
+        return None if self._mode == "fleet" else self.local.pass_open(provider)
+
+    def release_open(self, provider: str, admitted_at: int, completion: Completion) -> None:
+        self.local.release_open(provider, admitted_at, completion)  # only the local one gives them
 
     async def pause(self, provider: str, seconds: float) -> float:
         local = await self.local.pause(provider, seconds)

@@ -102,14 +102,11 @@ class LocalBackend:
         at once while the provider is neither paused nor lowered, with nothing booked: the common
         case costs a count, not a lease in each budget.
         """
+        if all(s.gcra is None and s.concurrency is None for s in scopes):
+            admitted_at = self.open_now(provider)
+            if admitted_at is not None:
+                return _OpenLease(self, provider, admitted_at)
         now = micros(self._clock())
-        if (
-            all(s.gcra is None and s.concurrency is None for s in scopes)
-            and self._paused_until.get(provider, 0) <= now
-            and provider not in self._aimd
-        ):
-            self._open[provider] = self._open.get(provider, 0) + 1
-            return _OpenLease(self, provider, now)
         budgets = [(s, self._budget(provider, s)) for s in scopes]
         result = admit(
             now,
@@ -124,6 +121,19 @@ class LocalBackend:
         if isinstance(result, Blocked):
             return result
         return _LocalLease(self, provider, budgets, result)
+
+    def open_now(self, provider: str) -> int | None:
+        """Admit a call whose budgets limit nothing: counted, not booked; its admission time (µs),
+        or None while the provider is paused or its concurrency lowered (its budgets decide then)."""
+        now = micros(self._clock())
+        if self._paused_until.get(provider, 0) > now:
+            return None
+        if provider in self._aimd:
+            if aimd_limit(self._aimd[provider], now) is not None:
+                return None
+            del self._aimd[provider]  # forgotten: as if never lowered
+        self._open[provider] = self._open.get(provider, 0) + 1
+        return now
 
     def _budget(self, provider: str, scope: Scope) -> Budget:
         key = (provider, scope.name)

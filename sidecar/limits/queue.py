@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.limits.api import Backend, Completion, Lease, RateLimited, Slot
+from sidecar.limits.api import Backend, Completion, DecidesInMemory, Lease, RateLimited, Slot
 from sidecar.policy.admission import Blocked, Reason, Scope
 
 __all__ = ["QueuedLimiter"]
@@ -68,22 +68,34 @@ class QueuedLimiter:
         self._servers: dict[str, asyncio.Task[None]] = {}
         self._chores: set[asyncio.Task[None]] = set()
         self._wakers: dict[str, Callable[[], None]] = {}  # each provider's slot release callback
-        # A backend that decides in memory (the local one) offers its decision without a coroutine.
-        self._at_once: Callable[[str, Sequence[Scope], float], Lease | Blocked] | None = getattr(
-            backend, "acquire_now", None
-        )
+        # A backend that decides in memory (the local one) is asked without a coroutine.
+        self._memory = backend if isinstance(backend, DecidesInMemory) else None
 
     def acquire_at_once(self, provider: str, scopes: Sequence[Scope]) -> Slot | None:
         """The slot ``acquire`` would give without any wait, decided without a coroutine; None when
         that can't be said here (a wait would be needed, callers are in line, the backend asks
         Redis): then ``acquire`` decides, as if this had not been asked (a refusal books nothing)."""
-        at_once = self._at_once
-        if at_once is None or self._lines.get(provider):
+        memory = self._memory
+        if memory is None or self._lines.get(provider):
             return None
-        result = at_once(provider, scopes, 0.0)
+        result = memory.acquire_now(provider, scopes, 0.0)
         if isinstance(result, Blocked):
             return None
         return Slot(result, 0.0, self._waker(provider))
+
+    def pass_open(self, provider: str) -> int | None:
+        """A call whose budgets limit nothing goes at once unless the provider is held back or has
+        callers in line (they are not overtaken); None: ``acquire`` decides."""
+        memory = self._memory
+        if memory is None or self._lines.get(provider):
+            return None
+        return memory.open_now(provider)
+
+    def release_open(self, provider: str, admitted_at: int, completion: Completion) -> None:
+        memory = self._memory
+        assert memory is not None  # only a backend in memory gives open places
+        memory.release_open(provider, admitted_at, completion)
+        self._wake(provider)  # under a lowered concurrency, open calls count: one may have freed a slot
 
     async def acquire(self, provider: str, scopes: Sequence[Scope], *, max_wait: float) -> Slot:
         """A slot within ``max_wait`` seconds (bound it by the time left of ``timeouts.total``)."""

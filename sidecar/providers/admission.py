@@ -68,6 +68,7 @@ class _Plan:
     retry_scopes: tuple[Scope, ...]  # the same rates, no concurrency: a retry keeps its place
     max_wait: float
     max_pause: float
+    open: bool  # no rate and no concurrency anywhere: only a pause or a lowering can hold it back
 
 
 def _plan(provider: RateLimitConfig, route: RouteConfig | None) -> _Plan:
@@ -78,7 +79,8 @@ def _plan(provider: RateLimitConfig, route: RouteConfig | None) -> _Plan:
         limit = route.rate_limit
         scopes.append(Scope.of(limit.budget or route.name, limit))
     retry_scopes = tuple(dataclasses.replace(s, concurrency=None) for s in scopes)
-    return _Plan(tuple(scopes), retry_scopes, limit.max_wait, limit.max_pause)
+    open_ = all(s.gcra is None and s.concurrency is None for s in scopes)
+    return _Plan(tuple(scopes), retry_scopes, limit.max_wait, limit.max_pause, open_)
 
 
 class ProviderLimits:
@@ -114,23 +116,22 @@ class ProviderLimits:
 class Ticket:
     """A request's place: the attempt loop's gate, given back when the request is done."""
 
-    __slots__ = ("_concurrency_429", "_final", "_limiter", "_plan", "_provider", "_slot", "_wall")
+    __slots__ = ("_concurrency_429", "_final", "_limiter", "_plan", "_provider", "_wall")
 
     def __init__(
-        self, limiter: Limiter, provider: ProviderLimits, plan: _Plan, slot: Slot,
-        wall: Callable[[], float],
+        self, limiter: Limiter, provider: ProviderLimits, plan: _Plan, wall: Callable[[], float],
     ) -> None:
         self._limiter = limiter
         self._provider = provider
         self._plan = plan
-        self._slot = slot
         self._wall = wall
         self._concurrency_429 = False  # the last 429 said the account's concurrency is full
         self._final: int | None = None
 
     @property
     def waited(self) -> float:
-        return self._slot.waited
+        """Seconds between asking for the place and getting it."""
+        raise NotImplementedError
 
     def finish(self, status: int | None) -> None:
         """The status the client gets from the provider (None: a sidecar error, no answer)."""
@@ -176,9 +177,52 @@ class Ticket:
         Nothing waits for the fleet's Redis to hear of it: the release goes with the loop turn's
         others, and one that fails is logged (the lease then expires on its own)."""
         try:
-            self._slot.release_soon(self._completion())
+            self._give_back(self._completion())
         finally:
             self._provider.in_flight -= 1
+
+    def _give_back(self, completion: Completion) -> None:
+        raise NotImplementedError
+
+
+class _SlotTicket(Ticket):
+    """A place the limiter booked in the route's budgets (or held for a pause or a lowering)."""
+
+    __slots__ = ("_slot",)
+
+    def __init__(
+        self, limiter: Limiter, provider: ProviderLimits, plan: _Plan, wall: Callable[[], float],
+        slot: Slot,
+    ) -> None:
+        super().__init__(limiter, provider, plan, wall)
+        self._slot = slot
+
+    @property
+    def waited(self) -> float:
+        return self._slot.waited
+
+    def _give_back(self, completion: Completion) -> None:
+        self._slot.release_soon(completion)
+
+
+class _OpenTicket(Ticket):
+    """A place in budgets that limit nothing, let through at once (``Limiter.pass_open``)."""
+
+    __slots__ = ("_admitted_at",)
+
+    def __init__(
+        self, limiter: Limiter, provider: ProviderLimits, plan: _Plan, wall: Callable[[], float],
+        admitted_at: int,
+    ) -> None:
+        super().__init__(limiter, provider, plan, wall)
+        self._admitted_at = admitted_at
+
+    @property
+    def waited(self) -> float:
+        return 0.0
+
+    def _give_back(self, completion: Completion) -> None:
+        self._limiter.release_open(self._provider.name, self._admitted_at, completion)
 
 
 class Limits:
@@ -204,6 +248,12 @@ class Limits:
         """A place for one request, within its wait; raises ``SidecarError`` (429 rate_limited)."""
         limits = self.providers[provider]
         plan = limits.plan(route.name)
+        if plan.open:  # the common case: no limit configured, nothing booked
+            admitted_at = self.limiter.pass_open(provider)
+            if admitted_at is not None:
+                limits.metrics.waited(0.0)
+                limits.in_flight += 1
+                return _OpenTicket(self.limiter, limits, plan, self._wall, admitted_at)
         slot = self.limiter.acquire_at_once(provider, plan.scopes)  # in memory, when it can say
         if slot is None:
             wait = max(0.0, min(plan.max_wait, time_left))
@@ -217,7 +267,7 @@ class Limits:
                 raise _rate_limited(provider, refused) from None
         limits.metrics.waited(slot.waited)
         limits.in_flight += 1
-        return Ticket(self.limiter, limits, plan, slot, self._wall)
+        return _SlotTicket(self.limiter, limits, plan, self._wall, slot)
 
     async def aclose(self) -> None:
         """Stop the limiter and close the fleet's Redis (at shutdown, once requests are done)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.limits.api import FleetUnavailable, RateLimited
+from sidecar.limits.api import Completion, FleetUnavailable, RateLimited
 from sidecar.limits.fallback import FallbackLimiter, Mode
 from sidecar.limits.local import LocalBackend
 from sidecar.limits.queue import QueuedLimiter
@@ -87,6 +87,33 @@ def test_an_outage_switches_to_local_at_once_and_back_after_a_successful_check()
         with pytest.raises(RateLimited):  # the fleet's slot, still held, counts again
             await rig.limiter.acquire(P, ONE, max_wait=0)
         await held.release()
+        await rig.limiter.aclose()
+
+    run_virtual(main())
+
+
+def test_unlimited_calls_pass_at_once_only_on_the_local_limiter() -> None:
+    """``pass_open`` is None while the fleet's limiter is in force (Redis decides, pauses are
+    shared there); after the switch the local limiter lets them through, and one still in flight
+    when the fleet comes back is given back to the local limiter that counted it."""
+
+    async def main() -> None:
+        rig = _Rig()
+        local = rig.limiter.local
+        assert isinstance(local, QueuedLimiter) and isinstance(local.backend, LocalBackend)
+        free = Scope(PROVIDER_SCOPE)
+        assert rig.limiter.pass_open(P) is None
+        rig.flaky.down = True
+        await rig.fail_once()
+        admitted_at = rig.limiter.pass_open(P)
+        assert admitted_at is not None
+        assert local.backend.usage(P, free)[0] == 1
+        rig.flaky.down = False
+        await asyncio.sleep(1.01)
+        assert rig.limiter.mode == "fleet"
+        assert rig.limiter.pass_open(P) is None
+        rig.limiter.release_open(P, admitted_at, Completion.OK)
+        assert local.backend.usage(P, free)[0] == 0
         await rig.limiter.aclose()
 
     run_virtual(main())

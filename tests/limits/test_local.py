@@ -256,6 +256,64 @@ def test_a_slot_is_given_at_once_only_when_no_wait_is_needed() -> None:
     virtual(test)
 
 
+def test_an_unlimited_call_passes_at_once_unless_held_back_and_still_counts_for_aimd() -> None:
+    """``pass_open``: a call whose budgets limit nothing goes at once with nothing booked, but it
+    counts as in flight (the base of a lowering), a concurrency 429 it gets lowers the provider, and
+    then (or during a pause, or while callers are in line) it is None and ``acquire`` decides. When
+    an open call ends under a lowered concurrency, a caller waiting for that slot is let in."""
+
+    async def test(limiter: QueuedLimiter, clock: Callable[[], float]) -> None:
+        free = [scope()]
+        backend = limiter.backend
+        assert isinstance(backend, LocalBackend)
+        opened = [limiter.pass_open(P) for _ in range(4)]
+        assert all(isinstance(at, int) for at in opened)
+        assert backend.usage(P, free[0])[0] == 4  # counted, not booked
+        first, *others = [at for at in opened if at is not None]
+        limiter.release_open(P, first, Completion.CONCURRENCY_LIMITED)  # 4 were in flight
+        assert backend.lowered_limit(P) == 2
+        assert limiter.pass_open(P) is None  # the lowered limit decides now
+        waiter = asyncio.create_task(limiter.acquire(P, free, max_wait=10))
+        await asyncio.sleep(1)
+        assert not waiter.done()  # 3 in flight, over the lowered 2
+        limiter.release_open(P, others[0], Completion.ABANDONED)
+        await asyncio.sleep(1)
+        assert not waiter.done()  # 2 in flight: still full
+        limiter.release_open(P, others[1], Completion.ABANDONED)
+        slot = await asyncio.wait_for(waiter, 1)  # woken by the open call that ended
+        assert slot.waited == 2.0
+        limiter.release_open(P, others[2], Completion.ABANDONED)
+        await slot.release(Completion.ABANDONED)
+        assert backend.usage(P, free[0])[0] == 0
+
+        await asyncio.sleep(600)  # a reduction with no news for 10 minutes is forgotten
+        assert limiter.pass_open(P) is not None
+        await limiter.pause(P, 3)
+        assert limiter.pass_open(P) is None
+        await asyncio.sleep(3)
+        assert limiter.pass_open(P) is not None
+
+    virtual(test)
+
+
+def test_an_unlimited_call_does_not_overtake_a_caller_in_line() -> None:
+    """While a caller of the provider waits in line (here behind a pause), ``pass_open`` says None
+    even once the pause is over: the caller in line goes first."""
+
+    async def test(limiter: QueuedLimiter, clock: Callable[[], float]) -> None:
+        free = [scope()]
+        await limiter.pause(P, 2)
+        waiter = asyncio.create_task(limiter.acquire(P, free, max_wait=5))
+        await asyncio.sleep(0)
+        assert limiter.pass_open(P) is None
+        slot = await waiter
+        assert slot.waited == 2.0
+        await slot.release(Completion.OK)
+        assert limiter.pass_open(P) is not None
+
+    virtual(test)
+
+
 class _ScriptedBackend(LocalBackend):
     """Like the fleet's backend (polled, other holders), it records asks and frees a slot mid-pass."""
 
