@@ -117,5 +117,8 @@ class ProviderLimitMetrics:
     def waited(self, seconds: float) -> None:
         self._wait.observe(seconds)
 
+    def at_once(self) -> None:
+        self._wait.counts[0] += 1  # a wait of 0: the first bucket, the sum unchanged
+
     def export_paused_until(self, current: Callable[[], float]) -> None:
         self._gauge.set_function(current)

@@ -52,6 +52,9 @@ class LimitMetrics(Protocol):
     def waited(self, seconds: float) -> None:
         """Observe how long a request waited for its place (refused ones too)."""
 
+    def at_once(self) -> None:
+        """Observe a wait of 0: the request had its place at once."""
+
     def export_paused_until(self, current: Callable[[], float]) -> None:
         """Read the end of the provider's pause (Unix time, 0 when none) at each scrape."""
 
@@ -99,44 +102,49 @@ class ProviderLimits:
         self.metrics = metrics
         self.in_flight = 0  # this sidecar's requests holding a place
         self.paused_until = 0.0  # Unix time: the end of the last pause this sidecar heard of
-        self._wall = wall
+        self.wall = wall
         metrics.export_paused_until(self._paused_gauge)
 
     def plan(self, route: str) -> _Plan:
         return self.plans.get(route, self.other)
 
     def heard_of_pause(self, seconds_left: float) -> None:
-        self.paused_until = max(self.paused_until, self._wall() + seconds_left)
+        self.paused_until = max(self.paused_until, self.wall() + seconds_left)
 
     def _paused_gauge(self) -> float:
         until = self.paused_until
-        return until if until > self._wall() else 0.0
+        return until if until > self.wall() else 0.0
 
 
 class Ticket:
-    """A request's place: the attempt loop's gate, given back when the request is done."""
+    """A request's place: the attempt loop's gate, given back when the request is done.
 
-    __slots__ = ("_concurrency_429", "_final", "_limiter", "_plan", "_provider", "_wall")
+    ``slot`` is the limiter's booking; None for a call let through with nothing booked
+    (``Limiter.pass_open``, its admission time in ``admitted_at``). ``waited``: seconds between
+    asking for the place and getting it.
+    """
+
+    __slots__ = (
+        "_admitted_at", "_concurrency_429", "_final", "_limiter", "_plan", "_provider", "_slot",
+        "waited",
+    )
 
     def __init__(
-        self, limiter: Limiter, provider: ProviderLimits, plan: _Plan, wall: Callable[[], float],
+        self, limiter: Limiter, provider: ProviderLimits, plan: _Plan, slot: Slot | None,
+        admitted_at: int = 0,
     ) -> None:
         self._limiter = limiter
         self._provider = provider
         self._plan = plan
-        self._wall = wall
+        self._slot = slot
+        self._admitted_at = admitted_at
+        self.waited = 0.0 if slot is None else slot.waited
         self._concurrency_429 = False  # the last 429 said the account's concurrency is full
         self._final: int | None = None
-
-    @property
-    def waited(self) -> float:
-        """Seconds between asking for the place and getting it."""
-        raise NotImplementedError
 
     def finish(self, status: int | None) -> None:
         """The status the client gets from the provider (None: a sidecar error, no answer)."""
         self._final = status
-
     async def before_retry(self, remaining: float) -> bool:
         plan = self._plan
         wait = max(0.0, min(plan.max_wait, remaining))
@@ -153,7 +161,7 @@ class Ticket:
         if response.status != 429:
             return
         body = await _peek_body(response)
-        throttle = read_429(response.headers, body, now=self._wall(), max_pause=self._plan.max_pause)
+        throttle = read_429(response.headers, body, now=self._provider.wall(), max_pause=self._plan.max_pause)
         self._concurrency_429 = throttle.concurrency
         log = get_logger("limits")
         if throttle.concurrency:
@@ -163,66 +171,27 @@ class Ticket:
             self._provider.heard_of_pause(left)
             log.warning("provider_paused", provider=self._provider.name, seconds=round(left, 3))
 
-    def _completion(self) -> Completion:
-        status = self._final
-        if status is None:
-            return Completion.ABANDONED
-        if status != 429:
-            return Completion.OK
-        return Completion.CONCURRENCY_LIMITED if self._concurrency_429 else Completion.ABANDONED
-
     def close(self) -> None:
         """Give the place back, reporting how the request ended (once the answer is relayed).
 
         Nothing waits for the fleet's Redis to hear of it: the release goes with the loop turn's
         others, and one that fails is logged (the lease then expires on its own)."""
+        status = self._final
+        if status is None or (status == 429 and not self._concurrency_429):
+            completion = Completion.ABANDONED  # no answer, or a 429 that says nothing of concurrency
+        elif status != 429:
+            completion = Completion.OK
+        else:
+            completion = Completion.CONCURRENCY_LIMITED
+        provider = self._provider
         try:
-            self._give_back(self._completion())
+            slot = self._slot
+            if slot is None:
+                self._limiter.release_open(provider.name, self._admitted_at, completion)
+            else:
+                slot.release_soon(completion)
         finally:
-            self._provider.in_flight -= 1
-
-    def _give_back(self, completion: Completion) -> None:
-        raise NotImplementedError
-
-
-class _SlotTicket(Ticket):
-    """A place the limiter booked in the route's budgets (or held for a pause or a lowering)."""
-
-    __slots__ = ("_slot",)
-
-    def __init__(
-        self, limiter: Limiter, provider: ProviderLimits, plan: _Plan, wall: Callable[[], float],
-        slot: Slot,
-    ) -> None:
-        super().__init__(limiter, provider, plan, wall)
-        self._slot = slot
-
-    @property
-    def waited(self) -> float:
-        return self._slot.waited
-
-    def _give_back(self, completion: Completion) -> None:
-        self._slot.release_soon(completion)
-
-
-class _OpenTicket(Ticket):
-    """A place in budgets that limit nothing, let through at once (``Limiter.pass_open``)."""
-
-    __slots__ = ("_admitted_at",)
-
-    def __init__(
-        self, limiter: Limiter, provider: ProviderLimits, plan: _Plan, wall: Callable[[], float],
-        admitted_at: int,
-    ) -> None:
-        super().__init__(limiter, provider, plan, wall)
-        self._admitted_at = admitted_at
-
-    @property
-    def waited(self) -> float:
-        return 0.0
-
-    def _give_back(self, completion: Completion) -> None:
-        self._limiter.release_open(self._provider.name, self._admitted_at, completion)
+            provider.in_flight -= 1
 
 
 class Limits:
@@ -244,30 +213,42 @@ class Limits:
             for p in providers if p.kind == "proxy"
         }
 
-    async def admit(self, provider: str, route: RouteConfig, time_left: float) -> Ticket:
-        """A place for one request, within its wait; raises ``SidecarError`` (429 rate_limited)."""
+    def admit_at_once(self, provider: str, route: RouteConfig) -> Ticket | None:
+        """The request's place when it can be given at once, without a coroutine (the limiter
+        decides in memory); None when not: then ``admit`` decides, as if this had not been asked."""
         limits = self.providers[provider]
         plan = limits.plan(route.name)
+        limiter = self.limiter
         if plan.open:  # the common case: no limit configured, nothing booked
-            admitted_at = self.limiter.pass_open(provider)
+            admitted_at = limiter.pass_open(provider)
             if admitted_at is not None:
-                limits.metrics.waited(0.0)
+                limits.metrics.at_once()
                 limits.in_flight += 1
-                return _OpenTicket(self.limiter, limits, plan, self._wall, admitted_at)
-        slot = self.limiter.acquire_at_once(provider, plan.scopes)  # in memory, when it can say
+                return Ticket(limiter, limits, plan, None, admitted_at)
+        slot = limiter.acquire_at_once(provider, plan.scopes)
         if slot is None:
-            wait = max(0.0, min(plan.max_wait, time_left))
-            try:
-                slot = await self.limiter.acquire(provider, plan.scopes, max_wait=wait)
-            except RateLimited as refused:
-                limits.metrics.refused(refused.reason.value)
-                limits.metrics.waited(refused.waited)
-                if refused.reason is Reason.PROVIDER_PAUSE:
-                    limits.heard_of_pause(refused.retry_after)
-                raise _rate_limited(provider, refused) from None
+            return None
+        limits.metrics.at_once()
+        limits.in_flight += 1
+        return Ticket(limiter, limits, plan, slot)
+
+    async def admit(self, provider: str, route: RouteConfig, time_left: float) -> Ticket:
+        """A place for one request, within its wait; raises ``SidecarError`` (429 rate_limited).
+        The request path asks ``admit_at_once`` first."""
+        limits = self.providers[provider]
+        plan = limits.plan(route.name)
+        wait = max(0.0, min(plan.max_wait, time_left))
+        try:
+            slot = await self.limiter.acquire(provider, plan.scopes, max_wait=wait)
+        except RateLimited as refused:
+            limits.metrics.refused(refused.reason.value)
+            limits.metrics.waited(refused.waited)
+            if refused.reason is Reason.PROVIDER_PAUSE:
+                limits.heard_of_pause(refused.retry_after)
+            raise _rate_limited(provider, refused) from None
         limits.metrics.waited(slot.waited)
         limits.in_flight += 1
-        return _SlotTicket(self.limiter, limits, plan, self._wall, slot)
+        return Ticket(self.limiter, limits, plan, slot)
 
     async def aclose(self) -> None:
         """Stop the limiter and close the fleet's Redis (at shutdown, once requests are done)."""

@@ -246,11 +246,14 @@ class ProxyHandler:
         """Through the provider's limits (when there are any), then sent and relayed; the place
         is held until the answer is relayed."""
         ticket = None
-        if self._limits is not None:
-            try:
-                ticket = await self._limits.admit(rt.name, out.route, out.route.timeouts.total)
-            except SidecarError as refused:
-                return _with_request_id(to_response(refused), request_id)
+        limits = self._limits
+        if limits is not None:
+            ticket = limits.admit_at_once(rt.name, out.route)
+            if ticket is None:
+                try:
+                    ticket = await limits.admit(rt.name, out.route, out.route.timeouts.total)
+                except SidecarError as refused:
+                    return _with_request_id(to_response(refused), request_id)
         try:
             route = out.route
             send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)

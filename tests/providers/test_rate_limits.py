@@ -191,6 +191,10 @@ async def test_a_provider_429_pauses_the_provider(
     clock.advance(3.0)
     assert (await client.post("/p/x")).status == 200
     assert metric(client, "sidecar_rate_limited_total", provider="p", reason="provider_pause") == 1
+    # Every request's wait is observed, 0 for the two let through and for the one refused at once.
+    assert metric(client, "sidecar_rate_limit_wait_seconds_count", provider="p") == 3
+    assert metric(client, "sidecar_rate_limit_wait_seconds_bucket", provider="p", le="0.001") == 3
+    assert metric(client, "sidecar_rate_limit_wait_seconds_sum", provider="p") == 0
 
 
 async def test_a_pause_is_capped_by_max_pause(fake: FakeProvider, start: Start) -> None:
