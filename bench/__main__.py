@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from bench import baseline, fleet_rate, ledger_memory, report, targets, wrk
+from bench import baseline, fleet_rate, instructions, ledger_memory, report, targets, wrk
 from bench.core import run_core
 from bench.procs import ProcessSet, StartError, pin
 from bench.runner import Settings, run_all
@@ -55,6 +55,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the shared rate limit figure (3 sidecars x 200 clients on one Redis, 60 s; "
         "10 s with --quick)",
+    )
+    p.add_argument(
+        "--no-instructions",
+        action="store_true",
+        help="skip the instruction counts a request (the sidecar targets under callgrind, ~2 min)",
     )
     p.add_argument("--proxy-cpu", type=int, default=0)
     p.add_argument("--load-cpu", type=int, default=1)
@@ -124,6 +129,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         upstream = targets.start_upstream(procs, workdir, load_cpu)
         env = Env(procs, workdir, proxy_cpu, load_cpu, REPO, upstream, older)
         results = run_all(env, chosen, settings, wrk.write_scripts(workdir))
+        counted = None
+        if not args.no_instructions:
+            names = [n for n in instructions.NAMES if n in {t.name for t in chosen}]
+            requests = instructions.REQUESTS // 5 if args.quick else instructions.REQUESTS
+            counted = instructions.measure(env, names, requests=requests)
         if upstream.proc is not None:
             procs.stop(upstream.proc)  # frees the load core for the streaming run
         stream = {} if args.no_stream else _stream(env, procs, args.stream_size)
@@ -166,6 +176,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         data["ledger_memory"] = memory
     if fleet is not None:
         data["fleet_rate"] = fleet
+    if counted is not None:
+        data["instructions"] = counted
     return data
 
 

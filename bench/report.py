@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import instructions
 from bench.runner import TargetResult
 from bench.stream import StreamResult
 
@@ -169,6 +170,9 @@ def markdown(data: Mapping[str, Any]) -> str:
     fleet = data.get("fleet_rate")
     if fleet is not None:
         lines += ["", *_fleet_table(fleet)]
+    counted = data.get("instructions")
+    if counted is not None:
+        lines += ["", *instructions.summary(counted)]
     core = data.get("core_ns")
     if core is not None:
         lines += ["", *_core_table(core)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -168,13 +168,16 @@ def _sidecar_ledger_redis(env: Env, upstream: str) -> Running:
 
 def start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], str], *,
                   python: str = sys.executable, cwd: Path | None = None,
-                  name: str = "sidecar", environ: Mapping[str, str] | None = None) -> Running:
+                  name: str = "sidecar", environ: Mapping[str, str] | None = None,
+                  wrapper: Sequence[str] = (), ready_deadline: float = 20.0) -> Running:
     """`python -m sidecar` run from `cwd` (the repo by default), so that is the tree it imports;
-    `environ` replaces the inherited environment (a fleet's sidecars differ in their instance id)."""
+    `environ` replaces the inherited environment (a fleet's sidecars differ in their instance id);
+    `wrapper` goes before the interpreter (valgrind, for the instruction counts)."""
     dir_, port, ops_port = _fresh_dir(env.workdir, name), free_port(), free_port()
     conf = dir_ / "sidecar.yaml"
     conf.write_text(config(port, ops_port, upstream))
     argv = [
+        *wrapper,
         python,
         "-m",
         "sidecar",
@@ -189,12 +192,14 @@ def start_sidecar(env: Env, upstream: str, config: Callable[[int, int, str], str
     # no use for: cut it short.
     proc = env.procs.spawn(name, argv, cpu=env.proxy_cpu, env=environ, cwd=cwd or env.repo,
                            stop_grace=0.5)
-    return _ready(env, proc, f"http://127.0.0.1:{port}/bench", ops_port, "/health/ready")
+    return _ready(env, proc, f"http://127.0.0.1:{port}/bench", ops_port, "/health/ready",
+                  ready_deadline)
 
 
-def _ready(env: Env, proc: Proc, base_url: str, port: int, path: str) -> Running:
+def _ready(env: Env, proc: Proc, base_url: str, port: int, path: str,
+           deadline: float = 20.0) -> Running:
     try:
-        ready = wait_ready(proc, port, path)
+        ready = wait_ready(proc, port, path, deadline)
     except StartError:
         env.procs.stop(proc)
         raise

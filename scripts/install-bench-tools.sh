@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the programs `python -m bench` drives: wrk (load), haproxy and nginx (reference proxies and the
-# upstream), redis-server (the Redis targets and the shared rate limit figure), taskset (CPU pinning).
+# upstream), redis-server (the Redis targets and the shared rate limit figure), taskset (CPU pinning),
+# valgrind (callgrind: the instruction counts a request).
 # Idempotent: when everything is present it only checks and exits.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v taskset >/dev/null || missing+=(util-linux)
+command -v callgrind_control >/dev/null || missing+=(valgrind)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -28,3 +30,4 @@ haproxy -v >/dev/null
 PATH="$PATH:/usr/sbin" nginx -v 2>/dev/null
 redis-server --version >/dev/null
 taskset -V >/dev/null
+valgrind --version >/dev/null
