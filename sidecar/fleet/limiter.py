@@ -83,12 +83,13 @@ class _Shape:
 
 
 class _Call:
-    """One call waiting for its loop turn's script run; ``grant`` is set for an acquisition."""
+    """One call waiting for its loop turn's script run; ``grant`` is set for an acquisition.
+    ``future`` is None for a give-back nobody waits for (a failure is logged for it)."""
 
     __slots__ = ("args", "future", "grant", "keys")
 
     def __init__(
-        self, future: asyncio.Future[Any], keys: list[str], args: list[Any],
+        self, future: asyncio.Future[Any] | None, keys: list[str], args: list[Any],
         grant: tuple[str, _Shape, str] | None,
     ) -> None:
         self.future = future
@@ -123,8 +124,7 @@ class _FleetLease:
             self._backend.not_released(self.provider, error)
 
     def release_soon(self, completion: Completion) -> None:
-        sent = self._backend.release(self, completion)
-        sent.add_done_callback(functools.partial(self._backend.heard_of_release, self.provider))
+        self._backend.release_soon(self, completion)
 
 
 class RedisBackend:
@@ -181,7 +181,8 @@ class RedisBackend:
         lease_id = f"{self._lease_prefix}{next(self._lease_count):x}"
         args = [lease_id, self._lease_ttl_us, micros(max(0.0, max_wait)), *shape.acquire_args]
         grant = (provider, shape, lease_id)
-        answer = self._queue(self._acquires, provider, shape.acquire_keys, args, grant)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(self._acquires, provider, _Call(answer, shape.acquire_keys, args, grant))
         try:
             status, index, amount, now = await answer
         except CancelledError:
@@ -204,17 +205,27 @@ class RedisBackend:
     def release(self, lease: _FleetLease, completion: Completion) -> asyncio.Future[Any]:
         """Stop renewing ``lease`` and queue its release with the loop turn's others; the future
         is Redis's answer."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue_release(lease, completion, future)
+        return future
+
+    def release_soon(self, lease: _FleetLease, completion: Completion) -> None:
+        """``release`` that nobody waits for: no future, a failure is logged."""
+        self._queue_release(lease, completion, None)
+
+    def _queue_release(
+        self, lease: _FleetLease, completion: Completion, future: asyncio.Future[Any] | None
+    ) -> None:
         self._held.pop(lease.lease_id, None)
         shape = lease.shape
         args = [lease.lease_id, completion.value, lease.admitted_at, *shape.own]
-        return self._queue(self._releases, lease.provider, shape.release_keys, args, None)
+        self._queue(self._releases, lease.provider, _Call(future, shape.release_keys, args, None))
 
-    def heard_of_release(self, provider: str, sent: asyncio.Future[Any]) -> None:
-        """A release nobody waited for was answered: log it when it failed."""
-        error = None if sent.cancelled() else sent.exception()
+    def _release_failed(self, provider: str, error: BaseException) -> None:
+        """A give-back nobody waited for failed: the lease will expire; say so."""
         if isinstance(error, FleetUnavailable):
             self.not_released(provider, error)
-        elif error is not None:
+        else:
             self.log.error("fleet_lease_release_failed", provider=provider, error=repr(error))
 
     def not_released(self, provider: str, error: FleetUnavailable) -> None:
@@ -231,20 +242,14 @@ class RedisBackend:
             shape = self._shapes[key] = _Shape(self.keys, provider, scopes)
         return shape
 
-    def _queue(
-        self, pending: dict[str, list[_Call]], provider: str, keys: list[str], args: list[Any],
-        grant: tuple[str, _Shape, str] | None,
-    ) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+    def _queue(self, pending: dict[str, list[_Call]], provider: str, call: _Call) -> None:
         calls = pending.get(provider)
         if calls is None:
             calls = pending[provider] = []
-        calls.append(_Call(future, keys, args, grant))
+        calls.append(call)
         if not self._flush_due:
             self._flush_due = True
-            loop.call_soon(self._flush)
-        return future
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_due = False
@@ -253,13 +258,13 @@ class RedisBackend:
         for script, pending, what in (
             (self._release, releases, "release"), (self._acquire, acquires, "acquire")
         ):
-            for calls in pending.values():
+            for provider, calls in pending.items():
                 if script is self._acquire:  # a release goes even when its caller stopped waiting
-                    calls = [call for call in calls if not call.future.cancelled()]
+                    calls = [call for call in calls if not _cancelled(call)]
                 for first in range(0, len(calls), _MAX_BATCH):
-                    self._run(script, calls[first:first + _MAX_BATCH], what)
+                    self._run(script, calls[first:first + _MAX_BATCH], what, provider)
 
-    def _run(self, script: Script, calls: list[_Call], what: str) -> None:
+    def _run(self, script: Script, calls: list[_Call], what: str, provider: str) -> None:
         keys: list[str] = []
         args: list[Any] = []
         for call in calls:
@@ -267,18 +272,24 @@ class RedisBackend:
             args += [len(call.keys), len(call.args), *call.args]
         run = asyncio.ensure_future(script(keys, args))
         self._runs.add(run)
-        run.add_done_callback(functools.partial(self._answered, calls, what))
+        run.add_done_callback(functools.partial(self._answered, calls, what, provider))
 
-    def _answered(self, calls: list[_Call], what: str, run: asyncio.Future[list[Any]]) -> None:
+    def _answered(
+        self, calls: list[_Call], what: str, provider: str, run: asyncio.Future[list[Any]]
+    ) -> None:
         self._runs.discard(run)
         try:
             error = CancelledError() if run.cancelled() else run.exception()
             if error is not None:
-                for call in calls:
-                    if not call.future.done():
+                for call in calls:  # each its own exception: each caller's traceback grows on it
+                    if call.future is None:  # a give-back nobody waits for
+                        self._release_failed(provider, unavailable(error, what))
+                    elif not call.future.done():
                         call.future.set_exception(unavailable(error, what))
                 return
             for call, reply in zip(calls, run.result(), strict=True):
+                if call.future is None:
+                    continue
                 if not call.future.done():
                     call.future.set_result(reply)
                 elif call.grant is not None:
@@ -286,7 +297,7 @@ class RedisBackend:
         except Exception as bug:  # a reply of the wrong shape: nobody may be left waiting
             self.log.error("fleet_reply_not_understood", what=what, error=repr(bug))
             for call in calls:
-                if not call.future.done():
+                if call.future is not None and not call.future.done():
                     call.future.set_exception(bug)
 
     def _give_back_unclaimed(self, grant: tuple[str, _Shape, str], reply: list[int]) -> None:
@@ -362,6 +373,10 @@ class RedisBackend:
 
     async def _guard(self, operation: Awaitable[Any], what: str) -> Any:
         return await guarded(operation, what=what)
+
+
+def _cancelled(call: _Call) -> bool:
+    return call.future is not None and call.future.cancelled()
 
 
 def fleet_limiter(

@@ -335,8 +335,8 @@ class _CancelsOnAnswer(RedisBackend):
 
     victim: asyncio.Task[Slot] | None = None
 
-    def _answered(self, calls: Any, what: str, run: Any) -> None:
-        super()._answered(calls, what, run)
+    def _answered(self, calls: Any, what: str, provider: str, run: Any) -> None:
+        super()._answered(calls, what, provider, run)
         if what == "acquire" and self.victim is not None:
             self.victim.cancel()
 
