@@ -320,7 +320,7 @@ class RedisBackend:
         """Every third of ``lease_ttl``, push out the expiry of every lease still held; ends once none is."""
         while self._held:
             await self._sleep(self.lease_ttl / 3)
-            ttl = micros(self.lease_ttl)
+            ttl = self._lease_ttl_us
             results = await asyncio.gather(
                 *(self._guard(self._renew(keys, [lease_id, ttl]), "renew") for lease_id, keys in
                   list(self._held.items())),

@@ -102,7 +102,7 @@ class LocalBackend:
         at once while the provider is neither paused nor lowered, with nothing booked: the common
         case costs a count, not a lease in each budget.
         """
-        if all(s.gcra is None and s.concurrency is None for s in scopes):
+        if all(s.limits_nothing for s in scopes):
             admitted_at = self.open_now(provider)
             if admitted_at is not None:
                 return _OpenLease(self, provider, admitted_at)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -61,11 +62,8 @@ class _WaitHistogram(Collector):
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(_WAIT_NAME, _WAIT_HELP, labels=("provider",))
         for provider, waits in self._series.items():
-            counts, running, buckets = list(waits.counts), 0, []
-            for bound, count in zip(self._bounds, counts, strict=True):
-                running += count
-                buckets.append((bound, float(running)))
-            family.add_metric([provider], buckets, waits.total)
+            cumulative = map(float, accumulate(waits.counts))
+            family.add_metric([provider], list(zip(self._bounds, cumulative, strict=True)), waits.total)
         yield family
 
 

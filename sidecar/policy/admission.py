@@ -53,6 +53,11 @@ class Scope:
     gcra: Gcra | None = None
     concurrency: int | None = None
 
+    @property
+    def limits_nothing(self) -> bool:
+        """No rate and no concurrency: only a pause or a lowering can hold a call back here."""
+        return self.gcra is None and self.concurrency is None
+
     @classmethod
     def of(cls, name: str, limit: RateLimitConfig) -> Scope:
         rpm = limit.requests_per_minute

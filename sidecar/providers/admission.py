@@ -82,7 +82,7 @@ def _plan(provider: RateLimitConfig, route: RouteConfig | None) -> _Plan:
         limit = route.rate_limit
         scopes.append(Scope.of(limit.budget or route.name, limit))
     retry_scopes = tuple(dataclasses.replace(s, concurrency=None) for s in scopes)
-    open_ = all(s.gcra is None and s.concurrency is None for s in scopes)
+    open_ = all(s.limits_nothing for s in scopes)
     return _Plan(tuple(scopes), retry_scopes, limit.max_wait, limit.max_pause, open_)
 
 
@@ -145,6 +145,7 @@ class Ticket:
     def finish(self, status: int | None) -> None:
         """The status the client gets from the provider (None: a sidecar error, no answer)."""
         self._final = status
+
     async def before_retry(self, remaining: float) -> bool:
         plan = self._plan
         wait = max(0.0, min(plan.max_wait, remaining))
@@ -219,18 +220,16 @@ class Limits:
         limits = self.providers[provider]
         plan = limits.plan(route.name)
         limiter = self.limiter
-        if plan.open:  # the common case: no limit configured, nothing booked
-            admitted_at = limiter.pass_open(provider)
-            if admitted_at is not None:
-                limits.metrics.at_once()
-                limits.in_flight += 1
-                return Ticket(limiter, limits, plan, None, admitted_at)
-        slot = limiter.acquire_at_once(provider, plan.scopes)
-        if slot is None:
-            return None
+        slot: Slot | None = None
+        # the common case: no limit configured, let through with nothing booked
+        admitted_at = limiter.pass_open(provider) if plan.open else None
+        if admitted_at is None:
+            slot = limiter.acquire_at_once(provider, plan.scopes)
+            if slot is None:
+                return None
         limits.metrics.at_once()
         limits.in_flight += 1
-        return Ticket(limiter, limits, plan, slot)
+        return Ticket(limiter, limits, plan, slot, admitted_at or 0)
 
     async def admit(self, provider: str, route: RouteConfig, time_left: float) -> Ticket:
         """A place for one request, within its wait; raises ``SidecarError`` (429 rate_limited).
