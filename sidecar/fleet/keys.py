@@ -58,6 +58,10 @@ class FleetKeys:
     def leases(self, provider: str, scope: str) -> str:
         return f"{self._base(provider)}:leases:{self._scope(scope)}"
 
+    def notices(self) -> str:
+        """The channel on which a pause or a lowered concurrency is announced to every sidecar."""
+        return f"{self.prefix}notices"
+
     def breaker(self, provider: str) -> str:
         return f"{self._base(provider)}:breaker"
 

@@ -11,6 +11,15 @@ per call.
 Waiting callers are queued per sidecar (``QueuedLimiter``); across sidecars, whoever asks first
 after a slot frees gets it (each line polls every ``poll_interval`` while blocked on concurrency).
 Rate bookings are made in Redis, so they are served fleet-wide in the order they were booked.
+
+Shares: far from every limit, one script run books a call's place and up to ``share_size`` more
+(rate tokens and concurrency leases, in Redis like any other), and this sidecar admits its next
+calls from them in memory, with no round trip. A share is granted only while each of its budgets
+stays under half used once it is booked, the provider is neither paused nor lowered, and no call
+has to wait; it holds at most what its rate earns in ``share_ttl``, and lives that long: then its
+unused places are given back. A pause or a lowering made by any sidecar is published, and drops
+every share of that provider at once (``Notices``); while that subscription is down, no share is
+used. A slot from a share goes back to the share when its call ends, until the share ends.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import math
 import secrets
 from asyncio import CancelledError
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +36,7 @@ from typing import Any
 from sidecar.fleet import limiter_scripts as lua
 from sidecar.fleet.client import guarded, unavailable
 from sidecar.fleet.keys import FleetKeys
+from sidecar.fleet.notices import Notices
 from sidecar.limits.api import Completion, FleetUnavailable
 from sidecar.limits.queue import QueuedLimiter
 from sidecar.logs import get_logger
@@ -42,6 +53,8 @@ from sidecar.state.resp import RespClient, Script
 __all__ = [
     "DEFAULT_LEASE_TTL",
     "DEFAULT_POLL_INTERVAL",
+    "SHARE_SIZE",
+    "SHARE_TTL",
     "RedisBackend",
     "fleet_limiter",
 ]
@@ -52,6 +65,11 @@ DEFAULT_POLL_INTERVAL = 0.05
 """Seconds between looks while blocked on concurrency (other sidecars' releases are not pushed)."""
 
 
+SHARE_SIZE = 64
+"""Places a share holds at most, besides its call's own."""
+SHARE_TTL = 1.0
+"""Seconds a share lives: a pause another sidecar sets ends it sooner (it is published)."""
+
 _MAX_BATCH = 64
 """Calls in one script run at most: a run holds the Redis, so its length stays bounded."""
 
@@ -59,10 +77,22 @@ _MAX_BATCH = 64
 class _Shape:
     """What every call of one provider with one set of scopes sends, worked out once."""
 
-    __slots__ = ("acquire_args", "acquire_keys", "lease_keys", "own", "release_keys", "scopes")
+    __slots__ = (
+        "acquire_args", "acquire_keys", "asking", "lease_keys", "own", "provider", "release_keys",
+        "scopes", "share", "share_cap",
+    )
 
-    def __init__(self, keys: FleetKeys, provider: str, scopes: Sequence[Scope]) -> None:
+    def __init__(
+        self, keys: FleetKeys, provider: str, scopes: Sequence[Scope], share_size: int, share_ttl: float
+    ) -> None:
+        self.provider = provider
         self.scopes = scopes  # held, so the id this shape is cached under stays this object's
+        self.share: _Share | None = None  # the share its calls are admitted from, while one lives
+        self.asking = False  # a share is being asked for
+        # A share never holds more than its rates earn while it lives (below 2 places: none)
+        rates = [s.gcra.interval for s in scopes if s.gcra]
+        cap = min([share_size, *(math.floor(micros(share_ttl) / i) for i in rates)])
+        self.share_cap = cap if cap >= 2 else 0
         self.acquire_keys = [keys.pause(provider), keys.aimd(provider)]
         self.acquire_args: list[int] = []
         for scope in scopes:
@@ -80,6 +110,20 @@ class _Shape:
         self.release_keys = [keys.aimd(provider)] + [keys.leases(provider, s.name) for s in ordered]
         # (provider scope present, its configured concurrency): the tail of a release's arguments
         self.own = (1, own.concurrency or 0) if own else (0, 0)
+
+
+class _Share:
+    """Places booked ahead in Redis for this sidecar's next calls of one shape."""
+
+    __slots__ = ("admitted_at", "alive", "ids", "shape", "timer", "tokens")
+
+    def __init__(self, shape: _Shape, ids: list[str], admitted_at: int) -> None:
+        self.shape = shape
+        self.ids = ids  # leases free for a call
+        self.tokens = len(ids)  # calls it may still admit
+        self.admitted_at = admitted_at
+        self.alive = True
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class _Call:
@@ -101,11 +145,11 @@ class _Call:
 class _FleetLease:
     """A granted slot: renewed in the background until released."""
 
-    __slots__ = ("_backend", "admitted_at", "lease_id", "provider", "shape", "wait")
+    __slots__ = ("_backend", "admitted_at", "lease_id", "provider", "shape", "share", "wait")
 
     def __init__(
         self, backend: RedisBackend, provider: str, shape: _Shape, lease_id: str, wait: float,
-        admitted_at: int,
+        admitted_at: int, share: _Share | None = None,
     ) -> None:
         self._backend = backend
         self.provider = provider
@@ -113,6 +157,7 @@ class _FleetLease:
         self.lease_id = lease_id
         self.wait = wait
         self.admitted_at = admitted_at
+        self.share = share  # the share it came from: its slot goes back there
 
     def start_renewing(self) -> None:
         self._backend.hold(self.lease_id, self.shape.lease_keys)
@@ -144,6 +189,8 @@ class RedisBackend:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        share_size: int = SHARE_SIZE,
+        share_ttl: float = SHARE_TTL,
     ) -> None:
         self.redis = redis
         self.keys = keys or FleetKeys()
@@ -168,31 +215,63 @@ class RedisBackend:
         self._releases: dict[str, list[_Call]] = {}
         self._flush_due = False
         self._runs: set[asyncio.Future[Any]] = set()
+        self._share_size = share_size
+        self._share_ttl = share_ttl
+        self._notices: Notices | None = None  # started with the first call
         self.log = get_logger("limits")
 
     @property
     def poll_interval(self) -> float | None:
         return self._poll_interval
 
+    def lease_at_once(self, provider: str, scopes: Sequence[Scope]) -> _FleetLease | None:
+        """A place from this sidecar's share, decided in memory; None when there is none left."""
+        share = self._shape(provider, scopes).share
+        if share is None or not share.tokens or not share.ids:
+            return None
+        share.tokens -= 1
+        return _FleetLease(self, provider, share.shape, share.ids.pop(), 0.0, share.admitted_at, share)
+
     async def try_acquire(
         self, provider: str, scopes: Sequence[Scope], max_wait: float
     ) -> _FleetLease | Blocked:
         shape = self._shape(provider, scopes)
+        share = shape.share
+        if share is not None and share.tokens and share.ids:
+            share.tokens -= 1
+            return _FleetLease(self, provider, shape, share.ids.pop(), 0.0, share.admitted_at, share)
+        want = 0
+        if shape.share_cap and not shape.asking:
+            notices = self._notices
+            if notices is None:
+                notices = self._notices = Notices(
+                    self.redis.url, self.keys.notices(), timeout=self.redis.read_timeout,
+                    on_notice=self._heard, on_down=self._retire_all, sleep=self._sleep,
+                )
+                notices.start()
+            if notices.live:
+                want = shape.share_cap
+                shape.asking = True
         lease_id = f"{self._lease_prefix}{next(self._lease_count):x}"
-        args = [lease_id, self._lease_ttl_us, micros(max(0.0, max_wait)), *shape.acquire_args]
+        args = [lease_id, self._lease_ttl_us, micros(max(0.0, max_wait)), *shape.acquire_args, want]
         grant = (provider, shape, lease_id)
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue(self._acquires, provider, _Call(answer, shape.acquire_keys, args, grant))
         try:
-            status, index, amount, now = await answer
+            status, index, amount, now, shared = await answer
         except CancelledError:
             # Cancelled while queued: never sent; while Redis decides: a slot granted to nobody is
             # given back when the answer comes (``_answered``); just after it came: here.
             if answer.done() and not answer.cancelled() and answer.exception() is None:
                 self._give_back_unclaimed(grant, answer.result())
             raise
+        finally:
+            if want:
+                shape.asking = False
         if status == lua.GRANTED:
-            lease = _FleetLease(self, provider, shape, lease_id, seconds(amount), now)
+            # booked with a share, the call's place goes back to it too when the call ends
+            share = self._open_share(shape, lease_id, shared, now) if shared else None
+            lease = _FleetLease(self, provider, shape, lease_id, seconds(amount), now, share)
             lease.start_renewing()
             return lease
         if status == lua.PAUSED:
@@ -216,21 +295,86 @@ class RedisBackend:
     def _queue_release(
         self, lease: _FleetLease, completion: Completion, future: asyncio.Future[Any] | None
     ) -> None:
-        self._held.pop(lease.lease_id, None)
-        shape = lease.shape
-        args = [lease.lease_id, completion.value, lease.admitted_at, *shape.own]
-        self._queue(self._releases, lease.provider, _Call(future, shape.release_keys, args, None))
+        share = lease.share
+        if completion is Completion.CONCURRENCY_LIMITED:
+            # The provider says it is full: ask Redis from now on, and let the lowering count only
+            # the calls in flight (this sidecar's unused places are given back first).
+            self._retire_provider(lease.provider)
+        elif share is not None and share.alive:
+            share.ids.append(lease.lease_id)  # still booked in Redis: the next call's
+            if future is not None:
+                future.set_result(0)
+            return
+        self._give_back(lease.provider, lease.shape, lease.lease_id, completion, lease.admitted_at, future)
 
-    def _release_failed(self, provider: str, error: BaseException) -> None:
-        """A give-back nobody waited for failed: the lease will expire; say so."""
-        if isinstance(error, FleetUnavailable):
-            self.not_released(provider, error)
+    def _give_back(
+        self, provider: str, shape: _Shape, lease_id: str, completion: Completion, admitted_at: int,
+        future: asyncio.Future[Any] | None,
+    ) -> None:
+        self._held.pop(lease_id, None)
+        args: list[Any] = [lease_id, completion.value, admitted_at, *shape.own]
+        if completion is Completion.CONCURRENCY_LIMITED:
+            args.append(self.keys.notices())  # a lowering is announced: shares of it end
+        self._queue(self._releases, provider, _Call(future, shape.release_keys, args, None))
+
+    def _open_share(self, shape: _Shape, lease_id: str, size: int, admitted_at: int) -> _Share:
+        ids = [f"{lease_id}.{j}" for j in range(size, 0, -1)]
+        for id_ in ids:
+            self._held[id_] = shape.lease_keys
+        if shape.share is not None:
+            self._retire(shape.share)
+        share = shape.share = _Share(shape, ids, admitted_at)
+        notices = self._notices
+        if notices is None or not notices.live:  # it went down while Redis decided
+            self._retire(share)
         else:
-            self.log.error("fleet_lease_release_failed", provider=provider, error=repr(error))
+            share.timer = asyncio.get_running_loop().call_later(self._share_ttl, self._retire, share)
+        return share
 
-    def not_released(self, provider: str, error: FleetUnavailable) -> None:
+    def _retire(self, share: _Share) -> None:
+        """End ``share``: its unused places go back to Redis, those in use when their calls end."""
+        if not share.alive:
+            return
+        share.alive = False
+        share.tokens = 0
+        if share.timer is not None:
+            share.timer.cancel()
+        shape = share.shape
+        if shape.share is share:
+            shape.share = None
+        ids, share.ids = share.ids, []
+        for id_ in ids:
+            self._give_back(shape.provider, shape, id_, Completion.ABANDONED, share.admitted_at, None)
+
+    def _retire_all(self) -> None:
+        for shape in list(self._shapes.values()):
+            if shape.share is not None:
+                self._retire(shape.share)
+
+    def _retire_provider(self, provider: str) -> None:
+        for shape in list(self._shapes.values()):
+            if shape.share is not None and shape.provider == provider:
+                self._retire(shape.share)
+
+    def _heard(self, key: str) -> None:
+        """A pause or a lowering of the provider whose key this is: its shares end."""
+        for shape in list(self._shapes.values()):
+            if shape.share is not None and key in (shape.acquire_keys[0], shape.acquire_keys[1]):
+                self._retire(shape.share)
+
+    def _release_failed(self, provider: str, error: BaseException, leases: int) -> None:
+        """Give-backs nobody waited for failed: the leases will expire; say so."""
+        if isinstance(error, FleetUnavailable):
+            self.not_released(provider, error, leases)
+        else:
+            self.log.error(
+                "fleet_lease_release_failed", provider=provider, error=repr(error), leases=leases
+            )
+
+    def not_released(self, provider: str, error: FleetUnavailable, leases: int = 1) -> None:
         self.log.warning(
-            "fleet_lease_not_released", provider=provider, error=str(error), expires_in=self.lease_ttl
+            "fleet_lease_not_released", provider=provider, error=str(error), leases=leases,
+            expires_in=self.lease_ttl,
         )
 
     def _shape(self, provider: str, scopes: Sequence[Scope]) -> _Shape:
@@ -238,8 +382,11 @@ class RedisBackend:
         shape = self._shapes.get(key)
         if shape is None:
             if len(self._shapes) >= 1024:  # callers pass their routes' fixed tuples: never, in use
+                self._retire_all()
                 self._shapes.clear()
-            shape = self._shapes[key] = _Shape(self.keys, provider, scopes)
+            shape = self._shapes[key] = _Shape(
+                self.keys, provider, scopes, self._share_size, self._share_ttl
+            )
         return shape
 
     def _queue(self, pending: dict[str, list[_Call]], provider: str, call: _Call) -> None:
@@ -281,11 +428,14 @@ class RedisBackend:
         try:
             error = CancelledError() if run.cancelled() else run.exception()
             if error is not None:
+                unheard = 0  # give-backs nobody waits for (a share's are many): one log line
                 for call in calls:  # each its own exception: each caller's traceback grows on it
-                    if call.future is None:  # a give-back nobody waits for
-                        self._release_failed(provider, unavailable(error, what))
+                    if call.future is None:
+                        unheard += 1
                     elif not call.future.done():
                         call.future.set_exception(unavailable(error, what))
+                if unheard:
+                    self._release_failed(provider, unavailable(error, what), unheard)
                 return
             for call, reply in zip(calls, run.result(), strict=True):
                 if call.future is None:
@@ -305,6 +455,8 @@ class RedisBackend:
         if reply[0] != lua.GRANTED:
             return
         provider, shape, lease_id = grant
+        for j in range(1, reply[4] + 1):  # and the share booked with it
+            self._give_back(provider, shape, f"{lease_id}.{j}", Completion.ABANDONED, reply[3], None)
         lease = _FleetLease(self, provider, shape, lease_id, 0.0, reply[3])
         task = asyncio.ensure_future(lease.release(Completion.ABANDONED))
         self._orphans.add(task)
@@ -332,7 +484,9 @@ class RedisBackend:
 
     async def pause(self, provider: str, seconds_: float) -> float:
         left = await self._guard(
-            self._pause([self.keys.pause(provider)], [micros(max(0.0, seconds_))]), "pause"
+            self._pause(
+                [self.keys.pause(provider)], [micros(max(0.0, seconds_)), self.keys.notices()]
+            ), "pause",
         )
         return seconds(int(left))
 
@@ -360,6 +514,9 @@ class RedisBackend:
     async def aclose(self) -> None:
         """Send what is queued and wait for every answer (give-backs included), then stop renewing
         (leases still held expire on their own); the client is not closed here."""
+        self._retire_all()
+        if self._notices is not None:
+            await self._notices.aclose()
         while True:
             if self._acquires or self._releases:
                 self._flush()
@@ -387,10 +544,13 @@ def fleet_limiter(
     prefix: str | None = None,
     lease_ttl: float = DEFAULT_LEASE_TTL,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
+    share_size: int = SHARE_SIZE,
+    share_ttl: float = SHARE_TTL,
 ) -> QueuedLimiter:
     """The limiter whose budgets the whole fleet shares (``clock``: monotonic, for the waits)."""
     keys = FleetKeys() if prefix is None else FleetKeys(prefix)
     backend = RedisBackend(
-        redis, keys=keys, lease_ttl=lease_ttl, poll_interval=poll_interval, sleep=sleep
+        redis, keys=keys, lease_ttl=lease_ttl, poll_interval=poll_interval, sleep=sleep,
+        share_size=share_size, share_ttl=share_ttl,
     )
     return QueuedLimiter(backend, clock=clock, sleep=sleep)

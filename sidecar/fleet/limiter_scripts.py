@@ -9,6 +9,10 @@ on the server, on the server's clock (``TIME``), so the sidecars' own clocks nev
 are integer microseconds; numbers written back go through ``%d`` because Lua's default conversion
 would round them. Lease sets are sorted sets scored by expiry: the scripts reap expired leases
 before counting, so the slots of a pod that died come back once its leases run out.
+
+``ACQUIRE`` may book a share with a call (places for the sidecar's next calls, see
+``sidecar.fleet.limiter``); ``PAUSE`` and a lowering by ``RELEASE`` publish the key they changed on
+the notices channel, so sidecars holding shares of that provider drop them.
 """
 
 from __future__ import annotations
@@ -79,11 +83,12 @@ local function acquire(KEYS, ARGV)
 -- KEYS: pause, aimd, then per scope i: KEYS[1+2i] its TAT, KEYS[2+2i] its lease set.
 -- ARGV: lease id, lease ttl µs, max wait µs, then 4 per scope i, from o = 4i - 1: ARGV[o+1]
 -- interval µs (0: no rate), ARGV[o+2] tolerance µs, ARGV[o+3] concurrency (0: none), ARGV[o+4]
--- '1' for the provider's own scope (where the AIMD limit applies).
--- Returns {{status, scope index, µs, now}}: status {GRANTED} granted (µs: the wait before starting),
--- {PAUSED} paused (µs left), {FULL} concurrency full, {RATE} rate (µs until a start would be allowed).
+-- '1' for the provider's own scope (where the AIMD limit applies); last, the share wanted (0: none).
+-- Returns {{status, scope index, µs, now, share}}: status {GRANTED} granted (µs: the wait before
+-- starting), {PAUSED} paused (µs left), {FULL} concurrency full, {RATE} rate (µs until a start would
+-- be allowed). share: the places booked besides the call's own, leased as '<lease id>.<j>'.
 local paused = pause_end(KEYS[1])
-if paused > now then return {{{PAUSED}, 0, paused - now, now}} end
+if paused > now then return {{{PAUSED}, 0, paused - now, now, 0}} end
 local low = lowered_limit(KEYS[2])
 local n = (#KEYS - 2) / 2
 local start, rate_scope = now, 0
@@ -91,27 +96,45 @@ for i = 1, n do
   local o = 4 * i - 1
   local limit = tonumber(ARGV[o + 3])
   if ARGV[o + 4] == '1' and low and (limit == 0 or low < limit) then limit = low end
-  if limit > 0 and held(KEYS[2 + 2 * i]) >= limit then return {{{FULL}, i, 0, now}} end
+  if limit > 0 and held(KEYS[2 + 2 * i]) >= limit then return {{{FULL}, i, 0, now, 0}} end
   if tonumber(ARGV[o + 1]) > 0 then
     local earliest = tat_of(KEYS[1 + 2 * i]) - tonumber(ARGV[o + 2])
     if earliest > start then start, rate_scope = earliest, i end
   end
 end
-if start - now > tonumber(ARGV[3]) then return {{{RATE}, rate_scope, start - now, now}} end
+if start - now > tonumber(ARGV[3]) then return {{{RATE}, rate_scope, start - now, now, 0}} end
+-- A share only while no budget is half used once it is booked, none is lowered, none waits.
+local share = tonumber(ARGV[4 * n + 4])
+if share > 0 and (low or start > now) then share = 0 end
+for i = 1, n do
+  if share < 2 then break end
+  local o = 4 * i - 1
+  local interval, limit = tonumber(ARGV[o + 1]), tonumber(ARGV[o + 3])
+  if limit > 0 then share = math.min(share, math.floor(limit / 2) - held(KEYS[2 + 2 * i]) - 1) end
+  if interval > 0 then
+    local used = math.max(tat_of(KEYS[1 + 2 * i]), now) + interval - now
+    share = math.min(share, math.floor((tonumber(ARGV[o + 2]) / 2 - used) / interval))
+  end
+end
+if share < 2 then share = 0 end
 local expires = int(now + tonumber(ARGV[2]))
 for i = 1, n do
   local interval, key, leases = tonumber(ARGV[4 * i]), KEYS[1 + 2 * i], KEYS[2 + 2 * i]
   if interval > 0 then
-    tats[key] = math.max(tat_of(key), start) + interval
+    tats[key] = math.max(tat_of(key), start) + interval * (1 + share)
     if not dirty_tats[key] then dirty_tats[key] = true dirty_tats[#dirty_tats + 1] = key end
   end
-  counts[leases] = held(leases) + 1
+  counts[leases] = held(leases) + 1 + share
   local added = adds[leases]
   if not added then added = {{}} adds[leases] = added adds[#adds + 1] = leases end
   added[#added + 1] = expires
   added[#added + 1] = ARGV[1]
+  for j = 1, share do
+    added[#added + 1] = expires
+    added[#added + 1] = ARGV[1] .. '.' .. j
+  end
 end
-return {{{GRANTED}, 0, start - now, now}}
+return {{{GRANTED}, 0, start - now, now, share}}
 end
 """ + _BATCH.format(one="acquire", end="""
 for _, key in ipairs(dirty_tats) do
@@ -137,17 +160,18 @@ local function aimd_of(key)
   end
   return states[key]
 end
-local function lower_to(key, value, top)
+local function lower_to(key, value, top, channel)
   redis.call('HSET', key, 'limit', value, 'ceiling', top, 'changed_at', int(now))
   redis.call('PEXPIRE', key, {AIMD_FORGET_AFTER // 1000})
   states[key] = {{value, top, now}}
+  if channel then redis.call('PUBLISH', channel, key) end
   return value
 end
 
 local function release(KEYS, ARGV)
 -- KEYS: aimd, then the lease sets (KEYS[2] the provider's own when ARGV[4] is '1').
 -- ARGV: lease id, 'ok' | 'concurrency' | 'abandoned', admitted at µs, provider scope present,
--- configured concurrency of the provider (0: none).
+-- configured concurrency of the provider (0: none); for 'concurrency', the notices channel.
 local in_flight = 1
 if ARGV[2] == 'concurrency' and ARGV[4] == '1' then
   remove_now()  -- the calls before this one in the batch have ended
@@ -169,7 +193,7 @@ if ARGV[2] == 'ok' then
     states[KEYS[1]] = {{nil, nil, nil}}
     return 0
   end
-  return lower_to(KEYS[1], limit + 1, ceiling)
+  return lower_to(KEYS[1], limit + 1, ceiling, nil)
 end
 if limit and tonumber(ARGV[3]) <= changed then return limit end
 local base, top = limit, ceiling
@@ -178,7 +202,7 @@ if not limit then
   if configured > 0 then base = configured else base = math.max(in_flight, {AIMD_MIN_LIMIT}) end
   top = base
 end
-return lower_to(KEYS[1], math.max({AIMD_MIN_LIMIT}, math.floor(base * {AIMD_DECREASE_FACTOR})), top)
+return lower_to(KEYS[1], math.max({AIMD_MIN_LIMIT}, math.floor(base * {AIMD_DECREASE_FACTOR})), top, ARGV[6])
 end
 """ + _BATCH.format(one="release", end="\nremove_now()")
 
@@ -194,9 +218,13 @@ return renewed
 """
 
 PAUSE = _PRELUDE + """
--- KEYS: pause. ARGV: pause µs. The later of the pause in force and this one wins; returns µs left.
+-- KEYS: pause. ARGV: pause µs, the notices channel. The later of the pause in force and this one
+-- wins; returns µs left. Every sidecar hears of it on the channel before this script answers.
 local ends = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now + tonumber(ARGV[1]))
-if ends > now then redis.call('SET', KEYS[1], int(ends), 'PX', int(math.ceil((ends - now) / 1000))) end
+if ends > now then
+  redis.call('SET', KEYS[1], int(ends), 'PX', int(math.ceil((ends - now) / 1000)))
+  redis.call('PUBLISH', ARGV[2], KEYS[1])
+end
 return math.max(ends - now, 0)
 """
 

@@ -36,6 +36,7 @@ __all__ = [
     "Completion",
     "DecidesInMemory",
     "FleetUnavailable",
+    "GrantsAtOnce",
     "Lease",
     "Limiter",
     "RateLimited",
@@ -124,6 +125,16 @@ class DecidesInMemory(Protocol):
 
     def release_open(self, provider: str, admitted_at: int, completion: Completion) -> None:
         """Give back an ``open_now`` place (a concurrency 429 lowers the provider's concurrency)."""
+        ...
+
+
+@runtime_checkable
+class GrantsAtOnce(Protocol):
+    """A backend that can sometimes grant without a coroutine (the fleet's, from a share it holds):
+    the limiter asks it first when nobody is in line."""
+
+    def lease_at_once(self, provider: str, scopes: Sequence[Scope]) -> Lease | None:
+        """A lease granted in memory, or None: then ``try_acquire`` decides."""
         ...
 
 

@@ -85,7 +85,7 @@ class FallbackLimiter:
         return slot
 
     def acquire_at_once(self, provider: str, scopes: Sequence[Scope]) -> Slot | None:
-        """The limiter in force answers (the fleet's asks Redis, so never at once)."""
+        """The limiter in force answers (the fleet's only from a share it holds)."""
         current = self.fleet if self._mode == "fleet" else self.local
         return current.acquire_at_once(provider, scopes)
 

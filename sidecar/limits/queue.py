@@ -24,7 +24,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.limits.api import Backend, Completion, DecidesInMemory, Lease, RateLimited, Slot
+from sidecar.limits.api import (
+    Backend,
+    Completion,
+    DecidesInMemory,
+    GrantsAtOnce,
+    Lease,
+    RateLimited,
+    Slot,
+)
 from sidecar.policy.admission import Blocked, Reason, Scope
 
 __all__ = ["QueuedLimiter"]
@@ -68,16 +76,23 @@ class QueuedLimiter:
         self._servers: dict[str, asyncio.Task[None]] = {}
         self._chores: set[asyncio.Task[None]] = set()
         self._wakers: dict[str, Callable[[], None]] = {}  # each provider's slot release callback
-        # A backend that decides in memory (the local one) is asked without a coroutine.
+        # A backend that decides in memory (the local one) is asked without a coroutine, and so
+        # is one that sometimes can (the fleet's, from a share).
         self._memory = backend if isinstance(backend, DecidesInMemory) else None
+        self._at_once = backend if isinstance(backend, GrantsAtOnce) else None
 
     def acquire_at_once(self, provider: str, scopes: Sequence[Scope]) -> Slot | None:
         """The slot ``acquire`` would give without any wait, decided without a coroutine; None when
-        that can't be said here (a wait would be needed, callers are in line, the backend asks
-        Redis): then ``acquire`` decides, as if this had not been asked (a refusal books nothing)."""
+        that can't be said here (a wait would be needed, callers are in line, the fleet's backend
+        has no share left): then ``acquire`` decides, as if this had not been asked (a refusal
+        books nothing)."""
         memory = self._memory
-        if memory is None or self._lines.get(provider):
+        if self._lines.get(provider):
             return None
+        if memory is None:
+            at_once = self._at_once
+            lease = None if at_once is None else at_once.lease_at_once(provider, scopes)
+            return None if lease is None else Slot(lease, 0.0, self._waker(provider))
         result = memory.acquire_now(provider, scopes, 0.0)
         if isinstance(result, Blocked):
             return None

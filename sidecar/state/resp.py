@@ -13,7 +13,8 @@ timeout, and a read timeout: when replies are owed and none has come for ``read_
 (a hung or vanished server) the connection is dropped, failing every command waiting on it with
 ``RespTimeout``. A dropped connection is made again by the next command. Nothing is retried: a
 script whose reply was lost may have run, and only the caller knows whether running it twice is
-harmless.
+harmless. A client made with ``push`` may SUBSCRIBE: each published message's data goes to
+``push``, and ``on_lost`` hears when the connection (and so the subscription) ends.
 """
 
 from __future__ import annotations
@@ -56,9 +57,14 @@ class RespTimeout(RespConnectionError, TimeoutError):
 class _Connection(asyncio.Protocol):
     """One socket: commands go out in order, replies come back in the same order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, read_timeout: float,
+        push: Callable[[bytes], None] | None = None, on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self.loop = loop
         self.read_timeout = read_timeout
+        self.push = push  # a subscribed connection's published messages go here, not to a waiter
+        self.on_lost = on_lost
         self.reader = hiredis.Reader()
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
@@ -95,6 +101,9 @@ class _Connection(asyncio.Protocol):
         self.progress = self.loop.time()
         waiters = self.waiters
         while (reply := self.reader.gets()) is not False:
+            if self.push is not None and type(reply) is list and reply[0] == b"message":
+                self.push(reply[2])
+                continue
             if not waiters:  # a reply nobody asked for: the stream can't be trusted any more
                 self._drop(RespConnectionError("unexpected reply from the server"))
                 return
@@ -126,6 +135,8 @@ class _Connection(asyncio.Protocol):
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(self.lost)
+        if self.on_lost is not None:
+            self.on_lost()
 
     def close(self) -> None:
         self._drop(RespConnectionError("client closed"))
@@ -157,8 +168,13 @@ class RespClient:
         connect_timeout: float,
         read_timeout: float,
         name: str | None = None,
+        push: Callable[[bytes], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
+        self.url = url
         self.address = parse_redis_url(url)
+        self._push = push
+        self._on_lost = on_lost
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.name = name
@@ -235,7 +251,8 @@ class RespClient:
                 self._ssl = tls_context(a)
             async with asyncio.timeout(self.connect_timeout):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop, self.read_timeout), a.host, a.port, ssl=self._ssl,
+                    lambda: _Connection(loop, self.read_timeout, self._push, self._on_lost),
+                    a.host, a.port, ssl=self._ssl,
                     server_hostname=a.host if self._ssl is not None else None,
                 )
                 hello: list[Sequence[Arg]] = []

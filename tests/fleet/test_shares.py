@@ -1,0 +1,208 @@
+"""Shares on a real redis-server: far from its limits a sidecar admits from places booked ahead,
+and a pause, a lowering or a lost subscription ends them at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from sidecar.fleet.limiter import RedisBackend, fleet_limiter
+from sidecar.limits.api import Completion, RateLimited, Slot
+from sidecar.limits.queue import QueuedLimiter
+from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
+from sidecar.state.resp import RespClient
+from tests.fleet.test_limiter import _assert_window_bound
+from tests.support.polling import eventually
+
+P = "replicate"
+Clients = Callable[[], RespClient]
+Sidecars = Callable[..., list[QueuedLimiter]]
+FAR = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(requests_per_minute=600_000, burst=10_000, concurrency=1000))]
+
+
+@pytest.fixture
+async def sidecars(clients: Clients) -> AsyncIterator[Sidecars]:
+    made: list[QueuedLimiter] = []
+
+    def make(n: int, **options: Any) -> list[QueuedLimiter]:
+        loop = asyncio.get_running_loop()
+        fresh = [fleet_limiter(clients(), clock=loop.time, sleep=asyncio.sleep, **options) for _ in range(n)]
+        made.extend(fresh)
+        return fresh
+
+    yield make
+    for limiter in made:
+        await limiter.aclose()
+
+
+def backend_of(limiter: QueuedLimiter) -> RedisBackend:
+    backend = limiter.backend
+    assert isinstance(backend, RedisBackend)
+    return backend
+
+
+async def scripts_run(admin: RespClient) -> int:
+    stats = (await admin.execute("INFO", "commandstats")).decode()
+    line = next((ln for ln in stats.splitlines() if ln.startswith("cmdstat_evalsha:")), "calls=0,")
+    return int(line.split("calls=")[1].split(",")[0])
+
+
+async def listening(admin: RespClient, backend: RedisBackend, n: int = 1) -> None:
+    """Wait until ``n`` sidecars' notice subscriptions are confirmed by Redis."""
+    channel = backend.keys.notices()
+    await eventually(lambda: admin.execute("PUBSUB", "NUMSUB", channel),
+                     until=lambda reply: reply[1] == n, timeout=5, what="the notices subscribed")
+
+
+async def one_call(limiter: QueuedLimiter, scopes: list[Scope] = FAR) -> Slot:
+    """The request path's way: at once when it can be, else through Redis."""
+    return limiter.acquire_at_once(P, scopes) or await limiter.acquire(P, scopes, max_wait=0)
+
+
+async def with_a_share(limiter: QueuedLimiter, admin: RespClient) -> None:
+    """Start the limiter's notices, then take a share (the first call after they are live)."""
+    await (await one_call(limiter)).release(Completion.OK)
+    await listening(admin, backend_of(limiter))
+    await (await one_call(limiter)).release(Completion.OK)
+
+
+async def test_far_from_its_limits_a_sidecar_asks_redis_once_a_share(
+    sidecars: Sidecars, clients: Clients
+) -> None:
+    (limiter,) = sidecars(1, share_size=16)
+    admin = clients()
+    await with_a_share(limiter, admin)
+    leases = backend_of(limiter).keys.leases(P, PROVIDER_SCOPE)
+    assert await admin.zcard(leases) == 17  # the call's place and 16 more, booked in Redis
+    before = await scripts_run(admin)
+    for _ in range(16):
+        slot = limiter.acquire_at_once(P, FAR)
+        assert slot is not None  # from the share, without a coroutine
+        await slot.release(Completion.OK)
+    assert await scripts_run(admin) == before  # Redis was not asked
+    slot = limiter.acquire_at_once(P, FAR)
+    assert slot is None  # the share is used up: the next call asks Redis (and a new share)
+    await (await limiter.acquire(P, FAR, max_wait=0)).release(Completion.OK)
+    assert await scripts_run(admin) >= before + 1
+
+
+async def test_near_a_limit_there_is_no_share(sidecars: Sidecars, clients: Clients) -> None:
+    """Half of concurrency 4 is 2: a share (2 places at least) plus its call would pass it."""
+    budget = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(concurrency=4))]
+    (limiter,) = sidecars(1)
+    admin = clients()
+    await (await one_call(limiter, budget)).release(Completion.OK)
+    await listening(admin, backend_of(limiter))
+    leases = backend_of(limiter).keys.leases(P, PROVIDER_SCOPE)
+    slots = [await one_call(limiter, budget) for _ in range(3)]
+    assert await admin.zcard(leases) == 3  # no place booked ahead: the count is the calls'
+    assert limiter.acquire_at_once(P, budget) is None
+    for slot in slots:
+        await slot.release(Completion.OK)
+
+
+async def test_a_pause_set_by_another_sidecar_ends_the_share_at_once(
+    sidecars: Sidecars, clients: Clients
+) -> None:
+    holder, pauser = sidecars(2)
+    admin = clients()
+    await with_a_share(holder, admin)
+    assert limiter_has_a_share(holder)
+    await pauser.pause(P, 5)
+    # Redis wrote the notice to the holder before it answered anything asked after the pause: once
+    # any later reply is back, the holder's loop has the notice too (as a request after the 429 would).
+    await admin.ping()
+    await asyncio.sleep(0)
+    assert holder.acquire_at_once(P, FAR) is None
+    with pytest.raises(RateLimited) as refused:
+        await holder.acquire(P, FAR, max_wait=0)
+    assert refused.value.reason is Reason.PROVIDER_PAUSE
+    assert await admin.zcard(backend_of(holder).keys.leases(P, PROVIDER_SCOPE)) == 0  # given back
+
+
+def limiter_has_a_share(limiter: QueuedLimiter) -> bool:
+    slot = limiter.acquire_at_once(P, FAR)
+    if slot is None:
+        return False
+    slot.release_soon(Completion.OK)
+    return True
+
+
+async def test_a_concurrency_429_ends_the_share_and_lowers_from_the_configured_limit(
+    sidecars: Sidecars, clients: Clients
+) -> None:
+    (limiter,) = sidecars(1)
+    admin = clients()
+    await with_a_share(limiter, admin)
+    slots = [await one_call(limiter) for _ in range(3)]
+    await slots[0].release(Completion.CONCURRENCY_LIMITED)
+    assert await backend_of(limiter).lowered_limit(P) == 500  # half the configured 1000
+    assert limiter.acquire_at_once(P, FAR) is None
+    # the unused places went back first: only the two calls still running hold one
+    leases = backend_of(limiter).keys.leases(P, PROVIDER_SCOPE)
+    await eventually(lambda: admin.zcard(leases), until=lambda n: n == 2, timeout=2,
+                     what="the share given back")
+    for slot in slots[1:]:
+        await slot.release(Completion.OK)
+
+
+async def test_an_unused_share_is_given_back_when_it_ends(sidecars: Sidecars, clients: Clients) -> None:
+    (limiter,) = sidecars(1, share_ttl=0.2)
+    admin = clients()
+    await with_a_share(limiter, admin)
+    leases = backend_of(limiter).keys.leases(P, PROVIDER_SCOPE)
+    assert await admin.zcard(leases) > 1
+    await eventually(lambda: admin.zcard(leases), until=lambda n: n == 0, timeout=3,
+                     what="the share's places given back once it ended")
+    assert limiter.acquire_at_once(P, FAR) is None
+
+
+async def test_no_share_is_used_while_the_notices_are_down(sidecars: Sidecars, clients: Clients) -> None:
+    (limiter,) = sidecars(1)
+    admin = clients()
+    await with_a_share(limiter, admin)
+    backend = backend_of(limiter)
+    await admin.execute("CLIENT", "KILL", "TYPE", "pubsub")
+    leases = backend.keys.leases(P, PROVIDER_SCOPE)
+    await eventually(lambda: admin.zcard(leases), until=lambda n: n == 0, timeout=3,
+                     what="the share given back when the subscription was lost")
+    assert limiter.acquire_at_once(P, FAR) is None
+    before = await scripts_run(admin)
+    await (await limiter.acquire(P, FAR, max_wait=0)).release(Completion.OK)
+    assert await scripts_run(admin) > before  # decided by Redis
+    await listening(admin, backend)  # subscribed again: shares again
+
+    async def shares_again() -> bool:
+        await (await one_call(limiter)).release(Completion.OK)
+        return limiter_has_a_share(limiter)
+
+    await eventually(shares_again, timeout=5, what="a share once the notices were back")
+
+
+async def test_sidecars_taking_shares_stay_within_the_rate_in_every_window(sidecars: Sidecars) -> None:
+    """6000/min, burst 100: a share holds up to 48 places (half the burst); three sidecars
+    hammering the budget still book no more than it allows in any window."""
+    rpm, burst = 6000.0, 100
+    budget = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(requests_per_minute=rpm, burst=burst))]
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + 1.5
+    starts: list[int] = []
+
+    async def worker(limiter: QueuedLimiter) -> None:
+        while loop.time() < stop_at:
+            try:
+                slot = limiter.acquire_at_once(P, budget) or await limiter.acquire(P, budget, max_wait=0.1)
+            except RateLimited:
+                await asyncio.sleep(0.005)
+                continue
+            starts.append(slot.booked_start)
+            await asyncio.sleep(0.001)
+            slot.release_soon(Completion.OK)
+
+    fleet = sidecars(3)
+    await asyncio.gather(*(worker(limiter) for limiter in fleet for _ in range(4)))
+    _assert_window_bound(starts, rpm, burst)
+    assert len(starts) >= 150  # 100 a second, plus the burst: the budget was really used
