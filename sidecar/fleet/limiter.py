@@ -483,6 +483,7 @@ class RedisBackend:
                 self.log.warning("fleet_lease_not_renewed", leases=len(failed), error=str(failed[0]))
 
     async def pause(self, provider: str, seconds_: float) -> float:
+        self._retire_provider(provider)  # this sidecar's own calls stop at once, before the notice
         left = await self._guard(
             self._pause(
                 [self.keys.pause(provider)], [micros(max(0.0, seconds_)), self.keys.notices()]

@@ -123,6 +123,18 @@ async def test_a_pause_set_by_another_sidecar_ends_the_share_at_once(
     assert await admin.zcard(backend_of(holder).keys.leases(P, PROVIDER_SCOPE)) == 0  # given back
 
 
+async def test_a_pause_this_sidecar_sets_ends_its_own_share_before_redis_answers(
+    sidecars: Sidecars, clients: Clients
+) -> None:
+    (limiter,) = sidecars(1)
+    await with_a_share(limiter, clients())
+    pausing = asyncio.ensure_future(limiter.pause(P, 5))
+    await asyncio.sleep(0)  # the pause is on its way to Redis, not yet answered
+    assert not pausing.done()
+    assert limiter.acquire_at_once(P, FAR) is None
+    await pausing
+
+
 def limiter_has_a_share(limiter: QueuedLimiter) -> bool:
     slot = limiter.acquire_at_once(P, FAR)
     if slot is None:
