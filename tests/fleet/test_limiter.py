@@ -3,52 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from sidecar.fleet.limiter import RedisBackend, fleet_limiter
+from sidecar.fleet.limiter import RedisBackend
 from sidecar.limits.api import Completion, FleetUnavailable, RateLimited, Slot
 from sidecar.limits.queue import QueuedLimiter
 from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
 from sidecar.policy.gcra import MICROS
 from sidecar.state.resp import RespClient
+from tests.fleet.conftest import Sidecars
 from tests.support.polling import eventually
+from tests.support.rate_windows import assert_window_bound
 from tests.support.redis_server import RedisServer
 
 Clients = Callable[[], RespClient]  # a factory of separate clients, as separate sidecars have
 
 P = "replicate"
-Sidecars = Callable[..., list[QueuedLimiter]]
 
 
 def scope(name: str = PROVIDER_SCOPE, **limit: float) -> Scope:
     return Scope.of(name, RateLimitConfig(**limit))  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def sidecars(clients: Clients) -> AsyncIterator[Sidecars]:
-    """``sidecars(n, lease_ttl=...)``: n limiters, each on its own Redis client."""
-    made: list[QueuedLimiter] = []
-
-    def make(n: int, **options: float) -> list[QueuedLimiter]:
-        loop = asyncio.get_running_loop()
-        fresh = [fleet_limiter(clients(), clock=loop.time, sleep=asyncio.sleep, **options) for _ in range(n)]
-        made.extend(fresh)
-        return fresh
-
-    yield make
-    for limiter in made:
-        await limiter.aclose()
-
-
-def _assert_window_bound(starts: list[int], rpm: float, burst: int) -> None:
-    times = sorted(starts)
-    for i in range(len(times)):
-        for j in range(i, len(times)):
-            assert j - i + 1 <= burst + (times[j] - times[i]) * rpm / (60 * MICROS), (i, j)
 
 
 async def test_sidecars_sharing_a_rate_never_exceed_it_together(sidecars: Sidecars) -> None:
@@ -72,7 +50,7 @@ async def test_sidecars_sharing_a_rate_never_exceed_it_together(sidecars: Sideca
 
     fleet = sidecars(3)
     await asyncio.gather(*(worker(limiter, wait) for limiter in fleet for wait in (0.0, 0.0, 0.2)))
-    _assert_window_bound(starts, rpm, burst)
+    assert_window_bound(starts, rpm, burst)
     assert len(starts) >= 15  # ~20 in the second, plus the burst: the budget was really used
 
 

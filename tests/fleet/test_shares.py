@@ -4,38 +4,22 @@ and a pause, a lowering or a lost subscription ends them at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
-from sidecar.fleet.limiter import RedisBackend, fleet_limiter
+from sidecar.fleet.limiter import RedisBackend
 from sidecar.limits.api import Completion, RateLimited, Slot
 from sidecar.limits.queue import QueuedLimiter
 from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
 from sidecar.state.resp import RespClient
-from tests.fleet.test_limiter import _assert_window_bound
+from tests.fleet.conftest import Sidecars
 from tests.support.polling import eventually
+from tests.support.rate_windows import assert_window_bound
 
 P = "replicate"
 Clients = Callable[[], RespClient]
-Sidecars = Callable[..., list[QueuedLimiter]]
 FAR = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(requests_per_minute=600_000, burst=10_000, concurrency=1000))]
-
-
-@pytest.fixture
-async def sidecars(clients: Clients) -> AsyncIterator[Sidecars]:
-    made: list[QueuedLimiter] = []
-
-    def make(n: int, **options: Any) -> list[QueuedLimiter]:
-        loop = asyncio.get_running_loop()
-        fresh = [fleet_limiter(clients(), clock=loop.time, sleep=asyncio.sleep, **options) for _ in range(n)]
-        made.extend(fresh)
-        return fresh
-
-    yield make
-    for limiter in made:
-        await limiter.aclose()
 
 
 def backend_of(limiter: QueuedLimiter) -> RedisBackend:
@@ -216,5 +200,5 @@ async def test_sidecars_taking_shares_stay_within_the_rate_in_every_window(sidec
 
     fleet = sidecars(3)
     await asyncio.gather(*(worker(limiter) for limiter in fleet for _ in range(4)))
-    _assert_window_bound(starts, rpm, burst)
+    assert_window_bound(starts, rpm, burst)
     assert len(starts) >= 150  # 100 a second, plus the burst: the budget was really used

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.policy.gcra import MICROS, Gcra, micros
+from tests.support.rate_windows import assert_window_bound
 
 rates = st.sampled_from([1.0, 6.0, 7.0, 60.0, 600.0, 3000.0, 45_000.0])
 bursts = st.integers(min_value=1, max_value=8)
@@ -21,14 +22,6 @@ def _arrivals(gap_list: list[int]) -> list[int]:
     return times
 
 
-def _assert_window_bound(times: list[int], rpm: float, burst: int) -> None:
-    """Every window [t_i, t_j] holds at most burst + rate x its length calls."""
-    for i in range(len(times)):
-        for j in range(i, len(times)):
-            allowed = burst + (times[j] - times[i]) * rpm / (60 * MICROS)
-            assert j - i + 1 <= allowed + 1e-9, (i, j, times[i], times[j])
-
-
 @given(rates, bursts, gaps)
 def test_admitted_calls_never_exceed_rate_times_window_plus_burst(
     rpm: float, burst: int, gap_list: list[int]
@@ -40,7 +33,7 @@ def test_admitted_calls_never_exceed_rate_times_window_plus_burst(
         if decision.allowed:
             tat = decision.tat
             admitted.append(now)
-    _assert_window_bound(admitted, rpm, burst)
+    assert_window_bound(admitted, rpm, burst)
 
 
 @given(rates, bursts, gaps, st.integers(min_value=0, max_value=5 * MICROS))
@@ -56,7 +49,7 @@ def test_booked_calls_keep_the_bound_and_never_wait_past_max_wait(
         tat = gcra.reserve(tat, start)
         starts.append(start)
         assert start - now <= max_wait
-    _assert_window_bound(sorted(starts), rpm, burst)
+    assert_window_bound(sorted(starts), rpm, burst)
 
 
 @given(rates, bursts, gaps)
