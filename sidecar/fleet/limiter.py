@@ -224,6 +224,11 @@ class RedisBackend:
     def poll_interval(self) -> float | None:
         return self._poll_interval
 
+    @property
+    def hearing_notices(self) -> bool:
+        """Whether other sidecars' pauses and lowerings are heard at once (shares can be used)."""
+        return self._notices is not None and self._notices.live
+
     def lease_at_once(self, provider: str, scopes: Sequence[Scope]) -> _FleetLease | None:
         """A place from this sidecar's share, decided in memory; None when there is none left."""
         share = self._shape(provider, scopes).share
