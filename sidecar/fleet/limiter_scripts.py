@@ -12,7 +12,8 @@ before counting, so the slots of a pod that died come back once its leases run o
 
 ``ACQUIRE`` may book a share with a call (places for the sidecar's next calls, see
 ``sidecar.fleet.limiter``); ``PAUSE`` and a lowering by ``RELEASE`` publish the key they changed on
-the notices channel, so sidecars holding shares of that provider drop them.
+the notices channel, so sidecars holding shares of that provider drop them (with ``pcall``: a
+Redis user denied PUBLISH still pauses and lowers).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ local function lower_to(key, value, top, channel)
   redis.call('HSET', key, 'limit', value, 'ceiling', top, 'changed_at', int(now))
   redis.call('PEXPIRE', key, {AIMD_FORGET_AFTER // 1000})
   states[key] = {{value, top, now}}
-  if channel then redis.call('PUBLISH', channel, key) end
+  if channel then redis.pcall('PUBLISH', channel, key) end
   return value
 end
 
@@ -223,7 +224,7 @@ PAUSE = _PRELUDE + """
 local ends = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now + tonumber(ARGV[1]))
 if ends > now then
   redis.call('SET', KEYS[1], int(ends), 'PX', int(math.ceil((ends - now) / 1000)))
-  redis.call('PUBLISH', ARGV[2], KEYS[1])
+  redis.pcall('PUBLISH', ARGV[2], KEYS[1])
 end
 return math.max(ends - now, 0)
 """
