@@ -16,10 +16,12 @@ Shares: far from every limit, one script run books a call's place and up to ``sh
 (rate tokens and concurrency leases, in Redis like any other), and this sidecar admits its next
 calls from them in memory, with no round trip. A share is granted only while each of its budgets
 stays under half used once it is booked, the provider is neither paused nor lowered, and no call
-has to wait; it holds at most what its rate earns in ``share_ttl``, and lives that long: then its
-unused places are given back. A pause or a lowering made by any sidecar is published, and drops
-every share of that provider at once (``Notices``); while that subscription is down, no share is
-used. A slot from a share goes back to the share when its call ends, until the share ends.
+has to wait. It lives at most ``share_ttl``, less when its rate's burst is small: its tokens are
+booked as if used at the end of its life, the latest they may be, so a late use never adds to a
+burst; then its unused places are given back. A pause or a lowering made by any sidecar is
+published, and drops every share of that provider at once (``Notices``), including one whose
+grant is still on its way back; while that subscription is down, no share is used. A slot from a
+share goes back to the share when its call ends, until the share ends.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ DEFAULT_POLL_INTERVAL = 0.05
 SHARE_SIZE = 64
 """Places a share holds at most, besides its call's own."""
 SHARE_TTL = 1.0
-"""Seconds a share lives: a pause another sidecar sets ends it sooner (it is published)."""
+"""Seconds a share lives at most: a pause another sidecar sets ends it sooner (it is published)."""
+
+_FIRST_SHARE = 8
 
 _MAX_BATCH = 64
 """Calls in one script run at most: a run holds the Redis, so its length stays bounded."""
@@ -79,7 +83,7 @@ class _Shape:
 
     __slots__ = (
         "acquire_args", "acquire_keys", "asking", "lease_keys", "own", "provider", "release_keys",
-        "scopes", "share", "share_cap",
+        "scopes", "share", "share_cap", "want",
     )
 
     def __init__(
@@ -93,6 +97,9 @@ class _Shape:
         rates = [s.gcra.interval for s in scopes if s.gcra]
         cap = min([share_size, *(math.floor(micros(share_ttl) / i) for i in rates)])
         self.share_cap = cap if cap >= 2 else 0
+        # The next share's size: twice what the last one was used for, so a slow caller does not
+        # book (and give back) 64 places for the two it uses before its share ends.
+        self.want = min(self.share_cap, _FIRST_SHARE)
         self.acquire_keys = [keys.pause(provider), keys.aimd(provider)]
         self.acquire_args: list[int] = []
         for scope in scopes:
@@ -113,15 +120,17 @@ class _Shape:
 
 
 class _Share:
-    """Places booked ahead in Redis for this sidecar's next calls of one shape."""
+    """Places booked ahead in Redis for this sidecar's next calls of one shape, until ``ends``
+    (loop time)."""
 
-    __slots__ = ("admitted_at", "alive", "ids", "shape", "timer", "tokens")
+    __slots__ = ("admitted_at", "alive", "ends", "ids", "shape", "size", "timer", "tokens")
 
-    def __init__(self, shape: _Shape, ids: list[str], admitted_at: int) -> None:
+    def __init__(self, shape: _Shape, ids: list[str], admitted_at: int, ends: float) -> None:
         self.shape = shape
         self.ids = ids  # leases free for a call
-        self.tokens = len(ids)  # calls it may still admit
+        self.size = self.tokens = len(ids)  # calls it may admit, still
         self.admitted_at = admitted_at
+        self.ends = ends
         self.alive = True
         self.timer: asyncio.TimerHandle | None = None
 
@@ -217,7 +226,13 @@ class RedisBackend:
         self._runs: set[asyncio.Future[Any]] = set()
         self._share_size = share_size
         self._share_ttl = share_ttl
+        self._share_ttl_us = micros(share_ttl)
+        self._shares: set[_Share] = set()  # alive
         self._notices: Notices | None = None  # started with the first call
+        # Notices heard, by key, and losses of the subscription: a share whose grant crossed one
+        # on its way back is ended at once.
+        self._noticed: dict[str, int] = {}
+        self._downs = 0
         self.log = get_logger("limits")
 
     @property
@@ -231,51 +246,74 @@ class RedisBackend:
 
     def lease_at_once(self, provider: str, scopes: Sequence[Scope]) -> _FleetLease | None:
         """A place from this sidecar's share, decided in memory; None when there is none left."""
-        share = self._shape(provider, scopes).share
+        return self._from_share(self._shape(provider, scopes))
+
+    def _from_share(self, shape: _Shape) -> _FleetLease | None:
+        share = shape.share
         if share is None or not share.tokens or not share.ids:
             return None
+        if asyncio.get_running_loop().time() >= share.ends:  # its timer has not run yet
+            self._retire(share)
+            return None
         share.tokens -= 1
-        return _FleetLease(self, provider, share.shape, share.ids.pop(), 0.0, share.admitted_at, share)
+        if not share.tokens:  # used up: the next share may be twice as large
+            shape.want = min(shape.share_cap, 2 * share.size)
+        return _FleetLease(
+            self, shape.provider, shape, share.ids.pop(), 0.0, share.admitted_at, share
+        )
 
     async def try_acquire(
         self, provider: str, scopes: Sequence[Scope], max_wait: float
     ) -> _FleetLease | Blocked:
         shape = self._shape(provider, scopes)
-        share = shape.share
-        if share is not None and share.tokens and share.ids:
-            share.tokens -= 1
-            return _FleetLease(self, provider, shape, share.ids.pop(), 0.0, share.admitted_at, share)
+        from_share = self._from_share(shape)
+        if from_share is not None:
+            return from_share
         want = 0
         if shape.share_cap and not shape.asking:
             notices = self._notices
             if notices is None:
                 notices = self._notices = Notices(
                     self.redis.url, self.keys.notices(), timeout=self.redis.read_timeout,
-                    on_notice=self._heard, on_down=self._retire_all, sleep=self._sleep,
+                    on_notice=self._heard, on_down=self._notices_down,
                 )
                 notices.start()
             if notices.live:
-                want = shape.share_cap
+                want = shape.want
                 shape.asking = True
         lease_id = f"{self._lease_prefix}{next(self._lease_count):x}"
-        args = [lease_id, self._lease_ttl_us, micros(max(0.0, max_wait)), *shape.acquire_args, want]
+        args = [
+            lease_id, self._lease_ttl_us, micros(max(0.0, max_wait)), *shape.acquire_args, want,
+            self._share_ttl_us,
+        ]
         grant = (provider, shape, lease_id)
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        sent_at, mark = loop.time(), self._mark(shape)  # before Redis decides: the share's clock
         self._queue(self._acquires, provider, _Call(answer, shape.acquire_keys, args, grant))
         try:
-            status, index, amount, now, shared = await answer
+            status, index, amount, now, shared, life = await answer
         except CancelledError:
             # Cancelled while queued: never sent; while Redis decides: a slot granted to nobody is
             # given back when the answer comes (``_answered``); just after it came: here.
             if answer.done() and not answer.cancelled() and answer.exception() is None:
                 self._give_back_unclaimed(grant, answer.result())
             raise
+        except FleetUnavailable:
+            # The script may have run and its answer been lost: give back what it may have booked
+            # (a place that was never booked is no harm); if Redis can't take it, the leases expire.
+            for id_ in [lease_id, *(f"{lease_id}.{j}" for j in range(1, want + 1))]:
+                self._give_back(provider, shape, id_, Completion.ABANDONED, 0, None)
+            raise
         finally:
             if want:
                 shape.asking = False
         if status == lua.GRANTED:
             # booked with a share, the call's place goes back to it too when the call ends
-            share = self._open_share(shape, lease_id, shared, now) if shared else None
+            share = None
+            if shared:
+                ends = sent_at + seconds(life)
+                share = self._open_share(shape, lease_id, shared, now, ends, mark)
             lease = _FleetLease(self, provider, shape, lease_id, seconds(amount), now, share)
             lease.start_renewing()
             return lease
@@ -322,29 +360,42 @@ class RedisBackend:
             args.append(self.keys.notices())  # a lowering is announced: shares of it end
         self._queue(self._releases, provider, _Call(future, shape.release_keys, args, None))
 
-    def _open_share(self, shape: _Shape, lease_id: str, size: int, admitted_at: int) -> _Share:
+    def _mark(self, shape: _Shape) -> tuple[int, int, int]:
+        """What has been heard so far that would end a share of ``shape``."""
+        noticed = self._noticed
+        keys = shape.acquire_keys
+        return noticed.get(keys[0], 0), noticed.get(keys[1], 0), self._downs
+
+    def _open_share(
+        self, shape: _Shape, lease_id: str, size: int, admitted_at: int, ends: float,
+        mark: tuple[int, int, int],
+    ) -> _Share:
         ids = [f"{lease_id}.{j}" for j in range(size, 0, -1)]
         for id_ in ids:
             self._held[id_] = shape.lease_keys
         if shape.share is not None:
             self._retire(shape.share)
-        share = shape.share = _Share(shape, ids, admitted_at)
+        share = shape.share = _Share(shape, ids, admitted_at, ends)
+        self._shares.add(share)
         notices = self._notices
-        if notices is None or not notices.live:  # it went down while Redis decided
+        if notices is None or not notices.live or self._mark(shape) != mark:
+            # a pause, a lowering or a lost subscription crossed the grant on its way back
             self._retire(share)
         else:
-            share.timer = asyncio.get_running_loop().call_later(self._share_ttl, self._retire, share)
+            share.timer = asyncio.get_running_loop().call_at(ends, self._retire, share)
         return share
 
     def _retire(self, share: _Share) -> None:
         """End ``share``: its unused places go back to Redis, those in use when their calls end."""
         if not share.alive:
             return
+        shape = share.shape
+        shape.want = min(shape.share_cap, max(2, 2 * (share.size - share.tokens)))
         share.alive = False
         share.tokens = 0
+        self._shares.discard(share)
         if share.timer is not None:
             share.timer.cancel()
-        shape = share.shape
         if shape.share is share:
             shape.share = None
         ids, share.ids = share.ids, []
@@ -352,20 +403,25 @@ class RedisBackend:
             self._give_back(shape.provider, shape, id_, Completion.ABANDONED, share.admitted_at, None)
 
     def _retire_all(self) -> None:
-        for shape in list(self._shapes.values()):
-            if shape.share is not None:
-                self._retire(shape.share)
+        for share in list(self._shares):
+            self._retire(share)
+
+    def _notices_down(self) -> None:
+        self._downs += 1
+        self._retire_all()
 
     def _retire_provider(self, provider: str) -> None:
-        for shape in list(self._shapes.values()):
-            if shape.share is not None and shape.provider == provider:
-                self._retire(shape.share)
+        for share in list(self._shares):
+            if share.shape.provider == provider:
+                self._retire(share)
 
     def _heard(self, key: str) -> None:
         """A pause or a lowering of the provider whose key this is: its shares end."""
-        for shape in list(self._shapes.values()):
-            if shape.share is not None and key in (shape.acquire_keys[0], shape.acquire_keys[1]):
-                self._retire(shape.share)
+        self._noticed[key] = self._noticed.get(key, 0) + 1
+        for share in list(self._shares):
+            keys = share.shape.acquire_keys
+            if key == keys[0] or key == keys[1]:
+                self._retire(share)
 
     def _release_failed(self, provider: str, error: BaseException, leases: int) -> None:
         """Give-backs nobody waited for failed: the leases will expire; say so."""
@@ -488,7 +544,7 @@ class RedisBackend:
                 self.log.warning("fleet_lease_not_renewed", leases=len(failed), error=str(failed[0]))
 
     async def pause(self, provider: str, seconds_: float) -> float:
-        self._retire_provider(provider)  # this sidecar's own calls stop at once, before the notice
+        self._heard(self.keys.pause(provider))  # this sidecar's own calls stop at once, before the notice
         left = await self._guard(
             self._pause(
                 [self.keys.pause(provider)], [micros(max(0.0, seconds_)), self.keys.notices()]

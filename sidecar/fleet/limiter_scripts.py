@@ -84,12 +84,14 @@ local function acquire(KEYS, ARGV)
 -- KEYS: pause, aimd, then per scope i: KEYS[1+2i] its TAT, KEYS[2+2i] its lease set.
 -- ARGV: lease id, lease ttl µs, max wait µs, then 4 per scope i, from o = 4i - 1: ARGV[o+1]
 -- interval µs (0: no rate), ARGV[o+2] tolerance µs, ARGV[o+3] concurrency (0: none), ARGV[o+4]
--- '1' for the provider's own scope (where the AIMD limit applies); last, the share wanted (0: none).
--- Returns {{status, scope index, µs, now, share}}: status {GRANTED} granted (µs: the wait before
--- starting), {PAUSED} paused (µs left), {FULL} concurrency full, {RATE} rate (µs until a start would
--- be allowed). share: the places booked besides the call's own, leased as '<lease id>.<j>'.
+-- '1' for the provider's own scope (where the AIMD limit applies); last, the share wanted (0: none)
+-- and the longest life of a share (µs).
+-- Returns {{status, scope index, µs, now, share, life}}: status {GRANTED} granted (µs: the wait
+-- before starting), {PAUSED} paused (µs left), {FULL} concurrency full, {RATE} rate (µs until a
+-- start would be allowed). share: the places booked besides the call's own, leased as
+-- '<lease id>.<j>'; life: µs from now during which they may be used.
 local paused = pause_end(KEYS[1])
-if paused > now then return {{{PAUSED}, 0, paused - now, now, 0}} end
+if paused > now then return {{{PAUSED}, 0, paused - now, now, 0, 0}} end
 local low = lowered_limit(KEYS[2])
 local n = (#KEYS - 2) / 2
 local start, rate_scope = now, 0
@@ -97,16 +99,22 @@ for i = 1, n do
   local o = 4 * i - 1
   local limit = tonumber(ARGV[o + 3])
   if ARGV[o + 4] == '1' and low and (limit == 0 or low < limit) then limit = low end
-  if limit > 0 and held(KEYS[2 + 2 * i]) >= limit then return {{{FULL}, i, 0, now, 0}} end
+  if limit > 0 and held(KEYS[2 + 2 * i]) >= limit then return {{{FULL}, i, 0, now, 0, 0}} end
   if tonumber(ARGV[o + 1]) > 0 then
     local earliest = tat_of(KEYS[1 + 2 * i]) - tonumber(ARGV[o + 2])
     if earliest > start then start, rate_scope = earliest, i end
   end
 end
-if start - now > tonumber(ARGV[3]) then return {{{RATE}, rate_scope, start - now, now, 0}} end
--- A share only while no budget is half used once it is booked, none is lowered, none waits.
-local share = tonumber(ARGV[4 * n + 4])
+if start - now > tonumber(ARGV[3]) then return {{{RATE}, rate_scope, start - now, now, 0, 0}} end
+-- A share only while no budget is half used once it is booked, none is lowered, none waits. Its
+-- rate tokens may be used at any time of its life, so they are booked after its end (no use is
+-- ever later than its booking: an idle bucket forgives nothing); its life is at most a quarter of
+-- the burst's time, leaving at least a quarter of the burst for the places.
+local share, life = tonumber(ARGV[4 * n + 4]), tonumber(ARGV[4 * n + 5])
 if share > 0 and (low or start > now) then share = 0 end
+for i = 1, n do
+  if tonumber(ARGV[4 * i]) > 0 then life = math.min(life, math.floor(tonumber(ARGV[4 * i + 1]) / 4)) end
+end
 for i = 1, n do
   if share < 2 then break end
   local o = 4 * i - 1
@@ -114,15 +122,17 @@ for i = 1, n do
   if limit > 0 then share = math.min(share, math.floor(limit / 2) - held(KEYS[2 + 2 * i]) - 1) end
   if interval > 0 then
     local used = math.max(tat_of(KEYS[1 + 2 * i]), now) + interval - now
-    share = math.min(share, math.floor((tonumber(ARGV[o + 2]) / 2 - used) / interval))
+    share = math.min(share, math.floor((tonumber(ARGV[o + 2]) / 2 - math.max(used, life)) / interval))
   end
 end
-if share < 2 then share = 0 end
+if share < 2 or life < 1000 then share, life = 0, 0 end
 local expires = int(now + tonumber(ARGV[2]))
 for i = 1, n do
   local interval, key, leases = tonumber(ARGV[4 * i]), KEYS[1 + 2 * i], KEYS[2 + 2 * i]
   if interval > 0 then
-    tats[key] = math.max(tat_of(key), start) + interval * (1 + share)
+    local tat = math.max(tat_of(key), start) + interval
+    if share > 0 then tat = math.max(tat, now + life) + interval * share end
+    tats[key] = tat
     if not dirty_tats[key] then dirty_tats[key] = true dirty_tats[#dirty_tats + 1] = key end
   end
   counts[leases] = held(leases) + 1 + share
@@ -135,7 +145,7 @@ for i = 1, n do
     added[#added + 1] = ARGV[1] .. '.' .. j
   end
 end
-return {{{GRANTED}, 0, start - now, now, share}}
+return {{{GRANTED}, 0, start - now, now, share, math.floor(life)}}
 end
 """ + _BATCH.format(one="acquire", end="""
 for _, key in ipairs(dirty_tats) do

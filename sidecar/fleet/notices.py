@@ -8,7 +8,9 @@ so a sidecar has it before the 429 that caused it is even answered.
 
 ``live`` is true only while the subscription is confirmed: a message sent while it is down would be
 missed, so shares are neither granted nor used then (``on_down`` drops those held). A lost
-connection is made again every ``retry_every`` seconds.
+connection is made again every ``retry_every`` seconds. An idle subscription is asked a PING every
+``keepalive`` seconds, so one silently dropped on the way (a NAT, a proxy) is noticed within the
+client's read timeout after that.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Notices:
         on_down: Callable[[], None],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         retry_every: float = 1.0,
+        keepalive: float = 5.0,
     ) -> None:
         self.url = url
         self.channel = channel
@@ -45,6 +48,7 @@ class Notices:
         self._on_down = on_down
         self._sleep = sleep
         self._retry_every = retry_every
+        self._keepalive = keepalive
         self._task: asyncio.Task[None] | None = None
         self.log = get_logger("limits")
 
@@ -67,7 +71,10 @@ class Notices:
             try:
                 await client.execute("SUBSCRIBE", self.channel)
                 self.live = was_live = True
-                await lost
+                while not lost.done():
+                    await asyncio.wait([lost], timeout=self._keepalive)
+                    if not lost.done():
+                        await client.execute("PING")  # fails after the read timeout if unanswered
             except (RespError, OSError) as error:
                 if was_live:
                     self.log.warning("fleet_notices_unavailable", error=str(error))

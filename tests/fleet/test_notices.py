@@ -3,6 +3,7 @@ subscription is said at once and made again."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 
 from sidecar.fleet.notices import Notices
@@ -50,5 +51,27 @@ async def test_while_redis_is_down_it_is_not_live_and_comes_back_with_it(
         await eventually(lambda: not notices.live, timeout=2, what="down with Redis")
         await redis_server.start()
         await eventually(lambda: notices.live, timeout=5, what="back with Redis")
+    finally:
+        await notices.aclose()
+
+
+async def test_a_subscription_that_stops_answering_is_dropped_by_its_keepalive(
+    redis_server: RedisServer,
+) -> None:
+    """Redis frozen (SIGSTOP): nothing closes the connection, the unanswered PING ends it."""
+    downs: list[bool] = []
+    notices = Notices(redis_server.url, CHANNEL, timeout=0.25, on_notice=lambda key: None,
+                      on_down=lambda: downs.append(True), retry_every=0.05, keepalive=0.1)
+    assert redis_server.proc is not None
+    try:
+        notices.start()
+        await eventually(lambda: notices.live, timeout=3, what="subscribed")
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            await eventually(lambda: downs, timeout=3, what="the silent subscription dropped")
+            assert not notices.live
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        await eventually(lambda: notices.live, timeout=5, what="subscribed again")
     finally:
         await notices.aclose()

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from sidecar.fleet.client import redis_client
 from sidecar.fleet.limiter import RedisBackend
-from sidecar.limits.api import Completion, RateLimited, Slot
+from sidecar.limits.api import Completion, FleetUnavailable, RateLimited, Slot
 from sidecar.limits.queue import QueuedLimiter
 from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
-from sidecar.state.resp import RespClient
+from sidecar.policy.gcra import micros
+from sidecar.state.resp import RespClient, RespError
 from tests.fleet.conftest import Sidecars
 from tests.support.polling import eventually
 from tests.support.rate_windows import assert_window_bound
+from tests.support.redis_server import RedisServer
 
 P = "replicate"
 Clients = Callable[[], RespClient]
@@ -58,21 +62,22 @@ async def with_a_share(limiter: QueuedLimiter, admin: RespClient) -> None:
 async def test_far_from_its_limits_a_sidecar_asks_redis_once_a_share(
     sidecars: Sidecars, clients: Clients
 ) -> None:
+    """The first share holds 8 places; one used up asks for twice as many next time (up to 16 here)."""
     (limiter,) = sidecars(1, share_size=16, share_ttl=5)
     admin = clients()
     await with_a_share(limiter, admin)
     leases = backend_of(limiter).keys.leases(P, PROVIDER_SCOPE)
-    assert await admin.zcard(leases) == 17  # the call's place and 16 more, booked in Redis
-    before = await scripts_run(admin)
-    for _ in range(16):
-        slot = limiter.acquire_at_once(P, FAR)
-        assert slot is not None  # from the share, without a coroutine
-        await slot.release(Completion.OK)
-    assert await scripts_run(admin) == before  # Redis was not asked
-    slot = limiter.acquire_at_once(P, FAR)
-    assert slot is None  # the share is used up: the next call asks Redis (and a new share)
-    await (await limiter.acquire(P, FAR, max_wait=0)).release(Completion.OK)
-    assert await scripts_run(admin) >= before + 1
+    assert await admin.zcard(leases) == 9  # the call's place and 8 more, booked in Redis
+    for size in (8, 16, 16):
+        before = await scripts_run(admin)
+        for _ in range(size):
+            slot = limiter.acquire_at_once(P, FAR)
+            assert slot is not None  # from the share, without a coroutine
+            await slot.release(Completion.OK)
+        assert await scripts_run(admin) == before  # Redis was not asked
+        assert limiter.acquire_at_once(P, FAR) is None  # used up: the next call asks Redis
+        await (await limiter.acquire(P, FAR, max_wait=0)).release(Completion.OK)
+        assert await scripts_run(admin) >= before + 1
 
 
 async def test_near_a_limit_there_is_no_share(sidecars: Sidecars, clients: Clients) -> None:
@@ -181,7 +186,7 @@ async def test_no_share_is_used_while_the_notices_are_down(sidecars: Sidecars, c
 
 
 async def test_sidecars_taking_shares_stay_within_the_rate_in_every_window(sidecars: Sidecars) -> None:
-    """6000/min, burst 100: a share holds up to 48 places (half the burst); three sidecars
+    """6000/min, burst 100: a share holds up to 24 places and lives 247 ms; three sidecars
     hammering the budget still book no more than it allows in any window."""
     rpm, burst = 6000.0, 100
     budget = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(requests_per_minute=rpm, burst=burst))]
@@ -204,3 +209,88 @@ async def test_sidecars_taking_shares_stay_within_the_rate_in_every_window(sidec
     await asyncio.gather(*(worker(limiter) for limiter in fleet for _ in range(4)))
     assert_window_bound(starts, rpm, burst)
     assert len(starts) >= 120  # 100 a second, plus the burst: the budget was really used
+
+
+async def test_a_share_used_late_never_adds_to_a_fresh_burst(
+    sidecars: Sidecars, clients: Clients
+) -> None:
+    """6000/min, burst 100. A share's tokens count as used at the end of its life, and it ends
+    before the bucket has refilled: a burst after the refill is the budget's, never more."""
+    rpm, burst = 6000.0, 100
+    budget = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(requests_per_minute=rpm, burst=burst))]
+    (limiter,) = sidecars(1)
+    admin = clients()
+    backend = backend_of(limiter)
+    await (await one_call(limiter, budget)).release(Completion.OK)
+    await listening(admin, backend)
+    loop = asyncio.get_running_loop()
+    starts = [micros(loop.time())]
+    (await one_call(limiter, budget)).release_soon(Completion.OK)
+    assert await admin.zcard(backend.keys.leases(P, PROVIDER_SCOPE)) > 1  # a share was booked
+    await asyncio.sleep(0.6)  # the scenario: the bucket refills meanwhile
+    while True:
+        try:
+            slot = limiter.acquire_at_once(P, budget) or await limiter.acquire(P, budget, max_wait=0)
+        except RateLimited:
+            break
+        starts.append(micros(loop.time()))  # when each call really went, not when it was booked
+        slot.release_soon(Completion.OK)
+    assert_window_bound(starts, rpm, burst + 1)  # + 1: the reply's own latency
+
+
+async def test_a_grant_whose_answer_was_lost_gives_its_share_back(
+    sidecars: Sidecars, clients: Clients, redis_server: RedisServer
+) -> None:
+    """Redis busy past the client's timeout: the script ran, its answer was lost; the call fails
+    over, and what it booked is given back instead of holding half the budget for the lease time."""
+    budget = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(concurrency=100))]
+    (limiter,) = sidecars(1)
+    admin = clients()
+    backend = backend_of(limiter)
+    await (await one_call(limiter, budget)).release(Completion.OK)
+    await listening(admin, backend)
+    slow = redis_client(redis_server.url, timeout=5)
+    await slow.ping()  # connected: the script below goes out at the next turn of the loop
+    busy = asyncio.ensure_future(slow.execute("EVAL", _BUSY_600_MS, 0))
+    for _ in range(3):  # its bytes are on the wire before the acquisition's: Redis runs it first
+        await asyncio.sleep(0)
+    with pytest.raises(FleetUnavailable):
+        await limiter.acquire(P, budget, max_wait=0)
+    await busy
+    await slow.aclose()
+    leases = backend.keys.leases(P, PROVIDER_SCOPE)
+    await eventually(lambda: admin.zcard(leases), until=lambda n: n == 0, timeout=3,
+                     retry_on=(RespError,), what="the lost grant's places given back")
+
+
+_BUSY_600_MS = """
+local t = redis.call('TIME') local s = t[1] * 1e6 + t[2]
+while true do local u = redis.call('TIME') if u[1] * 1e6 + u[2] - s > 600000 then break end end
+return 1
+"""
+
+
+async def test_a_pause_heard_before_the_grant_comes_back_ends_that_share(
+    sidecars: Sidecars, clients: Clients
+) -> None:
+    """The grant ran in Redis before another sidecar's pause, but its answer comes back after the
+    notice: the share it brings is ended at once."""
+    holder, pauser = sidecars(2, share_ttl=5)
+    admin = clients()
+    await (await one_call(holder)).release(Completion.OK)
+    backend = backend_of(holder)
+    await listening(admin, backend)
+    acquire = backend._acquire
+
+    async def answer_after_a_pause(keys: Any, args: Any) -> Any:  # one slow segment on the wire
+        reply = await acquire(keys, args)
+        await pauser.pause(P, 5)
+        await admin.ping()  # the notice has reached the holder too (see the test above)
+        return reply
+
+    backend._acquire = answer_after_a_pause  # type: ignore[method-assign]
+    try:
+        (await holder.acquire(P, FAR, max_wait=0)).release_soon(Completion.OK)
+    finally:
+        backend._acquire = acquire  # type: ignore[method-assign]
+    assert holder.acquire_at_once(P, FAR) is None
