@@ -92,7 +92,7 @@ class _Shape:
         self.provider = provider
         self.scopes = scopes  # held, so the id this shape is cached under stays this object's
         self.share: _Share | None = None  # the share its calls are admitted from, while one lives
-        self.asking = False  # a share is being asked for
+        self.asking: asyncio.Future[None] | None = None  # done when the share asked for has come
         # A share never holds more than its rates earn while it lives (below 2 places: none)
         rates = [s.gcra.interval for s in scopes if s.gcra]
         cap = min([share_size, *(math.floor(micros(share_ttl) / i) for i in rates)])
@@ -269,8 +269,13 @@ class RedisBackend:
         from_share = self._from_share(shape)
         if from_share is not None:
             return from_share
+        if shape.asking is not None:  # a share is on its way: wait for it rather than ask Redis too
+            await asyncio.shield(shape.asking)
+            from_share = self._from_share(shape)
+            if from_share is not None:
+                return from_share
         want = 0
-        if shape.share_cap and not shape.asking:
+        if shape.share_cap and shape.asking is None:
             notices = self._notices
             if notices is None:
                 notices = self._notices = Notices(
@@ -280,7 +285,7 @@ class RedisBackend:
                 notices.start()
             if notices.live:
                 want = shape.want
-                shape.asking = True
+                shape.asking = asyncio.get_running_loop().create_future()
         lease_id = f"{self._lease_prefix}{next(self._lease_count):x}"
         args = [
             lease_id, self._lease_ttl_us, micros(max(0.0, max_wait)), *shape.acquire_args, want,
@@ -306,8 +311,9 @@ class RedisBackend:
                 self._give_back(provider, shape, id_, Completion.ABANDONED, 0, None)
             raise
         finally:
-            if want:
-                shape.asking = False
+            if want and shape.asking is not None:
+                shape.asking.set_result(None)
+                shape.asking = None
         if status == lua.GRANTED:
             # booked with a share, the call's place goes back to it too when the call ends
             share = None

@@ -294,3 +294,23 @@ async def test_a_pause_heard_before_the_grant_comes_back_ends_that_share(
     finally:
         backend._acquire = acquire  # type: ignore[method-assign]
     assert holder.acquire_at_once(P, FAR) is None
+
+
+async def test_callers_arriving_while_a_share_is_asked_for_wait_for_it(
+    sidecars: Sidecars, clients: Clients
+) -> None:
+    """Five calls that come while the first one's share is on its way take their places from it:
+    one script run for the six, not one each."""
+    (limiter,) = sidecars(1, share_ttl=5)
+    admin = clients()
+    await (await one_call(limiter)).release(Completion.OK)
+    await listening(admin, backend_of(limiter))
+    before = await scripts_run(admin)
+    first = asyncio.ensure_future(limiter.acquire(P, FAR, max_wait=0))
+    for _ in range(3):  # its script is on the wire, not yet answered
+        await asyncio.sleep(0)
+    assert not first.done()
+    others = [asyncio.ensure_future(limiter.acquire(P, FAR, max_wait=0)) for _ in range(5)]
+    for slot in await asyncio.gather(first, *others):
+        await slot.release(Completion.OK)
+    assert await scripts_run(admin) == before + 1
