@@ -73,6 +73,7 @@ SHARE_TTL = 1.0
 """Seconds a share lives at most: a pause another sidecar sets ends it sooner (it is published)."""
 
 _FIRST_SHARE = 8
+"""Places of a shape's first share: later ones follow what the last one was used for."""
 
 _MAX_BATCH = 64
 """Calls in one script run at most: a run holds the Redis, so its length stays bounded."""
@@ -123,7 +124,7 @@ class _Share:
     """Places booked ahead in Redis for this sidecar's next calls of one shape, until ``ends``
     (loop time)."""
 
-    __slots__ = ("admitted_at", "alive", "ends", "ids", "shape", "size", "timer", "tokens")
+    __slots__ = ("admitted_at", "ends", "ids", "shape", "size", "timer", "tokens")
 
     def __init__(self, shape: _Shape, ids: list[str], admitted_at: int, ends: float) -> None:
         self.shape = shape
@@ -131,7 +132,6 @@ class _Share:
         self.size = self.tokens = len(ids)  # calls it may admit, still
         self.admitted_at = admitted_at
         self.ends = ends
-        self.alive = True
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -215,7 +215,6 @@ class RedisBackend:
         self._usage = redis.register_script(lua.USAGE)
         self._held: dict[str, list[str]] = {}  # lease id -> its lease sets, while its call runs
         self._renewer: asyncio.Task[None] | None = None
-        self._orphans: set[asyncio.Task[Any]] = set()
         self._shapes: dict[tuple[str, int], _Shape] = {}
         # Lease ids: random per sidecar, then a count (unique fleet-wide without a syscall each).
         self._lease_prefix = secrets.token_hex(8) + ":"
@@ -227,7 +226,7 @@ class RedisBackend:
         self._share_size = share_size
         self._share_ttl = share_ttl
         self._share_ttl_us = micros(share_ttl)
-        self._shares: set[_Share] = set()  # alive
+        self._shares: set[_Share] = set()  # the shares alive: retiring one takes it out
         self._notices: Notices | None = None  # started with the first call
         # Notices heard, by key, and losses of the subscription: a share whose grant crossed one
         # on its way back is ended at once.
@@ -274,18 +273,7 @@ class RedisBackend:
             from_share = self._from_share(shape)
             if from_share is not None:
                 return from_share
-        want = 0
-        if shape.share_cap and shape.asking is None:
-            notices = self._notices
-            if notices is None:
-                notices = self._notices = Notices(
-                    self.redis.url, self.keys.notices(), timeout=self.redis.read_timeout,
-                    on_notice=self._heard, on_down=self._notices_down,
-                )
-                notices.start()
-            if notices.live:
-                want = shape.want
-                shape.asking = asyncio.get_running_loop().create_future()
+        want = self._share_wanted(shape)
         lease_id = f"{self._lease_prefix}{next(self._lease_count):x}"
         args = [
             lease_id, self._lease_ttl_us, micros(max(0.0, max_wait)), *shape.acquire_args, want,
@@ -307,8 +295,7 @@ class RedisBackend:
         except FleetUnavailable:
             # The script may have run and its answer been lost: give back what it may have booked
             # (a place that was never booked is no harm); if Redis can't take it, the leases expire.
-            for id_ in [lease_id, *(f"{lease_id}.{j}" for j in range(1, want + 1))]:
-                self._give_back(provider, shape, id_, Completion.ABANDONED, 0, None)
+            self._give_back_grant(provider, shape, lease_id, want, 0)
             raise
         finally:
             if want and shape.asking is not None:
@@ -330,6 +317,23 @@ class RedisBackend:
             return Blocked(Reason.CONCURRENCY, CONCURRENCY_RETRY_AFTER, scope)
         return Blocked(Reason.RATE, seconds(amount), scope)
 
+    def _share_wanted(self, shape: _Shape) -> int:
+        """The places to ask a share of with this call (0: none); marks the shape as asking.
+        The notices are started with the first call that could take a share."""
+        if not shape.share_cap or shape.asking is not None:
+            return 0
+        notices = self._notices
+        if notices is None:
+            notices = self._notices = Notices(
+                self.redis.url, self.keys.notices(), timeout=self.redis.read_timeout,
+                on_notice=self._heard, on_down=self._notices_down,
+            )
+            notices.start()
+        if not notices.live:
+            return 0
+        shape.asking = asyncio.get_running_loop().create_future()
+        return shape.want
+
     def release(self, lease: _FleetLease, completion: Completion) -> asyncio.Future[Any]:
         """Stop renewing ``lease`` and queue its release with the loop turn's others; the future
         is Redis's answer."""
@@ -349,7 +353,7 @@ class RedisBackend:
             # The provider says it is full: ask Redis from now on, and let the lowering count only
             # the calls in flight (this sidecar's unused places are given back first).
             self._retire_provider(lease.provider)
-        elif share is not None and share.alive:
+        elif share is not None and share in self._shares:
             share.ids.append(lease.lease_id)  # still booked in Redis: the next call's
             if future is not None:
                 future.set_result(0)
@@ -393,13 +397,12 @@ class RedisBackend:
 
     def _retire(self, share: _Share) -> None:
         """End ``share``: its unused places go back to Redis, those in use when their calls end."""
-        if not share.alive:
+        if share not in self._shares:
             return
+        self._shares.remove(share)
         shape = share.shape
         shape.want = min(shape.share_cap, max(2, 2 * (share.size - share.tokens)))
-        share.alive = False
         share.tokens = 0
-        self._shares.discard(share)
         if share.timer is not None:
             share.timer.cancel()
         if shape.share is share:
@@ -519,15 +522,16 @@ class RedisBackend:
 
     def _give_back_unclaimed(self, grant: tuple[str, _Shape, str], reply: list[int]) -> None:
         """A slot granted to a caller that has gone: give it back rather than let it expire."""
-        if reply[0] != lua.GRANTED:
-            return
-        provider, shape, lease_id = grant
-        for j in range(1, reply[4] + 1):  # and the share booked with it
-            self._give_back(provider, shape, f"{lease_id}.{j}", Completion.ABANDONED, reply[3], None)
-        lease = _FleetLease(self, provider, shape, lease_id, 0.0, reply[3])
-        task = asyncio.ensure_future(lease.release(Completion.ABANDONED))
-        self._orphans.add(task)
-        task.add_done_callback(self._orphans.discard)
+        if reply[0] == lua.GRANTED:
+            provider, shape, lease_id = grant
+            self._give_back_grant(provider, shape, lease_id, reply[4], reply[3])
+
+    def _give_back_grant(
+        self, provider: str, shape: _Shape, lease_id: str, shared: int, admitted_at: int
+    ) -> None:
+        """Give back a grant nobody will use: the call's place and the share booked with it."""
+        for id_ in [lease_id, *(f"{lease_id}.{j}" for j in range(1, shared + 1))]:
+            self._give_back(provider, shape, id_, Completion.ABANDONED, admitted_at, None)
 
     def hold(self, lease_id: str, keys: list[str]) -> None:
         """Keep ``lease_id`` renewed until it is released."""
@@ -550,11 +554,10 @@ class RedisBackend:
                 self.log.warning("fleet_lease_not_renewed", leases=len(failed), error=str(failed[0]))
 
     async def pause(self, provider: str, seconds_: float) -> float:
-        self._heard(self.keys.pause(provider))  # this sidecar's own calls stop at once, before the notice
+        key = self.keys.pause(provider)
+        self._heard(key)  # this sidecar's own calls stop at once, before its notice comes back
         left = await self._guard(
-            self._pause(
-                [self.keys.pause(provider)], [micros(max(0.0, seconds_)), self.keys.notices()]
-            ), "pause",
+            self._pause([key], [micros(max(0.0, seconds_)), self.keys.notices()]), "pause"
         )
         return seconds(int(left))
 
@@ -588,7 +591,7 @@ class RedisBackend:
         while True:
             if self._acquires or self._releases:
                 self._flush()
-            pending = [*self._runs, *self._orphans]
+            pending = list(self._runs)
             if not pending:
                 break
             await asyncio.gather(*pending, return_exceptions=True)
