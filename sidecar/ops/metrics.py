@@ -23,6 +23,7 @@ from ..state import OperationEvent
 from ..upstream.h1pool import PoolStats
 from ..upstream.observer import ATTEMPT_RESULTS
 from .limit_metrics import LimitFamilies, ProviderLimitMetrics
+from .plain_families import CountedSeries, PlainCounter, PlainHistogram
 from .scrape_gauges import ScrapeGauges
 
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
@@ -45,27 +46,28 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)
-        self.requests = Counter(
+        # The four series every request moves are counted in plain numbers (plain_families).
+        self.requests = PlainCounter(
             "sidecar_requests_total",
             "Client requests by the status the client got, and who answered: the sidecar itself "
             "(an error of its own, with X-Sidecar-Error) or the provider.",
             ("provider", "operation", "code", "source"),
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = PlainHistogram(
             "sidecar_request_duration_seconds",
             "Client request duration, retries and waits included.",
             ("provider", "operation"),
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.attempts = Counter(
+        self.attempts = PlainCounter(
             "sidecar_upstream_attempts_total",
             "Upstream attempts by outcome.",
             ("provider", "result"),
             registry=r,
         )
-        self.attempt_duration = Histogram(
+        self.attempt_duration = PlainHistogram(
             "sidecar_upstream_attempt_duration_seconds",
             "Upstream attempt duration to response headers.",
             ("provider",),
@@ -199,7 +201,7 @@ class RouteMetrics:
         self._family = metrics.requests
         self._labels = (provider, route)
         self.duration = metrics.request_duration.labels(provider, route)
-        self._by_code: dict[tuple[int, str], Counter] = {}
+        self._by_code: dict[tuple[int, str], CountedSeries] = {}
 
     def observe(self, code: int, seconds: float, source: str) -> None:
         """One request answered ``code`` by ``source`` (``sidecar`` or ``provider``)."""
