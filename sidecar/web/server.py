@@ -25,7 +25,7 @@ from ..config import SidecarConfig
 from ..config.schema import upstream_variable
 from ..logs import get_logger
 from .aiohttp_server_compat import ProtocolRunner, busy, requests_parsed
-from .app import Role, create_app, runner_kwargs
+from .app import SHORTCUT, Role, create_app, runner_kwargs
 from .services import Services
 
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -75,7 +75,8 @@ class _HeadTimeoutHandler(web.RequestHandler):
 
 
 class SidecarRunner(ProtocolRunner):
-    """An ``AppRunner`` whose connections time out a slow request head (``header_read_timeout``)."""
+    """An ``AppRunner`` whose connections time out a slow request head (``header_read_timeout``),
+    and whose server serves a provider's path without the router (the app's ``SHORTCUT``)."""
 
     __slots__ = ()
 
@@ -83,7 +84,7 @@ class SidecarRunner(ProtocolRunner):
         self, app: web.Application, *, header_read_timeout: float, **kwargs: Any
     ) -> None:
         protocol = functools.partial(_HeadTimeoutHandler, head_timeout=header_read_timeout)
-        super().__init__(app, protocol=protocol, **kwargs)
+        super().__init__(app, protocol=protocol, shortcut=app.get(SHORTCUT), **kwargs)
 
 
 async def serve(

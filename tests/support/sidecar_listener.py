@@ -1,7 +1,8 @@
-"""A sidecar app served on a loopback port by a real ``AppRunner`` with the production runner settings.
+"""A sidecar app served on a loopback port by the production runner (``SidecarRunner``, its settings).
 
 Not pytest-aiohttp's ``TestServer``: that one always switches ``handler_cancellation`` on, which the
-sidecar's own listeners leave off, and the tests must see the sidecar as it runs in production.
+sidecar's own listeners leave off, and it knows nothing of the runner's slow-head timeout or its
+shortcut for provider paths; the tests must see the sidecar as it runs in production.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from yarl import URL
 
 from sidecar.config import SidecarConfig
 from sidecar.web.app import runner_kwargs
+from sidecar.web.server import SidecarRunner
 
 __all__ = ["SidecarClient", "start_listener"]
 
 
 class SidecarClient:
-    """A client bound to one running sidecar listener (a real AppRunner, as in production)."""
+    """A client bound to one running sidecar listener (the production runner)."""
 
     def __init__(self, runner: web.AppRunner, session: aiohttp.ClientSession) -> None:
         self.runner = runner
@@ -49,7 +51,7 @@ class SidecarClient:
 
 async def start_listener(app: web.Application, config: SidecarConfig) -> SidecarClient:
     """Serve ``app`` on a free loopback port with ``config``'s runner settings; a client on it."""
-    runner = web.AppRunner(app, **runner_kwargs(config))
+    runner = SidecarRunner(app, header_read_timeout=config.server.header_read_timeout, **runner_kwargs(config))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return SidecarClient(runner, aiohttp.ClientSession())
