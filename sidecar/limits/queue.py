@@ -110,7 +110,10 @@ class QueuedLimiter:
         memory = self._memory
         assert memory is not None  # only a backend in memory gives open places
         memory.release_open(provider, admitted_at, completion)
-        self._wake(provider)  # under a lowered concurrency, open calls count: one may have freed a slot
+        # under a lowered concurrency, open calls count: one may have freed a slot (tested here,
+        # as in _wake, to spare the call when nobody waits: the common case)
+        if provider in self._servers or self._lines.get(provider):
+            self._wake(provider)
 
     async def acquire(self, provider: str, scopes: Sequence[Scope], *, max_wait: float) -> Slot:
         """A slot within ``max_wait`` seconds (bound it by the time left of ``timeouts.total``)."""

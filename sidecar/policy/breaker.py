@@ -32,6 +32,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import NamedTuple
 
 from ..config import BreakerConfig
 from .window import SlidingCounter
@@ -65,9 +66,9 @@ class Outcome(Enum):
     IGNORED = "ignored"  # 429, client-side limit, cancelled: frees a trial slot, counts nowhere
 
 
-@dataclass(frozen=True, slots=True)
-class Permit:
-    """Proof that a call was admitted: its generation, and its place in the sending order."""
+class Permit(NamedTuple):
+    """Proof that a call was admitted: its generation, and its place in the sending order (a
+    named tuple: one is made for every call)."""
 
     generation: int
     trial: bool

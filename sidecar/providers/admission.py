@@ -218,7 +218,7 @@ class Limits:
         """The request's place when it can be given at once, without a coroutine (the limiter
         decides in memory); None when not: then ``admit`` decides, as if this had not been asked."""
         limits = self.providers[provider]
-        plan = limits.plan(route.name)
+        plan = limits.plans.get(route.name, limits.other)  # limits.plan(), inlined: every request
         limiter = self.limiter
         slot: Slot | None = None
         # the common case: no limit configured, let through with nothing booked

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +29,7 @@ from ..policy.breaker import Rejection
 from ..policy.retry import request_is_retryable
 from ..state import InvalidIdempotencyKey, Outcome, fingerprint, validate_idempotency_key, window_scope
 from ..upstream.attempts import AttemptLoop
-from ..upstream.h1pool import Body, H1Response
+from ..upstream.h1pool import Body, H1Pool, H1Response
 from ..upstream.transports import pool_send
 from .admission import Limits
 from .ledger import OUTCOME, JobLedger, JobRequest
@@ -144,10 +144,11 @@ async def _read_body(
     return _LimitedStream(b"".join(chunks), request.content, limit), False
 
 
-@dataclass(frozen=True, slots=True)
-class _Outbound:
-    """One client request, ready to send upstream through the provider's pool."""
+class _Outbound(NamedTuple):
+    """One client request, ready to send upstream through the provider's pool (a named tuple:
+    one is made for every request)."""
 
+    pool: H1Pool
     method: str
     target: str  # origin-form path and query
     headers: CIMultiDict[str]
@@ -198,6 +199,7 @@ class ProxyHandler:
             return _with_request_id(to_response(refused), request_id)
         pool = rt.pool
         out = _Outbound(
+            pool=pool,
             method=request.method,
             target=upstream_target(pool.prefix, rest, query),
             headers=headers,
@@ -256,7 +258,7 @@ class ProxyHandler:
                     return _with_request_id(to_response(refused), request_id)
         try:
             route = out.route
-            send = pool_send(rt.pool, out.method, out.target, out.headers, out.body, route.timeouts)
+            send = pool_send(out.pool, out.method, out.target, out.headers, out.body, route.timeouts)
             # timeouts.total bounds the wait for a place and the attempts together
             spent = ticket.waited if ticket is not None else 0.0
             exchange = await self._loop.run(
@@ -320,8 +322,9 @@ class ProxyHandler:
         )
         # Keyed retries only where the provider itself recognises the key it is sent.
         retryable = key is not None and rt.config.native_idempotency and route.retry.max_attempts > 1
+        pool = rt.pool
         out = _Outbound(
-            method=request.method, target=upstream_target(rt.pool.prefix, rest, query),
+            pool=pool, method=request.method, target=upstream_target(pool.prefix, rest, query),
             headers=headers, body=read, route=route, retryable=retryable,
         )
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import ErrorCode
 from ..policy.breaker import Outcome
@@ -47,8 +48,9 @@ class Ending(enum.Enum):
     REQUEST_BODY_ERROR = "request_body_error"  # the client's body failed while being sent
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptOutcome:
+class AttemptOutcome(NamedTuple):
+    """How one attempt ended (a named tuple: one is made for every attempt)."""
+
     ending: Ending
     status: int | None = None  # with RESPONSE
     elapsed: float = 0.0  # seconds from the send to the head or the error
@@ -84,9 +86,16 @@ def classify(
     status = outcome.status
     if status is None:
         raise ValueError("a response outcome needs its status")
-    retryable = status in retry_statuses
+    retryable = status in retry_statuses  # indexes the pairs below: False 0, True 1
     if status in failure_statuses:
-        return Verdict(Outcome.FAILURE, "failure", None, retryable, True)
+        return _FAILED[retryable]
     if status == 429:
-        return Verdict(Outcome.IGNORED, "success", None, retryable, True)
-    return Verdict(Outcome.SUCCESS, "success", None, retryable, True)
+        return _LIMITED[retryable]
+    return _ANSWERED[retryable]
+
+
+# The verdicts on a response, made once (one of them is the answer to nearly every request), by
+# whether the status may be retried.
+_FAILED = tuple(Verdict(Outcome.FAILURE, "failure", None, r, True) for r in (False, True))
+_LIMITED = tuple(Verdict(Outcome.IGNORED, "success", None, r, True) for r in (False, True))
+_ANSWERED = tuple(Verdict(Outcome.SUCCESS, "success", None, r, True) for r in (False, True))

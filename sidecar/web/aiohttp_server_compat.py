@@ -1,25 +1,30 @@
 """Every use of aiohttp's server internals, in one place, behind a small typed API.
 
 The listeners time out a slow request head (``web.server``), which aiohttp has no public hook for:
-it takes a ``RequestHandler`` subclass (the per-connection protocol) that knows whether a request
-is being parsed or handled, and a runner whose server builds connections with it. The same server
-takes a *shortcut*: requests it claims (a provider's path) skip the application's router, its match
-info and its response signals, which the catch-all route would only have passed on to the same
-handler. This module is the only one that reaches into aiohttp's server for that, and
-``PRIVATE_API`` lists each name it relies on; ``tests/test_aiohttp_contract.py`` checks the list against the installed aiohttp (and
-that this module touches nothing it does not list).
+it takes a ``RequestHandler`` subclass (``HeadTimeoutProtocol``, the per-connection protocol) that
+knows whether a request is being parsed or handled, and a runner whose server builds connections
+with it. The same server takes a *shortcut*: requests it claims (a provider's path) skip the
+application's router, its match info and its response signals, which the catch-all route would
+only have passed on to the same handler. This module is the only one that reaches into aiohttp's
+server for that, and ``PRIVATE_API`` lists each name it relies on; ``tests/test_aiohttp_contract.py``
+checks the list against the installed aiohttp (and that this module touches nothing it does not
+list).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
 from ..upstream.aiohttp_client_compat import PrivateName
 
-__all__ = ["PRIVATE_API", "ProtocolFactory", "ProtocolRunner", "Shortcut", "busy", "requests_parsed"]
+__all__ = [
+    "PRIVATE_API", "HeadTimeoutProtocol", "ProtocolFactory", "ProtocolRunner", "Shortcut", "busy",
+    "requests_parsed",
+]
 
 _HANDLER = "aiohttp.web.RequestHandler"
 
@@ -48,7 +53,7 @@ ProtocolFactory = Callable[..., web.RequestHandler]
 # The handling of a request the server claims before the application sees it (None: the
 # application's, as usual). Called with every request the application would get.
 Shortcut = Callable[[web.Request], Awaitable[web.StreamResponse] | None]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def busy(handler: web.RequestHandler) -> bool:
@@ -59,6 +64,58 @@ def busy(handler: web.RequestHandler) -> bool:
 def requests_parsed(handler: web.RequestHandler) -> int:
     """How many request heads this connection has parsed so far."""
     return handler._request_count
+
+
+_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class HeadTimeoutProtocol(web.RequestHandler):
+    """aiohttp's protocol, plus a deadline from the first byte of a request head to its end.
+
+    ``data_received`` runs for every request: it reads what ``busy`` and ``requests_parsed`` read
+    directly, without their calls.
+    """
+
+    __slots__ = ("head_count", "head_timeout", "head_timer")
+
+    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.head_timeout = head_timeout
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.head_count = 0
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes while no request is queued or being handled start a head.
+        starts = bool(data) and self.head_timer is None and not (
+            self._request_in_progress or self._messages
+        )
+        count = self._request_count
+        super().data_received(data)
+        if self.head_timer is not None:
+            if self._request_count != self.head_count:
+                self.head_timer.cancel()  # a whole request was parsed
+                self.head_timer = None
+        elif starts and self._request_count == count and self.transport is not None:
+            # Time only a head that this read left incomplete: a request usually arrives whole, and
+            # a timer armed and cancelled per request was ~3% of the CPU under load.
+            self.head_count = count
+            loop = asyncio.get_running_loop()
+            self.head_timer = loop.call_later(self.head_timeout, self.head_timed_out)
+
+    def head_timed_out(self) -> None:
+        self.head_timer = None
+        # Body bytes of a request already being handled are not a slow head.
+        if requests_parsed(self) != self.head_count or busy(self):
+            return
+        if self.transport is not None:
+            self.transport.write(_REQUEST_TIMEOUT)
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        super().connection_lost(exc)
 
 
 class _ProtocolServer(web.Server):
@@ -82,8 +139,8 @@ class _ProtocolServer(web.Server):
 
 
 def _with_shortcut(shortcut: Shortcut, application: Handler) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        claimed = shortcut(request)
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        claimed = shortcut(cast(web.Request, request))  # the application's request factory made it
         if claimed is None:
             return await application(request)
         return await claimed

@@ -27,7 +27,7 @@ from .services import Services
 Role = Literal["proxy", "ops"]
 SERVICES = web.AppKey("services", Services)
 # The proxy listener's provider paths, claimed before the application's router (SidecarRunner).
-SHORTCUT = web.AppKey("shortcut", Shortcut)
+SHORTCUT: web.AppKey[Shortcut] = web.AppKey("shortcut")
 
 
 def runner_kwargs(config: SidecarConfig) -> dict[str, Any]:

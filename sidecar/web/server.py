@@ -24,54 +24,9 @@ from .. import __version__
 from ..config import SidecarConfig
 from ..config.schema import upstream_variable
 from ..logs import get_logger
-from .aiohttp_server_compat import ProtocolRunner, busy, requests_parsed
+from .aiohttp_server_compat import HeadTimeoutProtocol, ProtocolRunner
 from .app import SHORTCUT, Role, create_app, runner_kwargs
 from .services import Services
-
-_REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-
-
-class _HeadTimeoutHandler(web.RequestHandler):
-    """aiohttp's protocol, plus a deadline from the first byte of a request head to its end."""
-
-    __slots__ = ("_head_count", "_head_timeout", "_head_timer")
-
-    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._head_timeout = head_timeout
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._head_count = 0
-
-    def data_received(self, data: bytes) -> None:
-        # Bytes while no request is queued or being handled start a head.
-        starts = bool(data) and self._head_timer is None and not busy(self)
-        count = requests_parsed(self)
-        super().data_received(data)
-        if self._head_timer is not None:
-            if requests_parsed(self) != self._head_count:
-                self._head_timer.cancel()  # a whole request was parsed
-                self._head_timer = None
-        elif starts and requests_parsed(self) == count and self.transport is not None:
-            # Time only a head that this read left incomplete: a request usually arrives whole, and
-            # a timer armed and cancelled per request was ~3% of the CPU under load.
-            self._head_count = count
-            loop = asyncio.get_running_loop()
-            self._head_timer = loop.call_later(self._head_timeout, self._head_timed_out)
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        # Body bytes of a request already being handled are not a slow head.
-        if requests_parsed(self) != self._head_count or busy(self):
-            return
-        if self.transport is not None:
-            self.transport.write(_REQUEST_TIMEOUT)
-        self.force_close()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        super().connection_lost(exc)
 
 
 class SidecarRunner(ProtocolRunner):
@@ -83,7 +38,7 @@ class SidecarRunner(ProtocolRunner):
     def __init__(
         self, app: web.Application, *, header_read_timeout: float, **kwargs: Any
     ) -> None:
-        protocol = functools.partial(_HeadTimeoutHandler, head_timeout=header_read_timeout)
+        protocol = functools.partial(HeadTimeoutProtocol, head_timeout=header_read_timeout)
         super().__init__(app, protocol=protocol, shortcut=app.get(SHORTCUT), **kwargs)
 
 

@@ -37,7 +37,9 @@ def test_a_counter_exposes_what_prometheus_clients_would(incs: list[tuple[tuple[
 
 
 @given(st.lists(st.tuples(LABELS, AMOUNTS), max_size=40))
-def test_a_histogram_exposes_what_prometheus_clients_would(observed: list[tuple[tuple[str, str], float]]) -> None:
+def test_a_histogram_exposes_what_prometheus_clients_would(
+    observed: list[tuple[tuple[str, str], float]],
+) -> None:
     """Same bucket for every boundary value (``le`` is inclusive), same counts, sum and names, a
     series from its creation on, before any observation."""
     ours, theirs = CollectorRegistry(), CollectorRegistry()

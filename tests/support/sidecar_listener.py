@@ -51,7 +51,9 @@ class SidecarClient:
 
 async def start_listener(app: web.Application, config: SidecarConfig) -> SidecarClient:
     """Serve ``app`` on a free loopback port with ``config``'s runner settings; a client on it."""
-    runner = SidecarRunner(app, header_read_timeout=config.server.header_read_timeout, **runner_kwargs(config))
+    runner = SidecarRunner(
+        app, header_read_timeout=config.server.header_read_timeout, **runner_kwargs(config)
+    )
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return SidecarClient(runner, aiohttp.ClientSession())
