@@ -86,6 +86,8 @@ class LocalBackend:
         self._paused_until: dict[str, int] = {}
         self._aimd: dict[str, AimdState] = {}
         self._open: dict[str, int] = {}  # per provider: calls in flight on open leases
+        # (provider, id(scopes)) -> (scopes, their budgets): kept alive here, so an id is never reused
+        self._by_scopes: dict[tuple[str, int], tuple[Sequence[Scope], list[tuple[Scope, Budget]]]] = {}
         self._ids = itertools.count(1)
 
     async def try_acquire(
@@ -102,17 +104,21 @@ class LocalBackend:
         at once while the provider is neither paused nor lowered, with nothing booked: the common
         case costs a count, not a lease in each budget.
         """
-        if all(s.limits_nothing for s in scopes):
+        for scope in scopes:
+            if scope.gcra is not None or scope.concurrency is not None:
+                break
+        else:  # every budget limits nothing
             admitted_at = self.open_now(provider)
             if admitted_at is not None:
                 return _OpenLease(self, provider, admitted_at)
         now = micros(self._clock())
-        budgets = [(s, self._budget(provider, s)) for s in scopes]
+        budgets = self._budgets_of(provider, scopes)
+        lowered = self._aimd.get(provider)
         result = admit(
             now,
             budgets,
             paused_until=self._paused_until.get(provider, 0),
-            lowered_limit=aimd_limit(self._aimd.get(provider), now),
+            lowered_limit=None if lowered is None else aimd_limit(lowered, now),
             max_wait=micros(max_wait),
             lease_id=str(next(self._ids)),
             lease_expires_at=math.inf,
@@ -121,6 +127,17 @@ class LocalBackend:
         if isinstance(result, Blocked):
             return result
         return _LocalLease(self, provider, budgets, result)
+
+    def _budgets_of(self, provider: str, scopes: Sequence[Scope]) -> list[tuple[Scope, Budget]]:
+        """Each scope with its budget; the list is kept per sequence of scopes (a route's plan asks
+        with the same one every time), checked by identity so a new sequence is never mistaken."""
+        key = (provider, id(scopes))
+        known = self._by_scopes.get(key)
+        if known is not None and known[0] is scopes:
+            return known[1]
+        budgets = [(s, self._budget(provider, s)) for s in scopes]
+        self._by_scopes[key] = (scopes, budgets)
+        return budgets
 
     def open_now(self, provider: str) -> int | None:
         """Admit a call whose budgets limit nothing: counted, not booked; its admission time (µs),
@@ -149,11 +166,11 @@ class LocalBackend:
         granted: Granted,
         completion: Completion,
     ) -> None:
-        now = micros(self._clock())
-        own = next((s for s, _ in budgets if s.name == PROVIDER_SCOPE), None)
-        configured = own.concurrency if own is not None else None
-        # counted before this call's lease goes, so it counts itself
-        self._aimd_step(provider, completion, now, granted.admitted_at, configured)
+        if completion is Completion.CONCURRENCY_LIMITED or provider in self._aimd:
+            own = next((s for s, _ in budgets if s.name == PROVIDER_SCOPE), None)
+            configured = own.concurrency if own is not None else None
+            # counted before this call's lease goes, so it counts itself
+            self._aimd_step(provider, completion, micros(self._clock()), granted.admitted_at, configured)
         for _, budget in budgets:
             budget.leases.release(granted.lease_id)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from sidecar.config import RateLimitConfig
 from sidecar.policy.concurrency import LeaseTable
@@ -65,9 +66,9 @@ class Scope:
         return cls(name, gcra, limit.concurrency)
 
 
-@dataclass(frozen=True, slots=True)
-class Granted:
-    """Admitted: the call may start ``wait`` seconds from now, holding ``lease_id`` in every scope.
+class Granted(NamedTuple):
+    """Admitted: the call may start ``wait`` seconds from now, holding ``lease_id`` in every scope
+    (a named tuple: one is made for every limited call).
 
     ``admitted_at`` is the limiter's own clock in µs (Redis server time for the fleet): a later
     concurrency 429 from this call is compared with it.
@@ -112,27 +113,28 @@ def admit(
     is how long this caller may still wait (µs); ``unbooked`` counts the provider's calls in flight
     that hold no lease (admitted while its budgets limited nothing), for its concurrency.
     """
+    # Every limited call runs this: the small steps (``_limit``, ``Gcra.earliest`` and ``reserve``)
+    # are written out here rather than called.
     if paused_until > now:
         return Blocked(Reason.PROVIDER_PAUSE, (paused_until - now) / MICROS)
     start, rate_scope = now, None
     for scope, budget in budgets:
-        limit = _limit(scope, lowered_limit)
-        held = budget.leases.count(now) + (unbooked if scope.name == PROVIDER_SCOPE else 0)
-        if limit is not None and held >= limit:
+        limit = scope.concurrency
+        if scope.name == PROVIDER_SCOPE:
+            if lowered_limit is not None:
+                limit = lowered_limit if limit is None else min(lowered_limit, limit)
+            if limit is not None and budget.leases.count(now) + unbooked >= limit:
+                return Blocked(Reason.CONCURRENCY, CONCURRENCY_RETRY_AFTER, scope.name)
+        elif limit is not None and budget.leases.count(now) >= limit:
             return Blocked(Reason.CONCURRENCY, CONCURRENCY_RETRY_AFTER, scope.name)
-        if scope.gcra is not None and (earliest := scope.gcra.earliest(budget.tat)) > start:
+        gcra = scope.gcra
+        if gcra is not None and (earliest := budget.tat - gcra.tolerance) > start:
             start, rate_scope = earliest, scope.name
     if start - now > max_wait:
         return Blocked(Reason.RATE, (start - now) / MICROS, rate_scope)
     for scope, budget in budgets:
-        if scope.gcra is not None:
-            budget.tat = scope.gcra.reserve(budget.tat, start)
+        gcra = scope.gcra
+        if gcra is not None:  # Gcra.reserve: start is not before any budget's earliest
+            budget.tat = max(budget.tat, start) + gcra.interval
         budget.leases.take(lease_id, lease_expires_at)
     return Granted(lease_id, (start - now) / MICROS, now)
-
-
-def _limit(scope: Scope, lowered: int | None) -> int | None:
-    if scope.name != PROVIDER_SCOPE or lowered is None:
-        return scope.concurrency
-    return lowered if scope.concurrency is None else min(lowered, scope.concurrency)
-

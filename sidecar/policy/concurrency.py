@@ -54,7 +54,8 @@ class LeaseTable:
         self._next_expiry = _NEVER
 
     def count(self, now: int) -> int:
-        self._reap(now)
+        if now >= self._next_expiry:  # else no lease can have expired: the common case, no call
+            self._reap(now)
         return len(self._expiry)
 
     def take(self, lease_id: str, expires_at: float) -> None:
@@ -71,8 +72,6 @@ class LeaseTable:
         return self._expiry.pop(lease_id, None) is not None
 
     def _reap(self, now: int) -> None:
-        if now < self._next_expiry:
-            return  # the common case (no lease can have expired) costs one comparison
         self._expiry = {k: t for k, t in self._expiry.items() if t > now}
         self._next_expiry = min(self._expiry.values(), default=_NEVER)
 
