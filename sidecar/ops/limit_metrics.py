@@ -26,7 +26,7 @@ _WAIT_HELP = "Time requests waited for a place under the provider's limits (refu
 class LimitFamilies:
     """The metric families; one ``ProviderLimitMetrics`` per provider reads them."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, created_series: bool = True) -> None:
         self.rate_limited = Counter(
             "sidecar_rate_limited_total",
             "Requests answered 429 rate_limited, by why no place was free in time.",
@@ -35,7 +35,7 @@ class LimitFamilies:
         )
         # Every proxied request observes its wait, nearly always 0: counted in plain numbers.
         self.wait = PlainHistogram(_WAIT_NAME, _WAIT_HELP, ("provider",), buckets=WAIT_BUCKETS,
-                                   registry=registry)
+                                   registry=registry, created=created_series)
         self.paused_until = Gauge(
             "sidecar_provider_paused_until_seconds",
             "End of the provider's pause after its own 429, as a Unix time; 0 when not paused.",

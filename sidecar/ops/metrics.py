@@ -42,7 +42,9 @@ __all__ = ["CONTENT_TYPE_LATEST", "IDEMPOTENCY_RESULTS", "SOURCES", "JobMetrics"
 class Metrics:
     """Owns the registry and every metric family of one sidecar."""
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, *, created_series: bool = True) -> None:
+        """``created_series``: expose the ``_created`` series of the families counted in plain
+        numbers (``created_series_wanted(environ)``, prometheus_client's own switch)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)
@@ -53,6 +55,7 @@ class Metrics:
             "(an error of its own, with X-Sidecar-Error) or the provider.",
             ("provider", "operation", "code", "source"),
             registry=r,
+            created=created_series,
         )
         self.request_duration = PlainHistogram(
             "sidecar_request_duration_seconds",
@@ -60,12 +63,14 @@ class Metrics:
             ("provider", "operation"),
             buckets=LATENCY_BUCKETS,
             registry=r,
+            created=created_series,
         )
         self.attempts = PlainCounter(
             "sidecar_upstream_attempts_total",
             "Upstream attempts by outcome.",
             ("provider", "result"),
             registry=r,
+            created=created_series,
         )
         self.attempt_duration = PlainHistogram(
             "sidecar_upstream_attempt_duration_seconds",
@@ -73,6 +78,7 @@ class Metrics:
             ("provider",),
             buckets=LATENCY_BUCKETS,
             registry=r,
+            created=created_series,
         )
         self.retries = Counter("sidecar_retries_total", "Retries sent.", ("provider",), registry=r)
         self.budget_exhausted = Counter(
@@ -145,7 +151,7 @@ class Metrics:
         self.scrape_gauges = ScrapeGauges(r)
         build = Gauge("sidecar_build_info", "Build information.", ("version",), registry=r)
         build.labels(version).set(1)
-        self.limit_families = LimitFamilies(r)
+        self.limit_families = LimitFamilies(r, created_series=created_series)
         self._providers: dict[str, ProviderMetrics] = {}
 
     def provider(self, name: str, routes: Iterable[str] = ()) -> ProviderMetrics:

@@ -6,15 +6,15 @@ the sidecar's own instructions for a small proxied request. The event loop is th
 and scrapes run on it too, so these families keep a float per series and a list of bucket counts
 instead, and a collector exposes exactly what prometheus_client's own would: the same names,
 samples and order, ``_created`` included unless ``PROMETHEUS_DISABLE_CREATED_SERIES`` says not
-(read as the library reads it). ``tests/ops/test_plain_families.py`` compares the two line by line.
+(``created_series_wanted`` reads it as the library does, from the environment the entry point
+hands on). ``tests/ops/test_plain_families.py`` compares the two line by line.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import accumulate
 
 from prometheus_client import CollectorRegistry
@@ -23,11 +23,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CountedSeries", "PlainCounter", "PlainHistogram", "TimedSeries"]
+__all__ = ["CountedSeries", "PlainCounter", "PlainHistogram", "TimedSeries", "created_series_wanted"]
 
 
-def _created_wanted() -> bool:
-    flag = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False")
+def created_series_wanted(environ: Mapping[str, str]) -> bool:
+    """Whether ``_created`` series are exposed: prometheus_client's own rule for its families."""
+    flag = environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False")
     return flag.lower() not in ("true", "1", "t")
 
 
@@ -65,13 +66,14 @@ class PlainCounter(Collector):
     """A counter family; ``labels(...)`` gives the series to ``inc``."""
 
     def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], *, registry: CollectorRegistry
+        self, name: str, documentation: str, labelnames: Sequence[str], *,
+        registry: CollectorRegistry, created: bool = True,
     ) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
         self._series: dict[tuple[str, ...], CountedSeries] = {}
-        self._created = _created_wanted()
+        self._created = created
         registry.register(self)
 
     def labels(self, *values: object) -> CountedSeries:
@@ -96,7 +98,7 @@ class PlainHistogram(Collector):
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], *,
-        buckets: Sequence[float], registry: CollectorRegistry,
+        buckets: Sequence[float], registry: CollectorRegistry, created: bool = True,
     ) -> None:
         self._name = name
         self._documentation = documentation
@@ -106,7 +108,7 @@ class PlainHistogram(Collector):
             raise ValueError("buckets must be sorted and finite (+Inf is always added)")
         self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
         self._series: dict[tuple[str, ...], TimedSeries] = {}
-        self._created = _created_wanted()
+        self._created = created
         registry.register(self)
 
     def labels(self, *values: object) -> TimedSeries:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from sidecar.ops import plain_families
-from sidecar.ops.plain_families import PlainCounter, PlainHistogram
+from sidecar.ops.plain_families import PlainCounter, PlainHistogram, created_series_wanted
+
+from ..support.configs import provider, sidecar_config
+from ..support.fake_provider import FakeProvider
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LABELS = st.tuples(st.sampled_from(["replicate", "eleven labs", 'q"uote']), st.sampled_from(["200", "503"]))
@@ -53,16 +57,31 @@ def test_a_histogram_exposes_what_prometheus_clients_would(
     assert _text(ours) == _text(theirs)
 
 
-def test_created_series_follow_the_librarys_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+def test_created_series_follow_the_librarys_switch() -> None:
     registry = CollectorRegistry()
-    PlainCounter("x_total", "X.", ("p",), registry=registry).labels("a").inc()
-    PlainHistogram("x_seconds", "X.", ("p",), buckets=BUCKETS, registry=registry).labels("a").observe(1)
+    PlainCounter("x_total", "X.", ("p",), registry=registry, created=False).labels("a").inc()
+    PlainHistogram("x_seconds", "X.", ("p",), buckets=BUCKETS, registry=registry,
+                   created=False).labels("a").observe(1)
     text = generate_latest(registry).decode()
     assert "x_total{p=\"a\"} 1.0" in text
     assert "_created" not in text
-    monkeypatch.setenv("PROMETHEUS_DISABLE_CREATED_SERIES", "false")
-    assert plain_families._created_wanted()
+    assert created_series_wanted({})
+    assert created_series_wanted({"PROMETHEUS_DISABLE_CREATED_SERIES": "false"})
+    for off in ("True", "1", "t"):
+        assert not created_series_wanted({"PROMETHEUS_DISABLE_CREATED_SERIES": off})
+
+
+async def test_the_sidecar_reads_the_switch_from_the_environment_it_is_given(
+    sidecar: Callable[..., Any], fake: FakeProvider
+) -> None:
+    client = await sidecar(sidecar_config(provider("p", fake.url)),
+                           environ={"PROMETHEUS_DISABLE_CREATED_SERIES": "true"})
+    async with client.get("/p/x") as resp:
+        assert resp.status == 200
+    async with client.get("/metrics") as resp:
+        text = await resp.text()
+    assert 'sidecar_requests_total{code="200",operation="other",provider="p",source="provider"} 1.0' in text
+    assert "sidecar_request_duration_seconds_created" not in text
 
 
 def test_a_name_taken_twice_is_refused_as_the_library_refuses_it() -> None:
