@@ -21,7 +21,9 @@ booked as if used at the end of its life, the latest they may be, so a late use 
 burst; then its unused places are given back. A pause or a lowering made by any sidecar is
 published, and drops every share of that provider at once (``Notices``), including one whose
 grant is still on its way back; while that subscription is down, no share is used. A slot from a
-share goes back to the share when its call ends, until the share ends.
+share goes back to the share when its call ends, until the share ends. Half used, a share asks for
+the next one in the background, which waits its turn (``_Shape.after``): a busy sidecar's calls do
+not wait for a round trip each time a share runs out.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import itertools
 import math
 import secrets
 from asyncio import CancelledError
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from sidecar.fleet import limiter_scripts as lua
@@ -67,7 +69,7 @@ DEFAULT_POLL_INTERVAL = 0.05
 """Seconds between looks while blocked on concurrency (other sidecars' releases are not pushed)."""
 
 
-SHARE_SIZE = 64
+SHARE_SIZE = 256
 """Places a share holds at most, besides its call's own."""
 SHARE_TTL = 1.0
 """Seconds a share lives at most: a pause another sidecar sets ends it sooner (it is published)."""
@@ -78,13 +80,18 @@ _FIRST_SHARE = 8
 _MAX_BATCH = 64
 """Calls in one script run at most: a run holds the Redis, so its length stays bounded."""
 
+_MAX_MERGED = 128
+"""Lease ids one give-back call carries at most (a turn's give-backs of one shape, merged)."""
+
+_WIRE = {completion: completion.value for completion in Completion}  # read once a give-back
+
 
 class _Shape:
     """What every call of one provider with one set of scopes sends, worked out once."""
 
     __slots__ = (
-        "acquire_args", "acquire_keys", "asking", "lease_keys", "own", "provider", "release_keys",
-        "scopes", "share", "share_cap", "want",
+        "acquire_args", "acquire_keys", "after", "asking", "lease_keys", "own", "provider",
+        "release_keys", "scopes", "share", "share_cap", "want",
     )
 
     def __init__(
@@ -93,13 +100,14 @@ class _Shape:
         self.provider = provider
         self.scopes = scopes  # held, so the id this shape is cached under stays this object's
         self.share: _Share | None = None  # the share its calls are admitted from, while one lives
+        self.after: _Share | None = None  # the next one, asked for ahead: used once that one is spent
         self.asking: asyncio.Future[None] | None = None  # done when the share asked for has come
         # A share never holds more than its rates earn while it lives (below 2 places: none)
         rates = [s.gcra.interval for s in scopes if s.gcra]
         cap = min([share_size, *(math.floor(micros(share_ttl) / i) for i in rates)])
         self.share_cap = cap if cap >= 2 else 0
         # The next share's size: twice what the last one was used for, so a slow caller does not
-        # book (and give back) 64 places for the two it uses before its share ends.
+        # book (and give back) 256 places for the two it uses before its share ends.
         self.want = min(self.share_cap, _FIRST_SHARE)
         self.acquire_keys = [keys.pause(provider), keys.aimd(provider)]
         self.acquire_args: list[int] = []
@@ -137,9 +145,10 @@ class _Share:
 
 class _Call:
     """One call waiting for its loop turn's script run; ``grant`` is set for an acquisition.
-    ``future`` is None for a give-back nobody waits for (a failure is logged for it)."""
+    ``future`` is None for a give-back nobody waits for (a failure is logged for it); such a
+    give-back carries ``leases`` lease ids (the turn's others of its shape join it)."""
 
-    __slots__ = ("args", "future", "grant", "keys")
+    __slots__ = ("args", "future", "grant", "keys", "leases")
 
     def __init__(
         self, future: asyncio.Future[Any] | None, keys: list[str], args: list[Any],
@@ -149,6 +158,7 @@ class _Call:
         self.keys = keys
         self.args = args
         self.grant = grant  # (provider, shape, lease id): to give back a slot granted to no one
+        self.leases = 1
 
 
 class _FleetLease:
@@ -221,12 +231,16 @@ class RedisBackend:
         self._lease_count = itertools.count()
         self._acquires: dict[str, list[_Call]] = {}  # by provider, this turn of the loop
         self._releases: dict[str, list[_Call]] = {}
+        # This turn's give-back nobody waits for, by shape and completion ('ok' or 'abandoned'):
+        # the turn's others join it (a share ends with dozens; one call, not one each)
+        self._merged: dict[tuple[_Shape, Completion], _Call] = {}
         self._flush_due = False
         self._runs: set[asyncio.Future[Any]] = set()
         self._share_size = share_size
         self._share_ttl = share_ttl
         self._share_ttl_us = micros(share_ttl)
         self._shares: set[_Share] = set()  # the shares alive: retiring one takes it out
+        self._chores: set[asyncio.Future[None]] = set()  # shares asked for ahead, waiting give-backs
         self._notices: Notices | None = None  # started with the first call
         # Notices heard, by key, and losses of the subscription: a share whose grant crossed one
         # on its way back is ended at once.
@@ -250,13 +264,18 @@ class RedisBackend:
     def _from_share(self, shape: _Shape) -> _FleetLease | None:
         share = shape.share
         if share is None or not share.tokens or not share.ids:
-            return None
+            share = shape.after
+            if share is None:
+                return None
+            shape.share, shape.after = share, None  # the one asked for ahead takes over
+            if not share.tokens or not share.ids:
+                return None
         if asyncio.get_running_loop().time() >= share.ends:  # its timer has not run yet
             self._retire(share)
-            return None
+            return self._from_share(shape) if shape.share is not None else None
         share.tokens -= 1
-        if not share.tokens:  # used up: the next share may be twice as large
-            shape.want = min(shape.share_cap, 2 * share.size)
+        if share.tokens <= share.size // 2 and shape.asking is None and shape.after is None:
+            self._ask_ahead(shape, share.size)
         return _FleetLease(
             self, shape.provider, shape, share.ids.pop(), 0.0, share.admitted_at, share
         )
@@ -273,7 +292,14 @@ class RedisBackend:
             from_share = self._from_share(shape)
             if from_share is not None:
                 return from_share
-        want = self._share_wanted(shape)
+        return await self._decide(shape, self._share_wanted(shape), max_wait)
+
+    async def _decide(
+        self, shape: _Shape, want: int, max_wait: float, mark: tuple[int, int, int] | None = None
+    ) -> _FleetLease | Blocked:
+        """Redis decides one call (and books ``want`` places more for a share, when it may).
+        ``mark``: what had been heard when the share was wanted (default: now)."""
+        provider, scopes = shape.provider, shape.scopes
         lease_id = f"{self._lease_prefix}{next(self._lease_count):x}"
         args = [
             lease_id, self._lease_ttl_us, micros(max(0.0, max_wait)), *shape.acquire_args, want,
@@ -282,7 +308,9 @@ class RedisBackend:
         grant = (provider, shape, lease_id)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
-        sent_at, mark = loop.time(), self._mark(shape)  # before Redis decides: the share's clock
+        sent_at = loop.time()  # before Redis decides: the share's clock
+        if mark is None:
+            mark = self._mark(shape)
         self._queue(self._acquires, provider, _Call(answer, shape.acquire_keys, args, grant))
         try:
             status, index, amount, now, shared, life = await answer
@@ -316,6 +344,47 @@ class RedisBackend:
         if status == lua.FULL:
             return Blocked(Reason.CONCURRENCY, CONCURRENCY_RETRY_AFTER, scope)
         return Blocked(Reason.RATE, seconds(amount), scope)
+
+    async def _give_back_after(
+        self, coming: list[asyncio.Future[None]], lease: _FleetLease, completion: Completion,
+        future: asyncio.Future[Any] | None,
+    ) -> None:
+        await asyncio.wait(coming)  # not cancelled here: their askers are waiting for them too
+        self._give_back(lease.provider, lease.shape, lease.lease_id, completion, lease.admitted_at, future)
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background; ``aclose`` ends it before the last give-backs go."""
+        task = asyncio.ensure_future(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    def _ask_ahead(self, shape: _Shape, size: int) -> None:
+        """A share half used: the next one is asked for now, twice as large, and waits its turn,
+        so the calls after this one find places instead of waiting for a round trip."""
+        shape.want = min(shape.share_cap, 2 * size)
+        want = self._share_wanted(shape)
+        if not want:
+            return
+        # marked now: a pause or a lowering heard before the task runs ends the share it brings
+        self._later(self._refill(shape, want, self._mark(shape)))
+
+    async def _refill(self, shape: _Shape, want: int, mark: tuple[int, int, int]) -> None:
+        """Ask Redis for a share with no call of its own: the place booked for the asking call
+        joins the share (or goes back when there is none)."""
+        try:
+            lease = await self._decide(shape, want, 0.0, mark)
+        except FleetUnavailable:
+            return  # what it may have booked is given back; callers will ask Redis themselves
+        if isinstance(lease, Blocked):
+            return
+        share = lease.share
+        if share is not None and share in self._shares:
+            share.ids.append(lease.lease_id)
+            share.size += 1
+            share.tokens += 1
+        else:
+            self._give_back(shape.provider, shape, lease.lease_id, Completion.ABANDONED, lease.admitted_at,
+                            None)
 
     def _share_wanted(self, shape: _Shape) -> int:
         """The places to ask a share of with this call (0: none); marks the shape as asking.
@@ -351,8 +420,17 @@ class RedisBackend:
         share = lease.share
         if completion is Completion.CONCURRENCY_LIMITED:
             # The provider says it is full: ask Redis from now on, and let the lowering count only
-            # the calls in flight (this sidecar's unused places are given back first).
-            self._retire_provider(lease.provider)
+            # the calls in flight. This sidecar's unused places are given back first, those of a
+            # share still on its way too: it is ended on arrival (as if the lowering's notice had
+            # crossed it), and the lowering waits for it.
+            self._heard(self.keys.aimd(lease.provider))
+            coming = [
+                shape.asking for shape in self._shapes.values()
+                if shape.provider == lease.provider and shape.asking is not None
+            ]
+            if coming:
+                self._later(self._give_back_after(coming, lease, completion, future))
+                return
         elif share is not None and share in self._shares:
             share.ids.append(lease.lease_id)  # still booked in Redis: the next call's
             if future is not None:
@@ -365,10 +443,20 @@ class RedisBackend:
         future: asyncio.Future[Any] | None,
     ) -> None:
         self._held.pop(lease_id, None)
-        args: list[Any] = [lease_id, completion.value, admitted_at, *shape.own]
-        if completion is Completion.CONCURRENCY_LIMITED:
+        concurrency = completion is Completion.CONCURRENCY_LIMITED
+        if future is None and not concurrency:
+            merged = self._merged.get((shape, completion))
+            if merged is not None and merged.leases < _MAX_MERGED:
+                merged.args.append(lease_id)
+                merged.leases += 1
+                return
+        args: list[Any] = [lease_id, _WIRE[completion], admitted_at, *shape.own]
+        if concurrency:
             args.append(self.keys.notices())  # a lowering is announced: shares of it end
-        self._queue(self._releases, provider, _Call(future, shape.release_keys, args, None))
+        call = _Call(future, shape.release_keys, args, None)
+        if future is None and not concurrency:
+            self._merged[(shape, completion)] = call
+        self._queue(self._releases, provider, call)
 
     def _mark(self, shape: _Shape) -> tuple[int, int, int]:
         """What has been heard so far that would end a share of ``shape``."""
@@ -383,9 +471,17 @@ class RedisBackend:
         ids = [f"{lease_id}.{j}" for j in range(size, 0, -1)]
         for id_ in ids:
             self._held[id_] = shape.lease_keys
-        if shape.share is not None:
-            self._retire(shape.share)
-        share = shape.share = _Share(shape, ids, admitted_at, ends)
+        share = _Share(shape, ids, admitted_at, ends)
+        current = shape.share
+        if current is not None and current.tokens and current.ids and current in self._shares:
+            # asked for ahead: it waits its turn while the one in use still has places
+            if shape.after is not None:
+                self._retire(shape.after)
+            shape.after = share
+        else:
+            if current is not None:
+                self._retire(current)
+            shape.share = share
         self._shares.add(share)
         notices = self._notices
         if notices is None or not notices.live or self._mark(shape) != mark:
@@ -405,8 +501,10 @@ class RedisBackend:
         share.tokens = 0
         if share.timer is not None:
             share.timer.cancel()
+        if shape.after is share:
+            shape.after = None
         if shape.share is share:
-            shape.share = None
+            shape.share, shape.after = shape.after, None  # the one asked for ahead, if any
         ids, share.ids = share.ids, []
         for id_ in ids:
             self._give_back(shape.provider, shape, id_, Completion.ABANDONED, share.admitted_at, None)
@@ -418,11 +516,6 @@ class RedisBackend:
     def _notices_down(self) -> None:
         self._downs += 1
         self._retire_all()
-
-    def _retire_provider(self, provider: str) -> None:
-        for share in list(self._shares):
-            if share.shape.provider == provider:
-                self._retire(share)
 
     def _heard(self, key: str) -> None:
         """A pause or a lowering of the provider whose key this is: its shares end."""
@@ -471,6 +564,7 @@ class RedisBackend:
     def _flush(self) -> None:
         self._flush_due = False
         releases, self._releases = self._releases, {}
+        self._merged.clear()
         acquires, self._acquires = self._acquires, {}
         for script, pending, what in (
             (self._release, releases, "release"), (self._acquire, acquires, "acquire")
@@ -501,7 +595,7 @@ class RedisBackend:
                 unheard = 0  # give-backs nobody waits for (a share's are many): one log line
                 for call in calls:  # each its own exception: each caller's traceback grows on it
                     if call.future is None:
-                        unheard += 1
+                        unheard += call.leases
                     elif not call.future.done():
                         call.future.set_exception(unavailable(error, what))
                 if unheard:
@@ -585,6 +679,8 @@ class RedisBackend:
     async def aclose(self) -> None:
         """Send what is queued and wait for every answer (give-backs included), then stop renewing
         (leases still held expire on their own); the client is not closed here."""
+        while self._chores:  # each ends within a round trip
+            await asyncio.gather(*list(self._chores), return_exceptions=True)
         self._retire_all()
         if self._notices is not None:
             await self._notices.aclose()

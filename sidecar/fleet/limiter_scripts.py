@@ -161,7 +161,12 @@ RELEASE = _PRELUDE + f"""
 local states = {{}}  -- aimd key -> {{limit, ceiling, changed}} as this batch last left it
 local removals = {{}}  -- lease set -> the ids to take out of it, in one ZREM at the end
 local function remove_now()
-  for _, key in ipairs(removals) do redis.call('ZREM', key, unpack(removals[key])) end
+  for _, key in ipairs(removals) do
+    local ids = removals[key]
+    for first = 1, #ids, 1000 do  -- unpack is bounded by Lua's C stack: a thousand ids a ZREM
+      redis.call('ZREM', key, unpack(ids, first, math.min(first + 999, #ids)))
+    end
+  end
   removals = {{}}
 end
 local function aimd_of(key)
@@ -182,16 +187,22 @@ end
 local function release(KEYS, ARGV)
 -- KEYS: aimd, then the lease sets (KEYS[2] the provider's own when ARGV[4] is '1').
 -- ARGV: lease id, 'ok' | 'concurrency' | 'abandoned', admitted at µs, provider scope present,
--- configured concurrency of the provider (0: none); for 'concurrency', the notices channel.
-local in_flight = 1
-if ARGV[2] == 'concurrency' and ARGV[4] == '1' then
-  remove_now()  -- the calls before this one in the batch have ended
-  in_flight = redis.call('ZCOUNT', KEYS[2], '(' .. int(now), '+inf')
+-- configured concurrency of the provider (0: none); for 'concurrency', the notices channel; for
+-- 'ok' and 'abandoned', more lease ids that ended the same way (one call for a turn's give-backs
+-- of one shape: as many calls one after the other would do, for their AIMD step is once a turn).
+local in_flight, last = 1, #ARGV
+if ARGV[2] == 'concurrency' then
+  last = 1
+  if ARGV[4] == '1' then
+    remove_now()  -- the calls before this one in the batch have ended
+    in_flight = redis.call('ZCOUNT', KEYS[2], '(' .. int(now), '+inf')
+  end
 end
 for i = 2, #KEYS do
   local ids = removals[KEYS[i]]
   if not ids then ids = {{}} removals[KEYS[i]] = ids removals[#removals + 1] = KEYS[i] end
   ids[#ids + 1] = ARGV[1]
+  for j = 6, last do ids[#ids + 1] = ARGV[j] end
 end
 if ARGV[2] == 'abandoned' then return 0 end
 local a = aimd_of(KEYS[1])

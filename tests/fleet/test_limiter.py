@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from sidecar.fleet import limiter_scripts as lua
+from sidecar.fleet.keys import FleetKeys
 from sidecar.fleet.limiter import RedisBackend
 from sidecar.limits.api import Completion, FleetUnavailable, RateLimited, Slot
 from sidecar.limits.queue import QueuedLimiter
@@ -364,3 +366,55 @@ async def test_closing_sends_the_give_backs_still_queued(sidecars: Sidecars, cli
     await limiter.aclose()
     await backend.redis.aclose()
     assert await clients().zcard(backend.keys.leases(P, PROVIDER_SCOPE)) == 0
+
+
+async def test_one_turns_releases_free_every_slot_and_a_failure_counts_every_lease(
+    sidecars: Sidecars, clients: Clients, redis_server: RedisServer
+) -> None:
+    """The give-backs of one turn nobody waits for go as one call per shape (``_merged``): every
+    slot still comes back, and when Redis is gone the log counts each lease, not each call."""
+    (limiter,) = sidecars(1, share_size=0)  # every slot decided by Redis: 40 leases in the set
+    budget = [scope(concurrency=100)]
+    backend = limiter.backend
+    assert isinstance(backend, RedisBackend)
+    leases = backend.keys.leases(P, PROVIDER_SCOPE)
+    admin = clients()
+    slots = [await limiter.acquire(P, budget, max_wait=0) for _ in range(40)]
+    assert await admin.zcard(leases) == 40
+    for slot in slots:
+        slot.release_soon(Completion.OK)
+    await eventually(lambda: admin.zcard(leases), until=lambda held: held == 0, timeout=2,
+                     what="every slot given back")
+    slots = [await limiter.acquire(P, budget, max_wait=0) for _ in range(5)]
+    with capture_logs() as logs:
+        redis_server.kill()
+        for slot in slots:
+            slot.release_soon(Completion.ABANDONED)
+        failed = await eventually(
+            lambda: [e for e in logs if e["event"] == "fleet_lease_not_released"], timeout=3,
+            what="the failed give-back logged",
+        )
+    assert [e["leases"] for e in failed] == [5]
+    await redis_server.start()
+
+
+async def test_a_batch_of_releases_carrying_thousands_of_leases_frees_them_all(clients: Clients) -> None:
+    """The release script takes a lease set's ids out a thousand at a time: Lua's ``unpack`` has a
+    bounded stack (about 8,000), and one run may carry more ids than that for one set (64 calls of
+    up to 128 merged give-backs each)."""
+    admin = clients()
+    release = admin.register_script(lua.RELEASE)
+    keys = FleetKeys()
+    aimd, leases = keys.aimd(P), keys.leases(P, PROVIDER_SCOPE)
+    ids = [f"lease-{i}" for i in range(64 * 128)]
+    for first in range(0, len(ids), 512):
+        chunk = ids[first:first + 512]
+        await admin.execute("ZADD", leases, *[x for lease in chunk for x in (10**15, lease)])
+    assert await admin.zcard(leases) == len(ids)
+    run: list[object] = []
+    for first in range(0, len(ids), 128):
+        call = [ids[first], "abandoned", 0, 1, 0, *ids[first + 1:first + 128]]
+        run += [2, len(call), *call]
+    replies = await release([aimd, leases] * 64, run)
+    assert replies == [0] * 64
+    assert await admin.zcard(leases) == 0

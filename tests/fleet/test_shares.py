@@ -314,3 +314,59 @@ async def test_callers_arriving_while_a_share_is_asked_for_wait_for_it(
     for slot in await asyncio.gather(first, *others):
         await slot.release(Completion.OK)
     assert await scripts_run(admin) == before + 1
+
+
+async def test_a_share_running_low_asks_for_the_next_one_ahead(
+    sidecars: Sidecars, clients: Clients
+) -> None:
+    """Half used, a share asks Redis for the next one (twice as large) in the background, which
+    waits its turn: the calls after the first one's last place take places at once instead of
+    waiting for a round trip."""
+    (limiter,) = sidecars(1, share_size=16, share_ttl=5)
+    admin = clients()
+    await with_a_share(limiter, admin)
+    leases = backend_of(limiter).keys.leases(P, PROVIDER_SCOPE)
+    assert await admin.zcard(leases) == 9  # the share's 8 and its call's place, given back to it
+    held = [limiter.acquire_at_once(P, FAR) for _ in range(4)]  # 4 of its 8 calls left
+    assert all(slot is not None for slot in held)
+    # The next share comes with nobody waiting: 16 places and the asking call's own.
+    await eventually(lambda: admin.zcard(leases), until=lambda n: n == 9 + 17, timeout=3,
+                     what="the next share booked ahead")
+    before = await scripts_run(admin)
+    more = [limiter.acquire_at_once(P, FAR) for _ in range(4 + 8)]  # the first's 4, the next's 8
+    assert all(slot is not None for slot in more)  # without a coroutine, and without Redis
+    assert await scripts_run(admin) == before
+    for slot in held + more:
+        assert slot is not None
+        slot.release_soon(Completion.OK)
+
+
+@pytest.mark.parametrize("turns", [0, 3], ids=["not yet sent", "on the wire"])
+async def test_a_concurrency_429_while_the_next_share_is_coming_counts_only_the_calls_in_flight(
+    sidecars: Sidecars, clients: Clients, turns: int
+) -> None:
+    """A lowering is based on the calls in flight: a share asked for ahead and still on its way
+    when a concurrency 429 comes is ended on arrival and given back before the lowering is
+    decided, like the share in use (whether its script has gone to Redis yet or not)."""
+    rates_only = [Scope.of(PROVIDER_SCOPE, RateLimitConfig(requests_per_minute=600_000, burst=10_000))]
+    (limiter,) = sidecars(1, share_size=16, share_ttl=5)
+    admin = clients()
+    backend = backend_of(limiter)
+    await (await one_call(limiter, rates_only)).release(Completion.OK)
+    await listening(admin, backend)
+    await (await one_call(limiter, rates_only)).release(Completion.OK)  # a share of 8
+    held = [limiter.acquire_at_once(P, rates_only) for _ in range(6)]  # the next one is asked for
+    assert all(slot is not None for slot in held)
+    assert held[0] is not None
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    held[0].release_soon(Completion.CONCURRENCY_LIMITED)  # before the next share has come
+    lowered = await eventually(lambda: backend.lowered_limit(P), until=lambda limit: limit is not None,
+                               timeout=3, what="the lowering")
+    assert lowered == 3  # half of the six calls in flight, not of them and the 17 places coming
+    leases = backend.keys.leases(P, PROVIDER_SCOPE)
+    await eventually(lambda: admin.zcard(leases), until=lambda n: n == 5, timeout=3,
+                     what="every place but the five calls' given back")
+    for slot in held[1:]:
+        assert slot is not None
+        slot.release_soon(Completion.OK)
