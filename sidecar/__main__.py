@@ -36,8 +36,6 @@ environment variables:
                                writable, else <tmp>/sidecar-<uid>)
   SIDECAR_INSTANCE_ID          this sidecar's name in the job ledger (default: HOSTNAME, then
                                the host name); keep it across restarts, unique per sidecar
-  PROMETHEUS_DISABLE_CREATED_SERIES  true/1/t: /metrics leaves out the *_created series (as
-                               prometheus_client does for its own families)
   CB_FAILURE_THRESHOLD         sets defaults.breaker.failure_threshold
   CB_RECOVERY_TIMEOUT          sets defaults.breaker.recovery_timeout (integer milliseconds, or "30s")
   CB_MONITORING_PERIOD         sets defaults.breaker.monitoring_period (integer milliseconds, or "60s")

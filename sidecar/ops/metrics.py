@@ -23,7 +23,7 @@ from ..state import OperationEvent
 from ..upstream.h1pool import PoolStats
 from ..upstream.observer import ATTEMPT_RESULTS
 from .limit_metrics import LimitFamilies, ProviderLimitMetrics
-from .plain_families import CountedSeries, PlainCounter, PlainHistogram
+from .plain_families import CountedSeries, PlainCounter, PlainHistogram, library_has_created
 from .scrape_gauges import ScrapeGauges
 
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
@@ -42,10 +42,10 @@ __all__ = ["CONTENT_TYPE_LATEST", "IDEMPOTENCY_RESULTS", "SOURCES", "JobMetrics"
 class Metrics:
     """Owns the registry and every metric family of one sidecar."""
 
-    def __init__(self, version: str, *, created_series: bool = True) -> None:
-        """``created_series``: expose the ``_created`` series of the families counted in plain
-        numbers (``created_series_wanted(environ)``, prometheus_client's own switch)."""
+    def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # The families counted in plain numbers expose _created when the library's own do.
+        created_series = library_has_created()
         r = self.registry
         ProcessCollector(registry=r)
         # The four series every request moves are counted in plain numbers (plain_families).

@@ -5,31 +5,32 @@ value and walk the buckets in Python: about four calls and two locks an incremen
 the sidecar's own instructions for a small proxied request. The event loop is the only writer
 and scrapes run on it too, so these families keep a float per series and a list of bucket counts
 instead, and a collector exposes exactly what prometheus_client's own would: the same names,
-samples and order, ``_created`` included unless ``PROMETHEUS_DISABLE_CREATED_SERIES`` says not
-(``created_series_wanted`` reads it as the library does, from the environment the entry point
-hands on). ``tests/ops/test_plain_families.py`` compares the two line by line.
+samples and order, ``_created`` included when the library's own families have it (its
+process-wide switch: the entry point turns it off, ``PROMETHEUS_DISABLE_CREATED_SERIES`` too).
+``tests/ops/test_plain_families.py`` compares the two line by line.
 """
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import accumulate
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CountedSeries", "PlainCounter", "PlainHistogram", "TimedSeries", "created_series_wanted"]
+__all__ = ["CountedSeries", "PlainCounter", "PlainHistogram", "TimedSeries", "library_has_created"]
 
 
-def created_series_wanted(environ: Mapping[str, str]) -> bool:
-    """Whether ``_created`` series are exposed: prometheus_client's own rule for its families."""
-    flag = environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False")
-    return flag.lower() not in ("true", "1", "t")
+def library_has_created() -> bool:
+    """Whether prometheus_client's own counters expose ``_created`` now (its switch has no public
+    getter: a counter on no registry is asked)."""
+    probe = Counter("probe", "Probe.", registry=None)
+    return any(sample.name.endswith("_created") for metric in probe.collect() for sample in metric.samples)
 
 
 class CountedSeries:

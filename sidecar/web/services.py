@@ -20,7 +20,6 @@ from ..fleet.wiring import FleetState
 from ..logs import get_logger
 from ..ops.health import ProcessStatus
 from ..ops.metrics import Metrics
-from ..ops.plain_families import created_series_wanted
 from ..ops.probes import ProbeRunner
 from ..providers.admission import Limits
 from ..providers.ledger import JobLedger
@@ -57,7 +56,7 @@ class Services:
         self.wall = wall
         self.rng = rng
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
-        self.metrics = Metrics(__version__, created_series=created_series_wanted(self.environ))
+        self.metrics = Metrics(__version__)
         self.registry = ProviderRegistry(config, metrics=self.metrics, clock=clock)
         self.attempts = AttemptLoop(clock=clock, sleep=sleep, rng=rng, wall=wall)
         self.probes = ProbeRunner(
