@@ -16,6 +16,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -24,6 +25,9 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["CountedSeries", "PlainCounter", "PlainHistogram", "TimedSeries", "library_has_created"]
+
+
+S = TypeVar("S")
 
 
 def library_has_created() -> bool:
@@ -63,26 +67,45 @@ class TimedSeries:
         self.total += amount
 
 
-class PlainCounter(Collector):
+class _Family(Collector, Generic[S]):
+    """A family's name, help, labels and series by label values; ``_new`` makes a series."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], *,
+        registry: CollectorRegistry, created: bool,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], S] = {}
+        self._created = created
+        registry.register(self)
+
+    def _new(self) -> S:
+        raise NotImplementedError
+
+    def labels(self, *values: object) -> S:
+        if len(values) != len(self._labelnames):
+            names = ", ".join(self._labelnames)
+            raise ValueError(f"expected {len(self._labelnames)} label values ({names}), got {len(values)}")
+        key = tuple(str(v) for v in values)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._new()
+        return series
+
+
+class PlainCounter(_Family[CountedSeries]):
     """A counter family; ``labels(...)`` gives the series to ``inc``."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], *,
         registry: CollectorRegistry, created: bool = True,
     ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
-        self._series: dict[tuple[str, ...], CountedSeries] = {}
-        self._created = created
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry=registry, created=created)
 
-    def labels(self, *values: object) -> CountedSeries:
-        key = _label_values(self._labelnames, values)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = CountedSeries()
-        return series
+    def _new(self) -> CountedSeries:
+        return CountedSeries()
 
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -94,30 +117,21 @@ class PlainCounter(Collector):
         yield family
 
 
-class PlainHistogram(Collector):
+class PlainHistogram(_Family[TimedSeries]):
     """A histogram family; ``labels(...)`` gives the series to ``observe``."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], *,
         buckets: Sequence[float], registry: CollectorRegistry, created: bool = True,
     ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
         self.bounds = tuple(float(b) for b in buckets)
         if list(self.bounds) != sorted(self.bounds) or self.bounds[-1:] == (float("inf"),):
             raise ValueError("buckets must be sorted and finite (+Inf is always added)")
         self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
-        self._series: dict[tuple[str, ...], TimedSeries] = {}
-        self._created = created
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry=registry, created=created)
 
-    def labels(self, *values: object) -> TimedSeries:
-        key = _label_values(self._labelnames, values)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = TimedSeries(self.bounds)
-        return series
+    def _new(self) -> TimedSeries:
+        return TimedSeries(self.bounds)
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -131,9 +145,3 @@ class PlainHistogram(Collector):
                 labels = dict(zip(self._labelnames, key, strict=True))
                 family.samples.append(Sample(self._name + "_created", labels, series.created))
         yield family
-
-
-def _label_values(names: tuple[str, ...], values: tuple[object, ...]) -> tuple[str, ...]:
-    if len(values) != len(names):
-        raise ValueError(f"expected {len(names)} label values ({', '.join(names)}), got {len(values)}")
-    return tuple(str(v) for v in values)
