@@ -382,9 +382,8 @@ class RedisBackend:
             share.ids.append(lease.lease_id)
             share.size += 1
             share.tokens += 1
-        else:
-            self._give_back(shape.provider, shape, lease.lease_id, Completion.ABANDONED, lease.admitted_at,
-                            None)
+        else:  # no share came with it (or it was ended on arrival): a place nobody will use
+            self._give_back_grant(shape.provider, shape, lease.lease_id, 0, lease.admitted_at)
 
     def _share_wanted(self, shape: _Shape) -> int:
         """The places to ask a share of with this call (0: none); marks the shape as asking.

@@ -104,10 +104,10 @@ class LocalBackend:
         at once while the provider is neither paused nor lowered, with nothing booked: the common
         case costs a count, not a lease in each budget.
         """
-        for scope in scopes:
+        for scope in scopes:  # Scope.limits_nothing, written out: every limited call passes here
             if scope.gcra is not None or scope.concurrency is not None:
                 break
-        else:  # every budget limits nothing
+        else:
             admitted_at = self.open_now(provider)
             if admitted_at is not None:
                 return _OpenLease(self, provider, admitted_at)
@@ -135,6 +135,8 @@ class LocalBackend:
         known = self._by_scopes.get(key)
         if known is not None and known[0] is scopes:
             return known[1]
+        if len(self._by_scopes) >= 1024:  # callers pass their plans' fixed tuples: never, in use
+            self._by_scopes.clear()
         budgets = [(s, self._budget(provider, s)) for s in scopes]
         self._by_scopes[key] = (scopes, budgets)
         return budgets

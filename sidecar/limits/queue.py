@@ -96,7 +96,7 @@ class QueuedLimiter:
         result = memory.acquire_now(provider, scopes, 0.0)
         if isinstance(result, Blocked):
             return None
-        return Slot(result, 0.0, self._wakers.get(provider) or self._waker(provider))
+        return Slot(result, 0.0, self._waker(provider))
 
     def pass_open(self, provider: str) -> int | None:
         """A call whose budgets limit nothing goes at once unless the provider is held back or has

@@ -113,28 +113,26 @@ def admit(
     is how long this caller may still wait (µs); ``unbooked`` counts the provider's calls in flight
     that hold no lease (admitted while its budgets limited nothing), for its concurrency.
     """
-    # Every limited call runs this: the small steps (``_limit``, ``Gcra.earliest`` and ``reserve``)
-    # are written out here rather than called.
     if paused_until > now:
         return Blocked(Reason.PROVIDER_PAUSE, (paused_until - now) / MICROS)
     start, rate_scope = now, None
     for scope, budget in budgets:
-        limit = scope.concurrency
-        if scope.name == PROVIDER_SCOPE:
-            if lowered_limit is not None:
-                limit = lowered_limit if limit is None else min(lowered_limit, limit)
-            if limit is not None and budget.leases.count(now) + unbooked >= limit:
-                return Blocked(Reason.CONCURRENCY, CONCURRENCY_RETRY_AFTER, scope.name)
-        elif limit is not None and budget.leases.count(now) >= limit:
+        limit = _limit(scope, lowered_limit)
+        held = budget.leases.count(now) + (unbooked if scope.name == PROVIDER_SCOPE else 0)
+        if limit is not None and held >= limit:
             return Blocked(Reason.CONCURRENCY, CONCURRENCY_RETRY_AFTER, scope.name)
-        gcra = scope.gcra
-        if gcra is not None and (earliest := budget.tat - gcra.tolerance) > start:
+        if scope.gcra is not None and (earliest := scope.gcra.earliest(budget.tat)) > start:
             start, rate_scope = earliest, scope.name
     if start - now > max_wait:
         return Blocked(Reason.RATE, (start - now) / MICROS, rate_scope)
     for scope, budget in budgets:
-        gcra = scope.gcra
-        if gcra is not None:  # Gcra.reserve: start is not before any budget's earliest
-            budget.tat = max(budget.tat, start) + gcra.interval
+        if scope.gcra is not None:
+            budget.tat = scope.gcra.reserve(budget.tat, start)
         budget.leases.take(lease_id, lease_expires_at)
     return Granted(lease_id, (start - now) / MICROS, now)
+
+
+def _limit(scope: Scope, lowered: int | None) -> int | None:
+    if scope.name != PROVIDER_SCOPE or lowered is None:
+        return scope.concurrency
+    return lowered if scope.concurrency is None else min(lowered, scope.concurrency)
