@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from bench import baseline, fleet_rate, instructions, ledger_memory, report, targets, wrk
+from bench import baseline, fleet_rate, instructions, ledger_memory, report, side_by_side, targets, wrk
 from bench.core import run_core
 from bench.procs import ProcessSet, StartError, pin
 from bench.runner import Settings, run_all
@@ -55,6 +55,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the shared rate limit figure (3 sidecars x 200 clients on one Redis, 60 s; "
         "10 s with --quick)",
+    )
+    p.add_argument(
+        "--no-side-by-side",
+        action="store_true",
+        help="skip the limited routes measured on one core at the same time as the unlimited one "
+        "(the ratio the VM's noise moves least)",
     )
     p.add_argument(
         "--no-instructions",
@@ -128,7 +134,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     with ProcessSet(workdir) as procs:
         upstream = targets.start_upstream(procs, workdir, load_cpu)
         env = Env(procs, workdir, proxy_cpu, load_cpu, REPO, upstream, older)
-        results = run_all(env, chosen, settings, wrk.write_scripts(workdir))
+        scripts = wrk.write_scripts(workdir)
+        results = run_all(env, chosen, settings, scripts)
+        together = None
+        if not args.no_side_by_side:
+            together = side_by_side.measure(env, [t.name for t in chosen], settings, scripts["get"])
         counted = None
         if not args.no_instructions:
             names = [n for n in instructions.NAMES if n in {t.name for t in chosen}]
@@ -178,6 +188,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         data["fleet_rate"] = fleet
     if counted is not None:
         data["instructions"] = counted
+    if together is not None:
+        data["side_by_side"] = together
     return data
 
 

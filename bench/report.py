@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import instructions
+from bench import instructions, side_by_side
 from bench.runner import TargetResult
 from bench.stream import StreamResult
 
@@ -161,6 +161,9 @@ def markdown(data: Mapping[str, Any]) -> str:
     pairs = _pairs_table(targets)
     if pairs:
         lines += ["", *pairs]
+    together = data.get("side_by_side")
+    if together is not None and together["pairs"]:
+        lines += ["", *side_by_side.summary(together)]
     goals = _goals_table(targets, data["stream"])
     if goals:
         lines += ["", *goals]
