@@ -6,7 +6,7 @@ same turn of the event loop, bounded by the client's timeouts; failures come out
 ``lease_ttl`` seconds in Redis and is renewed every third of that while its call runs, so a long
 call keeps its slot and a killed sidecar's slots come back within ``lease_ttl``. One task per
 sidecar renews every lease held at its tick (most calls end long before one), rather than a task
-per call.
+per call, and the leases of one set of budgets go in one script run.
 
 Waiting callers are queued per sidecar (``QueuedLimiter``); across sidecars, whoever asks first
 after a slot frees gets it (each line polls every ``poll_interval`` while blocked on concurrency).
@@ -82,6 +82,9 @@ _MAX_BATCH = 64
 
 _MAX_MERGED = 128
 """Lease ids one give-back call carries at most (a turn's give-backs of one shape, merged)."""
+
+_MAX_RENEWED = 1000
+"""Lease ids one renewal run carries at most (a run holds the Redis, so its length stays bounded)."""
 
 _WIRE = {completion: completion.value for completion in Completion}  # read once a give-back
 
@@ -633,18 +636,31 @@ class RedisBackend:
             self._renewer = asyncio.create_task(self._renew_held(), name="sidecar-fleet-lease-renewal")
 
     async def _renew_held(self) -> None:
-        """Every third of ``lease_ttl``, push out the expiry of every lease still held; ends once none is."""
+        """Every third of ``lease_ttl``, push out the expiry of every lease still held; ends once none
+        is. The leases of one set of budgets go in one script run (up to ``_MAX_RENEWED`` each): a
+        sidecar with hundreds of long calls, or a share's places, sends a few runs a tick."""
         while self._held:
             await self._sleep(self.lease_ttl / 3)
+            by_keys: dict[tuple[str, ...], list[str]] = {}
+            for lease_id, keys in self._held.items():
+                ids = by_keys.get(tuple(keys))
+                if ids is None:
+                    ids = by_keys[tuple(keys)] = []
+                ids.append(lease_id)
             ttl = self._lease_ttl_us
+            runs = [
+                (keys, ids[first:first + _MAX_RENEWED])
+                for keys, ids in by_keys.items() for first in range(0, len(ids), _MAX_RENEWED)
+            ]
             results = await asyncio.gather(
-                *(self._guard(self._renew(keys, [lease_id, ttl]), "renew") for lease_id, keys in
-                  list(self._held.items())),
+                *(self._guard(self._renew(list(keys), [ttl, *ids]), "renew") for keys, ids in runs),
                 return_exceptions=True,
             )
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                self.log.warning("fleet_lease_not_renewed", leases=len(failed), error=str(failed[0]))
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                failed = sum(len(ids) for (_, ids), r in zip(runs, results, strict=True)
+                             if isinstance(r, BaseException))
+                self.log.warning("fleet_lease_not_renewed", leases=failed, error=str(errors[0]))
 
     async def pause(self, provider: str, seconds_: float) -> float:
         key = self.keys.pause(provider)

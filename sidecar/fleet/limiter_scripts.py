@@ -229,11 +229,20 @@ end
 """ + _BATCH.format(one="release", end="\nremove_now()")
 
 RENEW = _PRELUDE + """
--- KEYS: the lease sets. ARGV: lease id, lease ttl µs. Only a lease still held is pushed out
--- (XX): a release racing with a renewal must not bring the lease back.
-local renewed = 0
+-- KEYS: the lease sets. ARGV: lease ttl µs, then the lease ids (every lease a sidecar holds in these
+-- sets: one run a tick, not one a lease). Only a lease still held is pushed out (XX): a release
+-- racing with a renewal must not bring the lease back. Returns the leases pushed out, summed over
+-- the sets.
+local expires, members, renewed = int(now + tonumber(ARGV[1])), {}, 0
+for j = 2, #ARGV do
+  members[#members + 1] = expires
+  members[#members + 1] = ARGV[j]
+end
 for i = 1, #KEYS do
-  renewed = renewed + redis.call('ZADD', KEYS[i], 'XX', 'CH', int(now + tonumber(ARGV[2])), ARGV[1])
+  for first = 1, #members, 1000 do  -- unpack is bounded by Lua's C stack: 500 leases a ZADD
+    local last = math.min(first + 999, #members)
+    renewed = renewed + redis.call('ZADD', KEYS[i], 'XX', 'CH', unpack(members, first, last))
+  end
   expire_after_last(KEYS[i])
 end
 return renewed

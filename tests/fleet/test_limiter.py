@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from sidecar.fleet import limiter_scripts as lua
 from sidecar.fleet.keys import FleetKeys
-from sidecar.fleet.limiter import RedisBackend
+from sidecar.fleet.limiter import RedisBackend, fleet_limiter
 from sidecar.limits.api import Completion, FleetUnavailable, RateLimited, Slot
 from sidecar.limits.queue import QueuedLimiter
 from sidecar.policy.admission import PROVIDER_SCOPE, RateLimitConfig, Reason, Scope
@@ -418,3 +418,51 @@ async def test_a_batch_of_releases_carrying_thousands_of_leases_frees_them_all(c
     replies = await release([aimd, leases] * 64, run)
     assert replies == [0] * 64
     assert await admin.zcard(leases) == 0
+
+
+@pytest.mark.parametrize(("calls", "zadds"), [(40, 1), (1200, 3)])
+async def test_a_renewal_tick_pushes_out_every_held_lease_in_a_few_script_runs(
+    clients: Clients, calls: int, zadds: int
+) -> None:
+    """Calls in flight: one tick renews every lease with one ZADD per 500 leases, not one each."""
+    ticks: asyncio.Queue[None] = asyncio.Queue()
+    asleep = [0]
+
+    async def sleep(seconds: float) -> None:  # the renewer's tick, given by the test
+        asleep[0] += 1
+        await ticks.get()
+
+    loop = asyncio.get_running_loop()
+    limiter = fleet_limiter(clients(), clock=loop.time, sleep=sleep, lease_ttl=30.0, share_size=0)
+    admin = clients()
+    budget = [scope(concurrency=2000)]
+    key = FleetKeys().leases(P, PROVIDER_SCOPE)
+    try:
+        slots = await asyncio.gather(*(limiter.acquire(P, budget, max_wait=0) for _ in range(calls)))
+        before = dict(_pairs(await admin.execute("ZRANGE", key, 0, -1, "WITHSCORES")))
+        assert len(before) == calls
+        done_before = await _calls(admin, "zadd")
+        await asyncio.sleep(0.01)  # Redis's clock moves on: a renewal shows as a later expiry
+        ticks.put_nowait(None)
+        await eventually(lambda: asleep[0] == 2)  # the tick's renewals are answered
+        assert await _calls(admin, "zadd") == done_before + zadds
+        after = dict(_pairs(await admin.execute("ZRANGE", key, 0, -1, "WITHSCORES")))
+        assert after.keys() == before.keys()
+        assert all(float(after[lease]) > float(before[lease]) for lease in before)
+        for slot in slots:
+            await slot.release()
+    finally:
+        await limiter.aclose()
+
+
+async def _calls(admin: RespClient, command: str) -> int:
+    """Calls of ``command`` the server has run so far, scripts' included."""
+    stats = (await admin.execute("INFO", "commandstats")).decode()
+    for line in stats.splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def _pairs(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
+    return list(zip(flat[::2], flat[1::2], strict=True))
