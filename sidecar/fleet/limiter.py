@@ -444,21 +444,33 @@ class RedisBackend:
         self, provider: str, shape: _Shape, lease_id: str, completion: Completion, admitted_at: int,
         future: asyncio.Future[Any] | None,
     ) -> None:
-        self._held.pop(lease_id, None)
         concurrency = completion is Completion.CONCURRENCY_LIMITED
         if future is None and not concurrency:
-            merged = self._merged.get((shape, completion))
-            if merged is not None and merged.leases < _MAX_MERGED:
-                merged.args.append(lease_id)
-                merged.leases += 1
-                return
+            self._give_back_unheard(shape, [lease_id], completion, admitted_at)
+            return
+        self._held.pop(lease_id, None)
         args: list[Any] = [lease_id, _WIRE[completion], admitted_at, *shape.own]
         if concurrency:
             args.append(self.keys.notices())  # a lowering is announced: shares of it end
-        call = _Call(future, shape.release_keys, args, None)
-        if future is None and not concurrency:
-            self._merged[(shape, completion)] = call
-        self._queue(self._releases, provider, call)
+        self._queue(self._releases, provider, _Call(future, shape.release_keys, args, None))
+
+    def _give_back_unheard(
+        self, shape: _Shape, lease_ids: list[str], completion: Completion, admitted_at: int
+    ) -> None:
+        """Give-backs nobody waits for ('ok' or 'abandoned'): they join this turn's call of their
+        shape and ending (``_MAX_MERGED`` ids a call), so a share's end is a call, not one a place."""
+        held = self._held
+        key = (shape, completion)
+        merged = self._merged.get(key)
+        for lease_id in lease_ids:
+            held.pop(lease_id, None)
+            if merged is not None and merged.leases < _MAX_MERGED:
+                merged.args.append(lease_id)
+                merged.leases += 1
+                continue
+            args: list[Any] = [lease_id, _WIRE[completion], admitted_at, *shape.own]
+            merged = self._merged[key] = _Call(None, shape.release_keys, args, None)
+            self._queue(self._releases, shape.provider, merged)
 
     def _mark(self, shape: _Shape) -> tuple[int, int, int]:
         """What has been heard so far that would end a share of ``shape``."""
@@ -508,8 +520,7 @@ class RedisBackend:
         if shape.share is share:
             shape.share, shape.after = shape.after, None  # the one asked for ahead, if any
         ids, share.ids = share.ids, []
-        for id_ in ids:
-            self._give_back(shape.provider, shape, id_, Completion.ABANDONED, share.admitted_at, None)
+        self._give_back_unheard(shape, ids, Completion.ABANDONED, share.admitted_at)
 
     def _retire_all(self) -> None:
         for share in list(self._shares):
@@ -626,8 +637,8 @@ class RedisBackend:
         self, provider: str, shape: _Shape, lease_id: str, shared: int, admitted_at: int
     ) -> None:
         """Give back a grant nobody will use: the call's place and the share booked with it."""
-        for id_ in [lease_id, *(f"{lease_id}.{j}" for j in range(1, shared + 1))]:
-            self._give_back(provider, shape, id_, Completion.ABANDONED, admitted_at, None)
+        ids = [lease_id, *(f"{lease_id}.{j}" for j in range(1, shared + 1))]
+        self._give_back_unheard(shape, ids, Completion.ABANDONED, admitted_at)
 
     def hold(self, lease_id: str, keys: list[str]) -> None:
         """Keep ``lease_id`` renewed until it is released."""
@@ -643,24 +654,21 @@ class RedisBackend:
             await self._sleep(self.lease_ttl / 3)
             by_keys: dict[tuple[str, ...], list[str]] = {}
             for lease_id, keys in self._held.items():
-                ids = by_keys.get(tuple(keys))
-                if ids is None:
-                    ids = by_keys[tuple(keys)] = []
-                ids.append(lease_id)
+                by_keys.setdefault(tuple(keys), []).append(lease_id)
             ttl = self._lease_ttl_us
             runs = [
-                (keys, ids[first:first + _MAX_RENEWED])
+                (list(keys), ids[first:first + _MAX_RENEWED])
                 for keys, ids in by_keys.items() for first in range(0, len(ids), _MAX_RENEWED)
             ]
             results = await asyncio.gather(
-                *(self._guard(self._renew(list(keys), [ttl, *ids]), "renew") for keys, ids in runs),
+                *(self._guard(self._renew(keys, [ttl, *ids]), "renew") for keys, ids in runs),
                 return_exceptions=True,
             )
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                failed = sum(len(ids) for (_, ids), r in zip(runs, results, strict=True)
-                             if isinstance(r, BaseException))
-                self.log.warning("fleet_lease_not_renewed", leases=failed, error=str(errors[0]))
+            failed = [(len(ids), r) for (_, ids), r in zip(runs, results, strict=True)
+                      if isinstance(r, BaseException)]
+            if failed:
+                leases = sum(n for n, _ in failed)
+                self.log.warning("fleet_lease_not_renewed", leases=leases, error=str(failed[0][1]))
 
     async def pause(self, provider: str, seconds_: float) -> float:
         key = self.keys.pause(provider)

@@ -33,6 +33,9 @@ _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function int(x) return string.format('%d', x) end
+local function by_thousands(list, each)  -- unpack is bounded by Lua's C stack: 1000 items a call
+  for first = 1, #list, 1000 do each(first, math.min(first + 999, #list)) end
+end
 local function expire_after_last(key)
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if last[2] then redis.call('PEXPIRE', key, math.ceil((tonumber(last[2]) - now) / 1000) + 1) end
@@ -163,9 +166,7 @@ local removals = {{}}  -- lease set -> the ids to take out of it, in one ZREM at
 local function remove_now()
   for _, key in ipairs(removals) do
     local ids = removals[key]
-    for first = 1, #ids, 1000 do  -- unpack is bounded by Lua's C stack: a thousand ids a ZREM
-      redis.call('ZREM', key, unpack(ids, first, math.min(first + 999, #ids)))
-    end
+    by_thousands(ids, function(first, last) redis.call('ZREM', key, unpack(ids, first, last)) end)
   end
   removals = {{}}
 end
@@ -239,10 +240,9 @@ for j = 2, #ARGV do
   members[#members + 1] = ARGV[j]
 end
 for i = 1, #KEYS do
-  for first = 1, #members, 1000 do  -- unpack is bounded by Lua's C stack: 500 leases a ZADD
-    local last = math.min(first + 999, #members)
+  by_thousands(members, function(first, last)  -- 500 leases a ZADD: score and id, pairs never split
     renewed = renewed + redis.call('ZADD', KEYS[i], 'XX', 'CH', unpack(members, first, last))
-  end
+  end)
   expire_after_last(KEYS[i])
 end
 return renewed
